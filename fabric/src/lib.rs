@@ -1,0 +1,1 @@
+//! `fabric`: the NVMe and NVMe-oF vocabulary both sides share.

@@ -1,0 +1,1 @@
+//! The soft-RoCE QEMU test bed.
