@@ -1,3 +1,11 @@
 //! `vdpa-blk`: a VDUSE virtio-blk device served with io_uring.
 //!
-//! Not built yet (see ARCHITECTURE.md in this folder for what will live here).
+//! Layers, bottom up (see ARCHITECTURE.md):
+//! - [`uapi`]: the VDUSE uapi structs and one thin wrapper per ioctl;
+//! - [`netlink`]: the `vdpa` generic-netlink client; [`driver`]: vdpa bus driver binding;
+//! - [`blk`]: the virtio-blk device model (config space, features, request parsing, backends);
+//! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings;
+//! - [`worker`]: one thread and one io_uring per virtqueue;
+//! - [`device`]: the VDUSE control loop tying them together.
+
+pub mod uapi;

@@ -1,0 +1,5 @@
+//! The `vdpa-blk` binary.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("vdpa-blk: the device control loop is not built yet")
+}
