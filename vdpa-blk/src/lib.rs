@@ -8,4 +8,6 @@
 //! - [`worker`]: one thread and one io_uring per virtqueue;
 //! - [`device`]: the VDUSE control loop tying them together.
 
+pub mod driver;
+pub mod netlink;
 pub mod uapi;

@@ -1,0 +1,381 @@
+//! Binding a vdpa bus device to `vhost_vdpa` or `virtio_vdpa` through sysfs, finding the node
+//! that results (`/dev/vhost-vdpa-N` or `/dev/vdX`), and the VDUSE `bounce_size` attribute.
+//!
+//! Every path goes through a [`SysRoot`] ("/" in production, a temporary tree in tests).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The two vdpa bus drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum VdpaDriver {
+    /// `vhost_vdpa`: a `/dev/vhost-vdpa-N` for a VMM.
+    #[serde(rename = "vhost-vdpa")]
+    VhostVdpa,
+    /// `virtio_vdpa`: a host virtio device (`/dev/vdX` for a block device).
+    #[serde(rename = "virtio-vdpa")]
+    VirtioVdpa,
+}
+
+impl VdpaDriver {
+    /// The driver's (and module's) name in sysfs.
+    pub fn sysfs_name(self) -> &'static str {
+        match self {
+            VdpaDriver::VhostVdpa => "vhost_vdpa",
+            VdpaDriver::VirtioVdpa => "virtio_vdpa",
+        }
+    }
+}
+
+impl std::str::FromStr for VdpaDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vhost-vdpa" | "vhost_vdpa" => Ok(VdpaDriver::VhostVdpa),
+            "virtio-vdpa" | "virtio_vdpa" => Ok(VdpaDriver::VirtioVdpa),
+            _ => Err(format!(
+                "unknown driver `{s}` (expected vhost-vdpa or virtio-vdpa)"
+            )),
+        }
+    }
+}
+
+/// Errors of driver binding.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The driver is not registered on the vdpa bus.
+    #[error("vdpa driver `{module}` is not loaded ({path} missing): modprobe {module}")]
+    ModuleMissing {
+        /// Module name.
+        module: &'static str,
+        /// The sysfs directory that was looked for.
+        path: PathBuf,
+    },
+    /// The vdpa device does not exist on the bus.
+    #[error("vdpa device `{name}` not found at {path}")]
+    NoDevice {
+        /// Device name.
+        name: String,
+        /// Path looked at.
+        path: PathBuf,
+    },
+    /// A sysfs read or write failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// errno.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding succeeded but no node appeared in time.
+    #[error("vdpa device `{name}` bound to {driver} but no {what} appeared under {path} within {timeout:?}")]
+    NoNode {
+        /// Device name.
+        name: String,
+        /// Driver name.
+        driver: &'static str,
+        /// What was expected.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+/// The root under which `/sys` and `/dev` are found.
+#[derive(Debug, Clone)]
+pub struct SysRoot(PathBuf);
+
+impl Default for SysRoot {
+    fn default() -> Self {
+        SysRoot(PathBuf::from("/"))
+    }
+}
+
+impl SysRoot {
+    /// A root at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SysRoot(path.into())
+    }
+
+    /// `root` joined with an absolute-looking path (`"sys/bus/vdpa"`).
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel.trim_start_matches('/'))
+    }
+
+    fn vdpa_dev(&self, name: &str) -> PathBuf {
+        self.join("sys/bus/vdpa/devices").join(name)
+    }
+
+    fn vdpa_driver(&self, driver: &str) -> PathBuf {
+        self.join("sys/bus/vdpa/drivers").join(driver)
+    }
+}
+
+fn write_attr(path: &Path, value: &str, op: &'static str) -> Result<(), DriverError> {
+    std::fs::write(path, value).map_err(|source| DriverError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The node a bound vdpa device gives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BoundNode {
+    /// Driver it is bound to.
+    pub driver: VdpaDriver,
+    /// `/dev/vhost-vdpa-N` or `/dev/vdX` (under the root's `dev/`).
+    pub path: PathBuf,
+}
+
+/// The driver the device is currently bound to, if any.
+pub fn current_driver(root: &SysRoot, name: &str) -> Result<Option<String>, DriverError> {
+    let link = root.vdpa_dev(name).join("driver");
+    match std::fs::read_link(&link) {
+        Ok(target) => Ok(target.file_name().map(|n| n.to_string_lossy().into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DriverError::Io {
+            op: "readlink",
+            path: link,
+            source,
+        }),
+    }
+}
+
+/// Binds vdpa device `name` to `driver` (driver_override, unbind from another driver, bind),
+/// then waits up to `timeout` for its node.
+pub fn bind(
+    root: &SysRoot,
+    name: &str,
+    driver: VdpaDriver,
+    timeout: Duration,
+) -> Result<BoundNode, DriverError> {
+    let drv = driver.sysfs_name();
+    let drv_dir = root.vdpa_driver(drv);
+    if !drv_dir.is_dir() {
+        return Err(DriverError::ModuleMissing {
+            module: drv,
+            path: drv_dir,
+        });
+    }
+    let dev_dir = root.vdpa_dev(name);
+    if !dev_dir.is_dir() {
+        return Err(DriverError::NoDevice {
+            name: name.to_string(),
+            path: dev_dir,
+        });
+    }
+    write_attr(&dev_dir.join("driver_override"), drv, "write")?;
+    match current_driver(root, name)? {
+        Some(cur) if cur == drv => {}
+        Some(cur) => {
+            write_attr(&root.vdpa_driver(&cur).join("unbind"), name, "unbind via")?;
+            write_attr(&drv_dir.join("bind"), name, "bind via")?;
+        }
+        None => write_attr(&drv_dir.join("bind"), name, "bind via")?,
+    }
+    wait_for_node(root, name, driver, timeout)
+}
+
+/// Finds the node of an already bound device, polling until `timeout`.
+pub fn wait_for_node(
+    root: &SysRoot,
+    name: &str,
+    driver: VdpaDriver,
+    timeout: Duration,
+) -> Result<BoundNode, DriverError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(p) = find_node(root, name, driver)? {
+            return Ok(BoundNode { driver, path: p });
+        }
+        if Instant::now() >= deadline {
+            return Err(DriverError::NoNode {
+                name: name.to_string(),
+                driver: driver.sysfs_name(),
+                what: match driver {
+                    VdpaDriver::VhostVdpa => "vhost-vdpa-N",
+                    VdpaDriver::VirtioVdpa => "virtioN/block/vdX",
+                },
+                path: root.vdpa_dev(name),
+                timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn list_dir(path: &Path) -> Result<Vec<String>, DriverError> {
+    let rd = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DriverError::Io {
+                op: "read directory",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The node of a bound device right now, if there is one.
+pub fn find_node(
+    root: &SysRoot,
+    name: &str,
+    driver: VdpaDriver,
+) -> Result<Option<PathBuf>, DriverError> {
+    let dev_dir = root.vdpa_dev(name);
+    match driver {
+        VdpaDriver::VhostVdpa => Ok(list_dir(&dev_dir)?
+            .into_iter()
+            .find(|n| {
+                n.strip_prefix("vhost-vdpa-")
+                    .is_some_and(|i| i.parse::<u32>().is_ok())
+            })
+            .map(|n| root.join("dev").join(n))),
+        VdpaDriver::VirtioVdpa => {
+            for v in list_dir(&dev_dir)? {
+                if v.strip_prefix("virtio")
+                    .is_none_or(|i| i.parse::<u32>().is_err())
+                {
+                    continue;
+                }
+                if let Some(b) = list_dir(&dev_dir.join(&v).join("block"))?
+                    .into_iter()
+                    .next()
+                {
+                    return Ok(Some(root.join("dev").join(b)));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Writes `<root>/sys/class/vduse/NAME/bounce_size` (must happen before the vdpa device is
+/// added: the kernel answers EPERM/EBUSY once the IOVA domain exists).
+pub fn set_bounce_size(root: &SysRoot, name: &str, bytes: u64) -> Result<(), DriverError> {
+    let p = root.join("sys/class/vduse").join(name).join("bounce_size");
+    write_attr(&p, &bytes.to_string(), "write")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, SysRoot) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let r = SysRoot::new(d.path());
+        std::fs::create_dir_all(r.join("sys/bus/vdpa/devices/blk0")).expect("mkdir");
+        std::fs::write(r.join("sys/bus/vdpa/devices/blk0/driver_override"), "").expect("write");
+        for drv in ["vhost_vdpa", "virtio_vdpa"] {
+            std::fs::create_dir_all(r.join("sys/bus/vdpa/drivers").join(drv)).expect("mkdir");
+            std::fs::write(r.join("sys/bus/vdpa/drivers").join(drv).join("bind"), "").expect("w");
+            std::fs::write(r.join("sys/bus/vdpa/drivers").join(drv).join("unbind"), "").expect("w");
+        }
+        (d, r)
+    }
+
+    #[test]
+    fn binds_vhost_vdpa_and_finds_char_device() {
+        let (_d, r) = tree();
+        std::fs::create_dir_all(r.join("sys/bus/vdpa/devices/blk0/vhost-vdpa-3")).expect("mkdir");
+        let node =
+            bind(&r, "blk0", VdpaDriver::VhostVdpa, Duration::from_millis(50)).expect("bind");
+        assert_eq!(node.path, r.join("dev/vhost-vdpa-3"));
+        let ov = std::fs::read_to_string(r.join("sys/bus/vdpa/devices/blk0/driver_override"))
+            .expect("read");
+        assert_eq!(ov, "vhost_vdpa");
+        let b =
+            std::fs::read_to_string(r.join("sys/bus/vdpa/drivers/vhost_vdpa/bind")).expect("read");
+        assert_eq!(b, "blk0");
+    }
+
+    #[test]
+    fn rebinds_from_other_driver_and_finds_block_device() {
+        let (_d, r) = tree();
+        std::os::unix::fs::symlink(
+            r.join("sys/bus/vdpa/drivers/vhost_vdpa"),
+            r.join("sys/bus/vdpa/devices/blk0/driver"),
+        )
+        .expect("symlink");
+        std::fs::create_dir_all(r.join("sys/bus/vdpa/devices/blk0/virtio1/block/vdb"))
+            .expect("mkdir");
+        let node = bind(
+            &r,
+            "blk0",
+            VdpaDriver::VirtioVdpa,
+            Duration::from_millis(50),
+        )
+        .expect("bind");
+        assert_eq!(node.path, r.join("dev/vdb"));
+        let unbind = std::fs::read_to_string(r.join("sys/bus/vdpa/drivers/vhost_vdpa/unbind"))
+            .expect("read");
+        assert_eq!(unbind, "blk0");
+    }
+
+    #[test]
+    fn missing_driver_names_the_module() {
+        let (_d, r) = tree();
+        std::fs::remove_dir_all(r.join("sys/bus/vdpa/drivers/virtio_vdpa")).expect("rm");
+        let e = bind(&r, "blk0", VdpaDriver::VirtioVdpa, Duration::ZERO).expect_err("missing");
+        assert!(matches!(
+            e,
+            DriverError::ModuleMissing {
+                module: "virtio_vdpa",
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("modprobe virtio_vdpa"), "{e}");
+    }
+
+    #[test]
+    fn missing_device_is_reported() {
+        let (_d, r) = tree();
+        let e = bind(&r, "nope", VdpaDriver::VhostVdpa, Duration::ZERO).expect_err("missing");
+        assert!(matches!(e, DriverError::NoDevice { .. }), "{e}");
+    }
+
+    #[test]
+    fn no_node_after_timeout_is_an_error() {
+        let (_d, r) = tree();
+        let e = bind(&r, "blk0", VdpaDriver::VhostVdpa, Duration::from_millis(30))
+            .expect_err("no node");
+        assert!(e.to_string().contains("vhost-vdpa-N"), "{e}");
+    }
+
+    #[test]
+    fn bounce_size_is_written() {
+        let (_d, r) = tree();
+        std::fs::create_dir_all(r.join("sys/class/vduse/blk0")).expect("mkdir");
+        set_bounce_size(&r, "blk0", 1 << 26).expect("write");
+        let v = std::fs::read_to_string(r.join("sys/class/vduse/blk0/bounce_size")).expect("read");
+        assert_eq!(v, "67108864");
+    }
+
+    #[test]
+    fn driver_names_parse() {
+        assert_eq!(
+            "vhost-vdpa".parse::<VdpaDriver>(),
+            Ok(VdpaDriver::VhostVdpa)
+        );
+        assert_eq!(
+            "virtio_vdpa".parse::<VdpaDriver>(),
+            Ok(VdpaDriver::VirtioVdpa)
+        );
+        assert!("x".parse::<VdpaDriver>().is_err());
+    }
+}
