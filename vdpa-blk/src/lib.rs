@@ -8,6 +8,7 @@
 //! - [`worker`]: one thread and one io_uring per virtqueue;
 //! - [`device`]: the VDUSE control loop tying them together.
 
+pub mod blk;
 pub mod driver;
 pub mod netlink;
 pub mod uapi;

@@ -1,0 +1,542 @@
+//! Parsing a virtio-blk descriptor chain into a [`Request`] (parse, then execute elsewhere).
+//!
+//! The parser validates the whole chain before anything is executed and records data buffers
+//! as `(GuestAddress, len)` pairs; it never reads or writes payload. Every access is checked
+//! against the guest memory with the access mode it will need (`GuestMemory::check_range`
+//! with `Permissions`), so a request never makes the daemon touch memory outside the mappings
+//! or write into a read-only mapping.
+//!
+//! A failure is a [`Rejected`]: when the status descriptor is usable the request is answered
+//! with [`Error::status`]; otherwise it is dropped (used length 0) with a log line.
+
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemory, Le32, Le64, Permissions};
+
+use super::config::{feature, DeviceModel};
+
+/// Bytes per sector in virtio-blk.
+pub const SECTOR_SIZE: u64 = 512;
+/// `VIRTIO_BLK_T_IN`.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// `VIRTIO_BLK_T_OUT`.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// `VIRTIO_BLK_T_FLUSH`.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// `VIRTIO_BLK_T_GET_ID`.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// `VIRTIO_BLK_T_DISCARD`.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+/// `VIRTIO_BLK_T_WRITE_ZEROES`.
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+/// `VIRTIO_BLK_S_OK`.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// `VIRTIO_BLK_S_IOERR`.
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// `VIRTIO_BLK_S_UNSUPP`.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+/// `VIRTIO_BLK_ID_BYTES`.
+pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+/// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`.
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+/// Size of `struct virtio_blk_outhdr`.
+pub const HEADER_SIZE: u32 = 16;
+/// Size of `struct virtio_blk_discard_write_zeroes`.
+pub const SEGMENT_SIZE: u32 = 16;
+
+/// `struct virtio_blk_outhdr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestHeader {
+    /// `VIRTIO_BLK_T_*`.
+    pub type_: Le32,
+    /// I/O priority (ignored).
+    pub ioprio: Le32,
+    /// First sector.
+    pub sector: Le64,
+}
+
+// SAFETY: three little-endian integers, no padding; any bit pattern is valid.
+unsafe impl ByteValued for RequestHeader {}
+
+/// `struct virtio_blk_discard_write_zeroes`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawSegment {
+    /// First sector.
+    pub sector: Le64,
+    /// Number of sectors.
+    pub num_sectors: Le32,
+    /// Flags (`VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`).
+    pub flags: Le32,
+}
+
+// SAFETY: three little-endian integers, no padding; any bit pattern is valid.
+unsafe impl ByteValued for RawSegment {}
+
+/// The request type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestType {
+    /// Read.
+    In,
+    /// Write.
+    Out,
+    /// Cache flush.
+    Flush,
+    /// Device id string.
+    GetId,
+    /// Discard ranges.
+    Discard,
+    /// Zero ranges.
+    WriteZeroes,
+}
+
+/// One discard / write-zeroes range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First sector.
+    pub sector: u64,
+    /// Number of sectors.
+    pub num_sectors: u32,
+    /// May deallocate (write zeroes with UNMAP).
+    pub unmap: bool,
+}
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Head index of the chain (for the used ring).
+    pub head_index: u16,
+    /// What to do.
+    pub request_type: RequestType,
+    /// First sector (IN/OUT).
+    pub sector: u64,
+    /// Data buffers, in chain order.
+    pub data: Vec<(GuestAddress, u32)>,
+    /// Sum of the data buffer lengths.
+    pub data_len: u32,
+    /// Discard / write-zeroes ranges.
+    pub segments: Vec<Segment>,
+    /// Where the status byte goes.
+    pub status_addr: GuestAddress,
+}
+
+impl Request {
+    /// Byte offset on the backing device.
+    pub fn offset(&self) -> u64 {
+        self.sector * SECTOR_SIZE
+    }
+
+    /// Bytes the device writes into the chain when the request succeeds (used length).
+    pub fn used_len_ok(&self) -> u32 {
+        match self.request_type {
+            RequestType::In => self.data_len + 1,
+            RequestType::GetId => (self.data_len as usize).min(VIRTIO_BLK_ID_BYTES) as u32 + 1,
+            _ => 1,
+        }
+    }
+}
+
+/// What the parser needs to know about the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseContext {
+    /// Capacity in sectors.
+    pub capacity: u64,
+    /// Read-only device.
+    pub read_only: bool,
+    /// Queue size (longest acceptable chain).
+    pub queue_size: u16,
+    /// DISCARD offered.
+    pub discard: bool,
+    /// WRITE_ZEROES offered.
+    pub write_zeroes: bool,
+    /// `max_discard_sectors`.
+    pub max_discard_sectors: u32,
+    /// `max_discard_seg`.
+    pub max_discard_seg: u32,
+    /// `max_write_zeroes_sectors`.
+    pub max_write_zeroes_sectors: u32,
+    /// `max_write_zeroes_seg`.
+    pub max_write_zeroes_seg: u32,
+}
+
+impl ParseContext {
+    /// From the device model.
+    pub fn from_model(m: &DeviceModel) -> Self {
+        ParseContext {
+            capacity: m.config.capacity,
+            read_only: m.read_only,
+            queue_size: m.queue_size,
+            discard: m.has(feature::DISCARD),
+            write_zeroes: m.has(feature::WRITE_ZEROES),
+            max_discard_sectors: m.config.max_discard_sectors,
+            max_discard_seg: m.config.max_discard_seg,
+            max_write_zeroes_sectors: m.config.max_write_zeroes_sectors,
+            max_write_zeroes_seg: m.config.max_write_zeroes_seg,
+        }
+    }
+}
+
+/// Why a chain was not turned into a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The chain has no descriptor at all (bad head index or unreadable table).
+    #[error("empty descriptor chain")]
+    EmptyChain,
+    /// The chain ends with NEXT set: a loop, a next index past the table, or an unreadable
+    /// descriptor.
+    #[error("descriptor chain is cut short (loop, bad next index or unreadable descriptor)")]
+    ChainTruncated,
+    /// More descriptors than the queue size.
+    #[error("descriptor chain longer than the queue size {0}")]
+    ChainTooLong(u16),
+    /// Only one descriptor: no room for a status byte.
+    #[error("descriptor chain has no status descriptor")]
+    NoStatusDescriptor,
+    /// The last descriptor is not device-writable.
+    #[error("status descriptor is not writable")]
+    StatusNotWritable,
+    /// The last descriptor has length 0.
+    #[error("status descriptor is too short")]
+    StatusTooShort,
+    /// The header descriptor is device-writable.
+    #[error("request header descriptor is write-only")]
+    WriteOnlyHeader,
+    /// The header descriptor is shorter than 16 bytes.
+    #[error("request header descriptor has {0} bytes, need 16")]
+    HeaderTooShort(u32),
+    /// A buffer lies (partly) outside the mappings or lacks the needed permission.
+    #[error("buffer {addr:#x}+{len} is outside guest memory or not accessible")]
+    InvalidAddress {
+        /// IOVA.
+        addr: u64,
+        /// Length.
+        len: u32,
+    },
+    /// A data descriptor has the wrong direction for the request type.
+    #[error("data descriptor has the wrong direction for this request type")]
+    WrongDirection,
+    /// IN/OUT data length not a multiple of 512.
+    #[error("data length {0} is not a multiple of 512")]
+    DataLengthNotSectorMultiple(u32),
+    /// The data adds up to more than 4 GiB.
+    #[error("data length overflows")]
+    DataTooLong,
+    /// The sectors touched are past the capacity.
+    #[error("sectors {sector}+{count} past capacity {capacity}")]
+    SectorOutOfRange {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        count: u64,
+        /// Device capacity.
+        capacity: u64,
+    },
+    /// A write-class request on a read-only device.
+    #[error("write to a read-only device")]
+    ReadOnly,
+    /// An unknown or not offered request type.
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    /// Discard/write-zeroes data not a non-zero multiple of 16 bytes.
+    #[error("discard/write-zeroes data length {0} is not a non-zero multiple of 16")]
+    BadSegmentLength(u32),
+    /// More segments than `max_*_seg`.
+    #[error("{count} segments, at most {max} allowed")]
+    TooManySegments {
+        /// Given.
+        count: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// A segment longer than `max_*_sectors`.
+    #[error("segment of {count} sectors, at most {max} allowed")]
+    SegmentTooLarge {
+        /// Given.
+        count: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// Reserved or not allowed segment flags.
+    #[error("unsupported segment flags {0:#x}")]
+    UnsupportedFlags(u32),
+}
+
+impl Error {
+    /// The virtio-blk status to answer with, or `None` when the chain must be dropped
+    /// (no usable status descriptor).
+    pub fn status(&self) -> Option<u8> {
+        match self {
+            Error::EmptyChain
+            | Error::ChainTruncated
+            | Error::ChainTooLong(_)
+            | Error::NoStatusDescriptor
+            | Error::StatusNotWritable
+            | Error::StatusTooShort => None,
+            Error::Unsupported(_) | Error::UnsupportedFlags(_) => Some(VIRTIO_BLK_S_UNSUPP),
+            _ => Some(VIRTIO_BLK_S_IOERR),
+        }
+    }
+}
+
+/// A chain that did not parse, with what is needed to answer or drop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Head index (for the used ring).
+    pub head_index: u16,
+    /// What was wrong.
+    pub error: Error,
+    /// Where to write [`Error::status`], when the status descriptor is usable.
+    pub status_addr: Option<GuestAddress>,
+}
+
+fn check<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: GuestAddress,
+    len: u32,
+    access: Permissions,
+) -> Result<(), Error> {
+    if len > 0 && !mem.check_range(addr, len as usize, access) {
+        return Err(Error::InvalidAddress {
+            addr: addr.raw_value(),
+            len,
+        });
+    }
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(Error::InvalidAddress {
+            addr: addr.raw_value(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+fn check_sectors(sector: u64, count: u64, capacity: u64) -> Result<(), Error> {
+    match sector.checked_add(count) {
+        Some(end) if end <= capacity => Ok(()),
+        _ => Err(Error::SectorOutOfRange {
+            sector,
+            count,
+            capacity,
+        }),
+    }
+}
+
+/// Reads `buf.len()` bytes at byte `offset` of the concatenated data buffers.
+fn read_data<M: GuestMemory + ?Sized>(
+    mem: &M,
+    data: &[(GuestAddress, u32)],
+    mut offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Error> {
+    let mut done = 0usize;
+    for &(addr, len) in data {
+        if done == buf.len() {
+            break;
+        }
+        let len = u64::from(len);
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = ((len - offset) as usize).min(buf.len() - done);
+        let a = addr.unchecked_add(offset);
+        mem.read_slice(&mut buf[done..done + n], a)
+            .map_err(|_| Error::InvalidAddress {
+                addr: a.raw_value(),
+                len: n as u32,
+            })?;
+        done += n;
+        offset = 0;
+    }
+    if done == buf.len() {
+        Ok(())
+    } else {
+        Err(Error::BadSegmentLength(done as u32))
+    }
+}
+
+/// Parses one chain. `chain` is consumed; at most `queue_size` descriptors are read.
+pub fn parse<M>(chain: DescriptorChain<M>, ctx: &ParseContext) -> Result<Request, Rejected>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let head_index = chain.head_index();
+    let reject = |error: Error, status_addr: Option<GuestAddress>| Rejected {
+        head_index,
+        error,
+        status_addr,
+    };
+    let mut chain = chain;
+    let mut descs: Vec<Descriptor> = Vec::new();
+    for d in chain.by_ref() {
+        if descs.len() >= usize::from(ctx.queue_size) {
+            return Err(reject(Error::ChainTooLong(ctx.queue_size), None));
+        }
+        descs.push(d);
+    }
+    let mem = chain.memory();
+    parse_descriptors(mem, head_index, &descs, ctx).map_err(|(e, s)| reject(e, s))
+}
+
+/// The second half of [`parse`], on already collected descriptors.
+pub fn parse_descriptors<M: GuestMemory + ?Sized>(
+    mem: &M,
+    head_index: u16,
+    descs: &[Descriptor],
+    ctx: &ParseContext,
+) -> Result<Request, (Error, Option<GuestAddress>)> {
+    let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
+        return Err((Error::EmptyChain, None));
+    };
+    if descs.len() > usize::from(ctx.queue_size) {
+        return Err((Error::ChainTooLong(ctx.queue_size), None));
+    }
+    if last.has_next() {
+        return Err((Error::ChainTruncated, None));
+    }
+    if descs.len() < 2 {
+        return Err((Error::NoStatusDescriptor, None));
+    }
+    if !last.is_write_only() {
+        return Err((Error::StatusNotWritable, None));
+    }
+    if last.len() < 1 {
+        return Err((Error::StatusTooShort, None));
+    }
+    let status_addr = last.addr();
+    check(mem, status_addr, 1, Permissions::Write).map_err(|e| (e, None))?;
+    let st = Some(status_addr);
+
+    if first.is_write_only() {
+        return Err((Error::WriteOnlyHeader, st));
+    }
+    if first.len() < HEADER_SIZE {
+        return Err((Error::HeaderTooShort(first.len()), st));
+    }
+    check(mem, first.addr(), HEADER_SIZE, Permissions::Read).map_err(|e| (e, st))?;
+    let hdr: RequestHeader = mem.read_obj(first.addr()).map_err(|_| {
+        (
+            Error::InvalidAddress {
+                addr: first.addr().raw_value(),
+                len: HEADER_SIZE,
+            },
+            st,
+        )
+    })?;
+    let type_ = hdr.type_.to_native();
+    let sector = hdr.sector.to_native();
+
+    let request_type = match type_ {
+        VIRTIO_BLK_T_IN => RequestType::In,
+        VIRTIO_BLK_T_OUT => RequestType::Out,
+        VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+        VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+        VIRTIO_BLK_T_DISCARD if ctx.discard => RequestType::Discard,
+        VIRTIO_BLK_T_WRITE_ZEROES if ctx.write_zeroes => RequestType::WriteZeroes,
+        t => return Err((Error::Unsupported(t), st)),
+    };
+    let device_writes = matches!(request_type, RequestType::In | RequestType::GetId);
+
+    let mut data = Vec::with_capacity(descs.len() - 2);
+    let mut total: u32 = 0;
+    for d in &descs[1..descs.len() - 1] {
+        if request_type == RequestType::Flush {
+            continue;
+        }
+        if d.is_write_only() != device_writes {
+            return Err((Error::WrongDirection, st));
+        }
+        let access = if device_writes {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        check(mem, d.addr(), d.len(), access).map_err(|e| (e, st))?;
+        total = total.checked_add(d.len()).ok_or((Error::DataTooLong, st))?;
+        if d.len() > 0 {
+            data.push((d.addr(), d.len()));
+        }
+    }
+
+    let mut segments = Vec::new();
+    match request_type {
+        RequestType::In | RequestType::Out => {
+            if u64::from(total) % SECTOR_SIZE != 0 {
+                return Err((Error::DataLengthNotSectorMultiple(total), st));
+            }
+            if request_type == RequestType::Out && ctx.read_only {
+                return Err((Error::ReadOnly, st));
+            }
+            check_sectors(sector, u64::from(total) / SECTOR_SIZE, ctx.capacity)
+                .map_err(|e| (e, st))?;
+        }
+        RequestType::Flush | RequestType::GetId => {}
+        RequestType::Discard | RequestType::WriteZeroes => {
+            if ctx.read_only {
+                return Err((Error::ReadOnly, st));
+            }
+            if total == 0 || total % SEGMENT_SIZE != 0 {
+                return Err((Error::BadSegmentLength(total), st));
+            }
+            let count = total / SEGMENT_SIZE;
+            let discard = request_type == RequestType::Discard;
+            let (max_seg, max_sectors) = if discard {
+                (ctx.max_discard_seg, ctx.max_discard_sectors)
+            } else {
+                (ctx.max_write_zeroes_seg, ctx.max_write_zeroes_sectors)
+            };
+            if count > max_seg {
+                return Err((
+                    Error::TooManySegments {
+                        count,
+                        max: max_seg,
+                    },
+                    st,
+                ));
+            }
+            for i in 0..count {
+                let mut raw = RawSegment::default();
+                read_data(mem, &data, u64::from(i * SEGMENT_SIZE), raw.as_mut_slice())
+                    .map_err(|e| (e, st))?;
+                let flags = raw.flags.to_native();
+                let allowed = if discard {
+                    0
+                } else {
+                    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+                };
+                if flags & !allowed != 0 {
+                    return Err((Error::UnsupportedFlags(flags), st));
+                }
+                let seg = Segment {
+                    sector: raw.sector.to_native(),
+                    num_sectors: raw.num_sectors.to_native(),
+                    unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+                };
+                if seg.num_sectors > max_sectors {
+                    return Err((
+                        Error::SegmentTooLarge {
+                            count: seg.num_sectors,
+                            max: max_sectors,
+                        },
+                        st,
+                    ));
+                }
+                check_sectors(seg.sector, u64::from(seg.num_sectors), ctx.capacity)
+                    .map_err(|e| (e, st))?;
+                segments.push(seg);
+            }
+        }
+    }
+
+    Ok(Request {
+        head_index,
+        request_type,
+        sector,
+        data,
+        data_len: total,
+        segments,
+        status_addr,
+    })
+}
