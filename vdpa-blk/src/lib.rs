@@ -10,5 +10,6 @@
 
 pub mod blk;
 pub mod driver;
+pub mod iotlb;
 pub mod netlink;
 pub mod uapi;

@@ -1,0 +1,602 @@
+//! Guest memory backed by the VDUSE IOTLB: every IOVA range `[start, last]` the kernel reports
+//! through `VDUSE_IOTLB_GET_FD` is mmapped (MAP_SHARED, at the entry's offset, with its
+//! permission) and addressed by IOVA.
+//!
+//! [`IotlbMemory`] is an immutable snapshot that implements vm-memory's (IOMMU-aware)
+//! [`GuestMemory`] trait, so virtio-queue reads rings from it and every access is checked
+//! against the mapping's permission: a write into a read-only mapping is refused, not
+//! attempted. [`IotlbTable`] holds the current snapshot; an `UPDATE_IOTLB` message builds a new
+//! one (drop what overlaps the range, map what the kernel now reports), and in-flight I/O keeps
+//! its old snapshot alive through an `Arc`, so a mapping is never unmapped under an iovec.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::iter::FusedIterator;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use vm_memory::bitmap::BS;
+use vm_memory::guest_memory::GuestMemorySliceIterator;
+use vm_memory::volatile_memory::VolatileMemory;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, GuestMemoryResult,
+    MmapRegion, Permissions, VolatileSlice,
+};
+
+use crate::uapi::vduse::{
+    VduseError, VduseIotlbEntry, VDUSE_ACCESS_RO, VDUSE_ACCESS_RW, VDUSE_ACCESS_WO,
+};
+
+/// Errors of IOTLB mapping.
+#[derive(Debug, thiserror::Error)]
+pub enum IotlbError {
+    /// The kernel described an impossible range.
+    #[error("IOTLB entry [{start:#x}, {last:#x}] is empty or too large to map")]
+    BadRange {
+        /// First IOVA.
+        start: u64,
+        /// Last IOVA.
+        last: u64,
+    },
+    /// The entry's permission is not RO/WO/RW.
+    #[error("IOTLB entry [{start:#x}, {last:#x}] has unknown permission {perm:#x}")]
+    BadPerm {
+        /// First IOVA.
+        start: u64,
+        /// Last IOVA.
+        last: u64,
+        /// Raw perm.
+        perm: u8,
+    },
+    /// mmap failed.
+    #[error("mmap of IOTLB entry [{start:#x}, {last:#x}] at offset {offset:#x}: {source}")]
+    Mmap {
+        /// First IOVA.
+        start: u64,
+        /// Last IOVA.
+        last: u64,
+        /// File offset.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// Asking the kernel for the mapping failed.
+    #[error(transparent)]
+    Vduse(#[from] VduseError),
+}
+
+/// One mapped IOVA range.
+#[derive(Debug)]
+pub struct Mapping {
+    start: u64,
+    last: u64,
+    perm: Permissions,
+    region: MmapRegion<()>,
+}
+
+impl Mapping {
+    /// Maps `len = last - start + 1` bytes of `file` at `offset`.
+    pub fn map(entry: &VduseIotlbEntry, file: File) -> Result<Self, IotlbError> {
+        let (start, last) = (entry.start, entry.last);
+        let len = last
+            .checked_sub(start)
+            .and_then(|l| l.checked_add(1))
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or(IotlbError::BadRange { start, last })?;
+        let (perm, prot) = match entry.perm {
+            VDUSE_ACCESS_RO => (Permissions::Read, libc::PROT_READ),
+            // x86 cannot map write-only; the permission check still refuses reads.
+            VDUSE_ACCESS_WO => (Permissions::Write, libc::PROT_READ | libc::PROT_WRITE),
+            VDUSE_ACCESS_RW => (Permissions::ReadWrite, libc::PROT_READ | libc::PROT_WRITE),
+            p => {
+                return Err(IotlbError::BadPerm {
+                    start,
+                    last,
+                    perm: p,
+                })
+            }
+        };
+        let region = MmapRegion::build(
+            Some(FileOffset::new(file, entry.offset)),
+            len,
+            prot,
+            libc::MAP_SHARED,
+        )
+        .map_err(|source| IotlbError::Mmap {
+            start,
+            last,
+            offset: entry.offset,
+            source,
+        })?;
+        Ok(Mapping {
+            start,
+            last,
+            perm,
+            region,
+        })
+    }
+
+    /// First IOVA.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Last IOVA.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Permission.
+    pub fn perm(&self) -> Permissions {
+        self.perm
+    }
+}
+
+/// An immutable set of mappings keyed by IOVA start.
+#[derive(Debug, Default, Clone)]
+pub struct IotlbMemory {
+    maps: BTreeMap<u64, Arc<Mapping>>,
+}
+
+impl IotlbMemory {
+    /// No mappings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// True if nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    /// The mappings, in IOVA order.
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.maps.values().map(|m| m.as_ref())
+    }
+
+    /// The mapping containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<&Mapping> {
+        self.maps
+            .range(..=addr)
+            .next_back()
+            .map(|(_, m)| m.as_ref())
+            .filter(|m| addr <= m.last)
+    }
+
+    /// A copy without any mapping that overlaps `[start, last]`.
+    pub fn without_range(&self, start: u64, last: u64) -> Self {
+        IotlbMemory {
+            maps: self
+                .maps
+                .iter()
+                .filter(|(_, m)| m.last < start || m.start > last)
+                .map(|(k, m)| (*k, m.clone()))
+                .collect(),
+        }
+    }
+
+    /// A copy with `mapping` added (replacing whatever it overlaps).
+    pub fn with_mapping(&self, mapping: Mapping) -> Self {
+        let mut next = self.without_range(mapping.start, mapping.last);
+        next.maps.insert(mapping.start, Arc::new(mapping));
+        next
+    }
+
+    /// The host address for `len` bytes at `addr` if they lie in one mapping that allows
+    /// `access` (for building iovecs).
+    pub fn host_slice(
+        &self,
+        addr: u64,
+        len: u32,
+        access: Permissions,
+    ) -> Option<VolatileSlice<'_, ()>> {
+        let m = self.find(addr)?;
+        if !m.perm.allow(access) {
+            return None;
+        }
+        let end = addr.checked_add(u64::from(len))?.checked_sub(1)?;
+        if end > m.last {
+            return None;
+        }
+        m.region
+            .get_slice((addr - m.start) as usize, len as usize)
+            .ok()
+    }
+}
+
+/// Iterator over the slices backing an IOVA range.
+pub struct IotlbSlices<'a> {
+    mem: &'a IotlbMemory,
+    addr: u64,
+    remaining: usize,
+    access: Permissions,
+    failed: bool,
+}
+
+impl<'a> Iterator for IotlbSlices<'a> {
+    type Item = GuestMemoryResult<VolatileSlice<'a, BS<'a, ()>>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 || self.failed {
+            return None;
+        }
+        let Some(m) = self
+            .mem
+            .find(self.addr)
+            .filter(|m| m.perm.allow(self.access))
+        else {
+            self.failed = true;
+            return Some(Err(GuestMemoryError::InvalidGuestAddress(GuestAddress(
+                self.addr,
+            ))));
+        };
+        let in_map = (m.last - self.addr).saturating_add(1);
+        let n = (self.remaining as u64).min(in_map) as usize;
+        match m.region.get_slice((self.addr - m.start) as usize, n) {
+            Ok(s) => {
+                self.remaining -= n;
+                self.addr = self.addr.wrapping_add(n as u64);
+                Some(Ok(s))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e.into()))
+            }
+        }
+    }
+}
+
+impl FusedIterator for IotlbSlices<'_> {}
+
+impl<'a> GuestMemorySliceIterator<'a, BS<'a, ()>> for IotlbSlices<'a> {}
+
+impl GuestMemory for IotlbMemory {
+    type PhysicalMemory = GuestMemoryMmap<()>;
+    type Bitmap = ();
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        if count == 0 {
+            return true;
+        }
+        let Some(mut remaining) = u64::try_from(count).ok() else {
+            return false;
+        };
+        let mut a = addr.0;
+        if a.checked_add(remaining - 1).is_none() {
+            return false;
+        }
+        loop {
+            let Some(m) = self.find(a) else { return false };
+            if !m.perm.allow(access) {
+                return false;
+            }
+            let in_map = (m.last - a).saturating_add(1);
+            if remaining <= in_map {
+                return true;
+            }
+            remaining -= in_map;
+            a = m.last + 1;
+        }
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
+        if count > 0 && addr.0.checked_add(count as u64 - 1).is_none() {
+            return Err(GuestMemoryError::GuestAddressOverflow);
+        }
+        Ok(IotlbSlices {
+            mem: self,
+            addr: addr.0,
+            remaining: count,
+            access,
+            failed: false,
+        })
+    }
+}
+
+/// Where IOTLB entries come from (`VDUSE_IOTLB_GET_FD` in production, memfds in tests).
+pub trait IotlbSource {
+    /// The first region overlapping `[start, last]` and an fd to mmap it, or `None`.
+    fn get_fd(
+        &self,
+        start: u64,
+        last: u64,
+    ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError>;
+}
+
+impl IotlbSource for crate::uapi::vduse::VduseDevFd {
+    fn get_fd(
+        &self,
+        start: u64,
+        last: u64,
+    ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError> {
+        Ok(self.iotlb_get_fd(start, last)?)
+    }
+}
+
+/// The current IOTLB snapshot, shared by the control thread (writer) and workers (readers).
+#[derive(Debug, Default)]
+pub struct IotlbTable {
+    current: Mutex<Arc<IotlbMemory>>,
+}
+
+impl IotlbTable {
+    /// Empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot (cheap: one Arc clone under a short lock).
+    pub fn snapshot(&self) -> Arc<IotlbMemory> {
+        match self.current.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn store(&self, next: IotlbMemory) {
+        let next = Arc::new(next);
+        match self.current.lock() {
+            Ok(mut g) => *g = next,
+            Err(p) => *p.into_inner() = next,
+        }
+    }
+
+    /// Drops everything (device reset).
+    pub fn clear(&self) {
+        self.store(IotlbMemory::new());
+    }
+
+    /// Handles `VDUSE_UPDATE_IOTLB [start, last]`: drops mappings overlapping the range, then
+    /// maps every region the source now reports inside it. Returns the number of regions mapped.
+    pub fn update(
+        &self,
+        source: &dyn IotlbSource,
+        start: u64,
+        last: u64,
+    ) -> Result<usize, IotlbError> {
+        let mut next = self.snapshot().without_range(start, last);
+        let mut cursor = start;
+        let mut mapped = 0;
+        while cursor <= last {
+            let Some((fd, entry)) = source.get_fd(cursor, last)? else {
+                break;
+            };
+            if entry.last < cursor || entry.start > last {
+                // The kernel answered with a region outside what we asked: stop, do not loop.
+                break;
+            }
+            next = next.with_mapping(Mapping::map(&entry, File::from(fd))?);
+            mapped += 1;
+            match entry.last.checked_add(1) {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        self.store(next);
+        Ok(mapped)
+    }
+
+    /// Maps everything the source knows (`[0, u64::MAX]`), e.g. at DRIVER_OK.
+    pub fn map_all(&self, source: &dyn IotlbSource) -> Result<usize, IotlbError> {
+        self.update(source, 0, u64::MAX)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::os::fd::FromRawFd;
+    use vm_memory::Bytes;
+
+    /// A memfd of `len` bytes.
+    pub(crate) fn memfd(len: u64) -> File {
+        let name = c"vdpa-blk-test";
+        // SAFETY: valid C string; the result is checked.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh fd we own.
+        let f = unsafe { File::from_raw_fd(fd) };
+        f.set_len(len).expect("set_len");
+        f
+    }
+
+    /// A fake kernel IOTLB: entries over one memfd.
+    pub(crate) struct FakeIotlb {
+        pub(crate) file: File,
+        pub(crate) entries: RefCell<Vec<VduseIotlbEntry>>,
+    }
+
+    impl FakeIotlb {
+        pub(crate) fn new(len: u64, entries: &[(u64, u64, u64, u8)]) -> Self {
+            FakeIotlb {
+                file: memfd(len),
+                entries: RefCell::new(
+                    entries
+                        .iter()
+                        .map(|&(start, last, offset, perm)| VduseIotlbEntry {
+                            offset,
+                            start,
+                            last,
+                            perm,
+                            padding: [0; 7],
+                        })
+                        .collect(),
+                ),
+            }
+        }
+    }
+
+    impl IotlbSource for FakeIotlb {
+        fn get_fd(
+            &self,
+            start: u64,
+            last: u64,
+        ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError> {
+            let mut es = self.entries.borrow().clone();
+            es.sort_by_key(|e| e.start);
+            Ok(es
+                .into_iter()
+                .find(|e| e.last >= start && e.start <= last)
+                .map(|e| (OwnedFd::from(self.file.try_clone().expect("dup")), e)))
+        }
+    }
+
+    #[test]
+    fn translates_iova_through_offsets() {
+        // Two IOVA ranges backed by different offsets of one memfd.
+        let src = FakeIotlb::new(
+            0x4000,
+            &[
+                (0x10000, 0x10fff, 0x2000, VDUSE_ACCESS_RW),
+                (0x20000, 0x21fff, 0x0000, VDUSE_ACCESS_RW),
+            ],
+        );
+        let t = IotlbTable::new();
+        assert_eq!(t.map_all(&src).expect("map"), 2);
+        let m = t.snapshot();
+        m.write_obj(0xdead_beef_u32, GuestAddress(0x10010))
+            .expect("write");
+        // Visible through the file at offset 0x2010.
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&src.file, &mut b, 0x2010).expect("pread");
+        assert_eq!(u32::from_ne_bytes(b), 0xdead_beef);
+        // The second range maps file offset 0 at IOVA 0x20000.
+        std::os::unix::fs::FileExt::write_all_at(&src.file, &0x55aa_u16.to_ne_bytes(), 0x10)
+            .expect("pwrite");
+        assert_eq!(
+            m.read_obj::<u16>(GuestAddress(0x20010)).expect("read"),
+            0x55aa
+        );
+        // Just past the end of the second range nothing is mapped.
+        assert!(m.read_obj::<u8>(GuestAddress(0x22000)).is_err());
+    }
+
+    #[test]
+    fn unmapped_and_boundary_crossing_accesses_fail() {
+        let src = FakeIotlb::new(0x2000, &[(0x1000, 0x1fff, 0, VDUSE_ACCESS_RW)]);
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let m = t.snapshot();
+        assert!(m.check_range(GuestAddress(0x1000), 0x1000, Permissions::ReadWrite));
+        assert!(!m.check_range(GuestAddress(0x1000), 0x1001, Permissions::Read));
+        assert!(!m.check_range(GuestAddress(0xfff), 2, Permissions::Read));
+        assert!(!m.check_range(GuestAddress(u64::MAX), 2, Permissions::Read));
+        assert!(m.read_obj::<u64>(GuestAddress(0x1ffc)).is_err());
+        assert!(m.read_obj::<u64>(GuestAddress(0x0)).is_err());
+    }
+
+    #[test]
+    fn adjacent_mappings_form_one_contiguous_range() {
+        let src = FakeIotlb::new(
+            0x3000,
+            &[
+                (0x1000, 0x1fff, 0x2000, VDUSE_ACCESS_RW),
+                (0x2000, 0x2fff, 0x0000, VDUSE_ACCESS_RW),
+            ],
+        );
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let m = t.snapshot();
+        assert!(m.check_range(GuestAddress(0x1ff0), 0x20, Permissions::Read));
+        m.write_slice(&[7u8; 32], GuestAddress(0x1ff0))
+            .expect("straddling write");
+        let mut b = [0u8; 16];
+        std::os::unix::fs::FileExt::read_exact_at(&src.file, &mut b, 0x0).expect("pread");
+        assert_eq!(b, [7u8; 16]);
+        // A single iovec cannot straddle two mappings.
+        assert!(m.host_slice(0x1ff0, 0x20, Permissions::Read).is_none());
+        assert!(m.host_slice(0x1ff0, 0x10, Permissions::Read).is_some());
+    }
+
+    #[test]
+    fn read_only_mapping_refuses_writes() {
+        let src = FakeIotlb::new(0x1000, &[(0x1000, 0x1fff, 0, VDUSE_ACCESS_RO)]);
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let m = t.snapshot();
+        assert!(m.check_range(GuestAddress(0x1000), 16, Permissions::Read));
+        assert!(!m.check_range(GuestAddress(0x1000), 16, Permissions::Write));
+        assert!(
+            m.write_obj(1u8, GuestAddress(0x1000)).is_err(),
+            "refused, not a SIGSEGV"
+        );
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x1000)).expect("read"), 0);
+        assert!(m.host_slice(0x1000, 16, Permissions::Write).is_none());
+    }
+
+    #[test]
+    fn update_remaps_and_invalidation_drops() {
+        let src = FakeIotlb::new(
+            0x4000,
+            &[
+                (0x1000, 0x1fff, 0, VDUSE_ACCESS_RW),
+                (0x8000, 0x8fff, 0x1000, VDUSE_ACCESS_RW),
+            ],
+        );
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let old = t.snapshot();
+        assert_eq!(old.len(), 2);
+        // The kernel removes the first region and tells us about [0x1000, 0x1fff].
+        src.entries.borrow_mut().retain(|e| e.start != 0x1000);
+        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update"), 0);
+        let now = t.snapshot();
+        assert_eq!(now.len(), 1);
+        assert!(now.find(0x1000).is_none());
+        // An in-flight holder of the old snapshot still reads the old mapping.
+        assert!(old.read_obj::<u8>(GuestAddress(0x1000)).is_ok());
+        // A new region appears at the same IOVA but another file offset.
+        src.entries.borrow_mut().push(VduseIotlbEntry {
+            offset: 0x3000,
+            start: 0x1000,
+            last: 0x1fff,
+            perm: VDUSE_ACCESS_RO,
+            padding: [0; 7],
+        });
+        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update"), 1);
+        let m = t
+            .snapshot()
+            .find(0x1000)
+            .map(|m| (m.start(), m.last(), m.perm()));
+        assert_eq!(m, Some((0x1000, 0x1fff, Permissions::Read)));
+        t.clear();
+        assert!(t.snapshot().is_empty());
+    }
+
+    #[test]
+    fn bad_entries_are_errors() {
+        let src = FakeIotlb::new(0x1000, &[(0x2000, 0x1000, 0, VDUSE_ACCESS_RW)]);
+        let e = IotlbTable::new().map_all(&src).expect_err("reversed range");
+        assert!(matches!(e, IotlbError::BadRange { .. }), "{e}");
+        let src = FakeIotlb::new(0x1000, &[(0x0, 0xfff, 0, 0x7)]);
+        let e = IotlbTable::new().map_all(&src).expect_err("bad perm");
+        assert!(matches!(e, IotlbError::BadPerm { perm: 7, .. }), "{e}");
+    }
+
+    #[test]
+    fn host_slice_points_into_the_mapping() {
+        let src = FakeIotlb::new(0x2000, &[(0x4000, 0x5fff, 0, VDUSE_ACCESS_RW)]);
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let m = t.snapshot();
+        let a = m.host_slice(0x4000, 16, Permissions::Read).expect("slice");
+        let b = m.host_slice(0x4100, 16, Permissions::Read).expect("slice");
+        assert_eq!(
+            b.ptr_guard().as_ptr() as usize - a.ptr_guard().as_ptr() as usize,
+            0x100
+        );
+    }
+}
