@@ -1,1 +1,23 @@
-//! The soft-RoCE QEMU test bed.
+//! The soft-RoCE test bed: the project's real kernel stack (NVMe SR-IOV, nvmet, rdma_rxe,
+//! nvme-rdma, VDUSE, vDPA) in QEMU guests booted under software emulation, because the
+//! machines that build and test this project run a kernel with none of it.
+//!
+//! Layers, bottom up: [`setup`] (host tools, the guest kernel, the initramfs) -> [`qemu`]
+//! (a guest's command line) -> [`guest`] (a QEMU process that never outlives us, and its
+//! [`agent`]) -> [`bed`] (topologies, steps by role) -> [`scenarios`].
+
+pub mod agent;
+pub mod bed;
+pub mod cmd;
+pub mod error;
+pub mod fio;
+pub mod guest;
+pub mod host;
+pub mod initramfs;
+pub mod kernel;
+pub mod progress;
+pub mod qemu;
+pub mod scenarios;
+pub mod setup;
+
+pub use error::{Error, Result};

@@ -1,0 +1,186 @@
+//! `testbed`: set up the soft-RoCE QEMU test bed, run its scenarios, or (inside a guest) be
+//! the guest agent.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use testbed::bed::{parse_size, BedParams, Topology};
+use testbed::progress::Progress;
+use testbed::scenarios::reference::{self, Fault};
+use testbed::{agent, fio, guest, setup};
+
+#[derive(Parser)]
+#[command(about = "The soft-RoCE QEMU test bed of the vDPA-over-NVMe-oF stack")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct BedArgs {
+    /// `single` (one guest, rxe on a veth pair) or `pair` (storage and compute guests).
+    #[arg(long, default_value = "pair")]
+    topology: String,
+    /// Memory of each guest, MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// vCPUs of each guest.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// VFs of the emulated NVMe controller.
+    #[arg(long, default_value_t = 4)]
+    vfs: u32,
+    /// Namespace image sizes, comma separated (K/M/G suffixes).
+    #[arg(long, default_value = "1G,512M,2G", value_delimiter = ',')]
+    namespaces: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing host tools, fetch the guest kernel, build the initramfs.
+    Setup,
+    /// Set up, boot the bed and run the reference scenario with a fio result table.
+    Demo {
+        #[command(flatten)]
+        bed: BedArgs,
+    },
+    /// Run a scenario (`reference`).
+    Run {
+        /// The scenario to run.
+        scenario: String,
+        #[command(flatten)]
+        bed: BedArgs,
+        /// Break a step on purpose: wrong-nqn, missing-module, no-boot.
+        #[arg(long)]
+        fault: Option<String>,
+        /// Also measure each layer with fio.
+        #[arg(long)]
+        measure: bool,
+    },
+    /// Inside a guest: serve the host's requests on the agent port.
+    #[command(hide = true)]
+    GuestAgent,
+}
+
+fn params(args: &BedArgs) -> anyhow::Result<BedParams> {
+    let topology: Topology = args.topology.parse()?;
+    let agent = std::env::current_exe().context("locating the testbed binary for the guests")?;
+    let mut p = BedParams::new(topology, agent);
+    p.memory_mib = args.memory;
+    p.cpus = args.cpus;
+    p.vfs = args.vfs;
+    p.namespace_sizes = args
+        .namespaces
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_, _>>()?;
+    p.validate()?;
+    Ok(p)
+}
+
+fn parse_fault(s: &str) -> anyhow::Result<Fault> {
+    match s {
+        "wrong-nqn" => Ok(Fault::WrongNqn),
+        "missing-module" => Ok(Fault::MissingModule),
+        "no-boot" => Ok(Fault::NoBoot),
+        other => {
+            anyhow::bail!("unknown fault `{other}`: expected wrong-nqn, missing-module or no-boot")
+        }
+    }
+}
+
+fn reference_run(args: &BedArgs, opts: &reference::Options) -> anyhow::Result<()> {
+    let p = params(args)?;
+    let progress = Progress::new("testbed");
+    let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
+    let report = reference::run(&prepared, &p, opts)?;
+    println!();
+    println!(
+        "reference scenario ({} topology): VF {} namespace /dev/{} -> nvmet rdma -> /dev/{} (nvme-rdma) -> qemu-storage-daemon vduse-blk -> /dev/{} (virtio_vdpa)",
+        report.topology, report.vf, report.storage_dev, report.fabric_dev, report.virtio_dev
+    );
+    println!(
+        "fio randwrite 4k QD16 with crc32c verify: passed ({:.0} IOPS); bytes match on the VF namespace",
+        report.verify.iops
+    );
+    if !report.table.is_empty() {
+        println!();
+        print!("{}", fio::table(&report.table));
+        if let (Some(first), Some(last)) = (report.table.first(), report.table.last()) {
+            if first.1.iops > 0.0 {
+                println!(
+                    "ratio of the virtio disk to the local namespace: {:.2}x",
+                    last.1.iops / first.1.iops
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::GuestAgent = cli.command {
+        return match agent::serve() {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("testbed guest-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Ctrl-C or SIGTERM: no QEMU may outlive us.
+    if let Err(e) = ctrlc::set_handler(|| {
+        guest::kill_all();
+        std::process::exit(130);
+    }) {
+        eprintln!("testbed: cannot install the signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Cmd::Setup => {
+            let progress = Progress::new("testbed");
+            setup::prepare(&setup::cache_dir(), &progress)
+                .map(|p| {
+                    println!(
+                        "test bed ready: kernel {} ({}), initramfs {}",
+                        p.kernel.version,
+                        p.kernel.vmlinuz.display(),
+                        p.initramfs.display()
+                    );
+                })
+                .map_err(anyhow::Error::from)
+        }
+        Cmd::Demo { bed } => {
+            println!("Until the project's own daemons land, the demo runs the reference scenario (stock tools: nvme-cli, nvmet configfs, rdma, qemu-storage-daemon, vdpa).");
+            reference_run(
+                &bed,
+                &reference::Options {
+                    fault: None,
+                    measure: true,
+                },
+            )
+        }
+        Cmd::Run {
+            scenario,
+            bed,
+            fault,
+            measure,
+        } => (|| {
+            if scenario != "reference" {
+                anyhow::bail!("unknown scenario `{scenario}`: expected `reference`");
+            }
+            let fault = fault.as_deref().map(parse_fault).transpose()?;
+            reference_run(&bed, &reference::Options { fault, measure })
+        })(),
+        Cmd::GuestAgent => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

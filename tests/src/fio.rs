@@ -1,0 +1,120 @@
+//! fio's JSON output turned into the figures the bed prints: IOPS, bandwidth, p50/p99.
+
+use serde_json::Value;
+
+/// One fio job's figures (both directions summed for IOPS and bandwidth; latency from the
+/// direction that did I/O, reads first).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FioFigures {
+    pub job: String,
+    pub iops: f64,
+    pub bw_mib_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Parses fio `--output-format=json` text into one entry per job.
+pub fn parse(json: &str) -> Result<Vec<FioFigures>, String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("fio JSON: {e}"))?;
+    from_value(&v)
+}
+
+/// Same, from an already parsed value.
+pub fn from_value(v: &Value) -> Result<Vec<FioFigures>, String> {
+    let jobs = v
+        .get("jobs")
+        .and_then(Value::as_array)
+        .ok_or("fio JSON has no `jobs` array")?;
+    jobs.iter()
+        .map(|job| {
+            let name = job
+                .get("jobname")
+                .and_then(Value::as_str)
+                .ok_or("fio job without `jobname`")?;
+            let dir = |d: &str| job.get(d).filter(|x| num(x, "io_bytes") > 0.0);
+            let (r, w) = (dir("read"), dir("write"));
+            let lat_dir = r
+                .or(w)
+                .ok_or_else(|| format!("fio job `{name}` did no I/O"))?;
+            let pct = |p: &str| {
+                lat_dir
+                    .get("clat_ns")
+                    .and_then(|c| c.get("percentile"))
+                    .and_then(|c| c.get(p))
+                    .and_then(Value::as_f64)
+                    .map(|ns| ns / 1000.0)
+                    .ok_or_else(|| format!("fio job `{name}` has no clat percentile {p}"))
+            };
+            let sum = |k: &str| r.map_or(0.0, |x| num(x, k)) + w.map_or(0.0, |x| num(x, k));
+            Ok(FioFigures {
+                job: name.to_string(),
+                iops: sum("iops"),
+                bw_mib_s: sum("bw") / 1024.0,
+                p50_us: pct("50.000000")?,
+                p99_us: pct("99.000000")?,
+            })
+        })
+        .collect()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// A plain-text table: device, job, IOPS, MiB/s, p50 and p99 in microseconds.
+pub fn table(rows: &[(String, FioFigures)]) -> String {
+    let mut s = format!(
+        "{:<36} {:<16} {:>10} {:>9} {:>10} {:>10}\n",
+        "device", "job", "IOPS", "MiB/s", "p50 us", "p99 us"
+    );
+    for (dev, f) in rows {
+        s.push_str(&format!(
+            "{:<36} {:<16} {:>10.0} {:>9.1} {:>10.0} {:>10.0}\n",
+            dev, f.job, f.iops, f.bw_mib_s, f.p50_us, f.p99_us
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{"fio version":"fio-3.33","jobs":[
+      {"jobname":"randread-4k-qd16","read":{"io_bytes":40960000,"iops":2500.5,"bw":10002,
+        "clat_ns":{"percentile":{"50.000000":6016,"99.000000":21000}}},
+       "write":{"io_bytes":0,"iops":0,"bw":0,"clat_ns":{}}},
+      {"jobname":"randwrite","read":{"io_bytes":0,"iops":0,"bw":0},
+       "write":{"io_bytes":4096,"iops":100,"bw":400,
+        "clat_ns":{"percentile":{"50.000000":1000,"99.000000":3000}}}}]}"#;
+
+    #[test]
+    fn figures_come_from_the_direction_that_did_io() {
+        let f = parse(SAMPLE).expect("parses");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].job, "randread-4k-qd16");
+        assert!((f[0].iops - 2500.5).abs() < 1e-9);
+        assert!((f[0].p50_us - 6.016).abs() < 1e-9);
+        assert!((f[0].p99_us - 21.0).abs() < 1e-9);
+        assert!((f[1].iops - 100.0).abs() < 1e-9);
+        assert!((f[1].p99_us - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn malformed_fio_output_is_an_error() {
+        assert!(parse("fio: oops").is_err());
+        assert!(parse(r#"{"jobs":[{"jobname":"x","read":{"io_bytes":0}}]}"#)
+            .expect_err("no io")
+            .contains("did no I/O"));
+        assert!(parse(r#"{"nojobs":1}"#).is_err());
+    }
+
+    #[test]
+    fn table_has_a_row_per_device() {
+        let f = parse(SAMPLE).expect("parses");
+        let t = table(&[("/dev/vda".into(), f[0].clone())]);
+        assert_eq!(t.lines().count(), 2);
+        assert!(t.contains("/dev/vda"));
+        assert!(t.contains("2500") || t.contains("2501"));
+    }
+}

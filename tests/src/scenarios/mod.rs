@@ -1,0 +1,4 @@
+//! Scenarios: sequences of steps run in a bed's guests (each step may use the helpers of
+//! [`crate::bed::GUEST_SHELL_LIB`]).
+
+pub mod reference;

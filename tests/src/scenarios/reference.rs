@@ -1,0 +1,453 @@
+//! The reference scenario, with stock tools only: carve a VF (virtualization management),
+//! export its namespace with the kernel target over soft-RoCE, discover and connect from the
+//! compute side with nvme-rdma, publish it through `qemu-storage-daemon --export
+//! type=vduse-blk` and virtio_vdpa, run fio with crc32c verification on the resulting
+//! /dev/vdX, and check on the storage side that the bytes landed in the VF's namespace.
+//!
+//! It proves the bed, and it is the baseline the project's own components are compared with.
+
+use std::time::Duration;
+
+use crate::bed::{Bed, BedParams, Role, StepResult, Topology, COMPUTE_ADDR, STORAGE_ADDR};
+use crate::error::{Error, Result};
+use crate::fio::{self, FioFigures};
+use crate::setup::Prepared;
+
+/// The exported subsystem.
+pub const SUBSYSTEM_NQN: &str = "nqn.2026-11.io.testbed:reference-vol1";
+/// The VF carved (secondary controller id = VF number on QEMU's controller).
+const VF: u32 = 1;
+/// The namespace attached to the VF.
+const NSID: u32 = 1;
+/// The vdpa / VDUSE device name.
+const VDPA_NAME: &str = "refvol1";
+
+/// A deliberate breakage, to prove that failures are caught and named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The compute node connects to a subsystem NQN the target does not export.
+    WrongNqn,
+    /// A kernel module the preparation step loads does not exist.
+    MissingModule,
+    /// The guests are told to run an agent that does not exist, so they never come up.
+    NoBoot,
+}
+
+/// Options of a reference run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub fault: Option<Fault>,
+    /// Also measure 4k random reads on each layer for the result table.
+    pub measure: bool,
+}
+
+/// What a successful run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub topology: Topology,
+    /// The fio verification job (randwrite with crc32c, read back).
+    pub verify: FioFigures,
+    /// Measurements: (layer description, figures).
+    pub table: Vec<(String, FioFigures)>,
+    /// The VF, its namespace block device on the storage side, the nvme-rdma block device
+    /// and the virtio block device on the compute side.
+    pub vf: String,
+    pub storage_dev: String,
+    pub fabric_dev: String,
+    pub virtio_dev: String,
+}
+
+fn script(body: &str) -> String {
+    body.to_string()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn required(step: &StepResult, key: &str, what: &str) -> Result<String> {
+    step.get_str(key).ok_or_else(|| Error::Check {
+        check: what.to_string(),
+        reason: format!("the step printed no `{key}` result"),
+    })
+}
+
+/// Runs the scenario in a new bed with `params` and tears the bed down, whatever happens.
+pub fn run(prepared: &Prepared, params: &BedParams, opts: &Options) -> Result<Report> {
+    let mut params = params.clone();
+    if opts.fault == Some(Fault::NoBoot) {
+        params.agent = "/nonexistent/testbed-agent".into();
+        params.boot_timeout = secs(120);
+    }
+    let mut bed = Bed::start(prepared, &params, "reference")?;
+    let report = steps(&mut bed, opts);
+    if report.is_ok() {
+        bed.progress().phase("done", "reference scenario passed");
+    }
+    bed.shutdown();
+    report
+}
+
+fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
+    let topology = bed.topology();
+    let pair = topology == Topology::Pair;
+
+    // Preparation: configfs, loopback, the modules each role needs.
+    let net_mod = if pair { "virtio_net" } else { "veth" };
+    let mut storage_mods = format!("nvme nvmet nvmet-rdma rdma_rxe {net_mod}");
+    let compute_mods = format!("nvme-rdma rdma_rxe vduse vdpa virtio_vdpa virtio_blk {net_mod}");
+    if opts.fault == Some(Fault::MissingModule) {
+        storage_mods.push_str(" testbed_no_such_module");
+    }
+    let prepare = |mods: &str| {
+        script(&format!(
+            "modprobe configfs\n\
+             mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config\n\
+             ip link set lo up\n\
+             modprobe -a {mods}\n\
+             mkdir -p /etc/nvme\n\
+             [ -s /etc/nvme/hostnqn ] || nvme gen-hostnqn > /etc/nvme/hostnqn\n\
+             result hostnqn \"$(cat /etc/nvme/hostnqn)\""
+        ))
+    };
+    if pair {
+        bed.step(
+            Role::Storage,
+            "prepare",
+            "prepare",
+            &prepare(&storage_mods),
+            secs(90),
+        )?;
+    } else {
+        let all = format!("{storage_mods} {compute_mods}");
+        bed.step(
+            Role::Storage,
+            "prepare",
+            "prepare",
+            &prepare(&all),
+            secs(90),
+        )?;
+    }
+    let host = bed.step(
+        Role::Compute,
+        "prepare",
+        "host identity",
+        &prepare(&compute_mods),
+        secs(90),
+    )?;
+    let hostnqn = required(&host, "hostnqn", "compute host NQN")?;
+
+    // Carve VF 1: flexible queue and interrupt resources, online, namespace attached, bound.
+    let carve = bed.step(
+        Role::Storage,
+        "carve",
+        "carve VF and attach namespace",
+        &script(&format!(
+            r#"PF=
+for d in /sys/bus/pci/devices/*; do
+  if [ "$(cat $d/class)" = 0x010802 ] && [ -e $d/sriov_totalvfs ]; then PF=$d; fi
+done
+[ -n "$PF" ] || {{ echo "no NVMe controller with SR-IOV found"; exit 1; }}
+wait_for 30 "the PF's controller" sh -c "ls $PF/nvme | grep -q nvme"
+ctrl=$(ls $PF/nvme)
+wait_for 10 /dev/$ctrl test -c /dev/$ctrl
+echo "PF $PF controller $ctrl, $(cat $PF/sriov_totalvfs) VFs"
+echo 0 > $PF/sriov_drivers_autoprobe
+nvme virt-mgmt /dev/$ctrl -c {VF} -r 0 -a 8 -n 2
+nvme virt-mgmt /dev/$ctrl -c {VF} -r 1 -a 8 -n 1
+echo {VF} > $PF/sriov_numvfs
+nvme virt-mgmt /dev/$ctrl -c {VF} -a 9
+nvme attach-ns /dev/$ctrl -n {NSID} -c {VF}
+VFDEV=$(readlink -f $PF/virtfn{vfidx})
+echo nvme > $VFDEV/driver_override
+echo $(basename $VFDEV) > /sys/bus/pci/drivers/nvme/bind
+wait_for 30 "the VF's controller" sh -c "ls $VFDEV/nvme | grep -q nvme"
+vctrl=$(ls $VFDEV/nvme)
+nqn=$(cat /sys/class/nvme/$vctrl/subsysnqn)
+wait_for 30 "namespace {NSID} of $nqn" blockdev_of "$nqn" {NSID}
+dev=$(blockdev_of "$nqn" {NSID})
+wait_for 10 /dev/$dev test -b /dev/$dev
+result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
+"#,
+            vfidx = VF - 1
+        )),
+        secs(120),
+    )?;
+    let storage_dev = required(&carve, "dev", "VF namespace block device")?;
+    let vf = required(&carve, "vf", "VF address")?;
+
+    // Soft-RoCE links.
+    if pair {
+        for (role, addr) in [(Role::Storage, STORAGE_ADDR), (Role::Compute, COMPUTE_ADDR)] {
+            bed.step(
+                role,
+                "network",
+                "soft-RoCE on the NIC",
+                &script(&format!(
+                    r#"nic=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
+[ -n "$nic" ] || {{ echo "no NIC"; exit 1; }}
+ip addr add {addr}/24 dev $nic
+ip link set $nic up
+rdma link add rxe0 type rxe netdev $nic
+wait_for 30 "rxe0 ACTIVE" sh -c "rdma link show rxe0/1 | grep -q ACTIVE"
+rdma link show
+"#
+                )),
+                secs(60),
+            )?;
+        }
+        bed.step(
+            Role::Compute,
+            "network",
+            "reach the storage node",
+            &script(&format!(
+                "wait_for 30 'ping {STORAGE_ADDR}' busybox ping -c1 -W1 {STORAGE_ADDR}"
+            )),
+            secs(60),
+        )?;
+    } else {
+        bed.step(
+            Role::Storage,
+            "network",
+            "soft-RoCE on a veth pair",
+            &script(&format!(
+                r#"ip link add veth0 type veth peer name veth1
+ip link set veth0 up
+ip link set veth1 up
+ip addr add {STORAGE_ADDR}/24 dev veth0
+rdma link add rxe0 type rxe netdev veth0
+wait_for 30 "rxe0 ACTIVE" sh -c "rdma link show rxe0/1 | grep -q ACTIVE"
+rdma link show
+"#
+            )),
+            secs(60),
+        )?;
+    }
+
+    // Export with the kernel target, for the compute node's host NQN only.
+    bed.step(
+        Role::Storage,
+        "export",
+        "nvmet subsystem, namespace, rdma port",
+        &script(&format!(
+            r#"C=/sys/kernel/config/nvmet
+S=$C/subsystems/{SUBSYSTEM_NQN}
+mkdir $S
+echo 0 > $S/attr_allow_any_host
+[ -d "$C/hosts/{hostnqn}" ] || mkdir "$C/hosts/{hostnqn}"
+ln -s "$C/hosts/{hostnqn}" $S/allowed_hosts/
+mkdir $S/namespaces/1
+echo /dev/{storage_dev} > $S/namespaces/1/device_path
+echo 1 > $S/namespaces/1/enable
+P=$C/ports/1
+mkdir $P
+echo rdma > $P/addr_trtype
+echo ipv4 > $P/addr_adrfam
+echo {STORAGE_ADDR} > $P/addr_traddr
+echo 4420 > $P/addr_trsvcid
+ln -s $S $P/subsystems/{SUBSYSTEM_NQN}
+"#
+        )),
+        secs(60),
+    )?;
+
+    // Discover and connect.
+    let connect_nqn = if opts.fault == Some(Fault::WrongNqn) {
+        "nqn.2026-11.io.testbed:not-exported"
+    } else {
+        SUBSYSTEM_NQN
+    };
+    let connect = bed.step(
+        Role::Compute,
+        "connect",
+        "discover and connect over nvme-rdma",
+        &script(&format!(
+            r#"nvme discover -t rdma -a {STORAGE_ADDR} -s 4420 > /tmp/discover.txt
+cat /tmp/discover.txt
+grep -q "subnqn: *{SUBSYSTEM_NQN}" /tmp/discover.txt || {{ echo "the discovery log does not list {SUBSYSTEM_NQN}"; exit 1; }}
+nvme connect -t rdma -a {STORAGE_ADDR} -s 4420 -n {connect_nqn}
+wait_for 30 "the fabric namespace" blockdev_of {SUBSYSTEM_NQN} 1
+dev=$(blockdev_of {SUBSYSTEM_NQN} 1)
+wait_for 10 /dev/$dev test -b /dev/$dev
+result dev "$dev"
+"#
+        )),
+        secs(120),
+    )?;
+    let fabric_dev = required(&connect, "dev", "fabric block device")?;
+
+    // Publish through VDUSE and virtio_vdpa.
+    let publish = bed.step(
+        Role::Compute,
+        "publish",
+        "qemu-storage-daemon vduse-blk export, vdpa dev add",
+        &script(&format!(
+            r#"qemu-storage-daemon --daemonize --pidfile /run/qsd-{VDPA_NAME}.pid \
+  --blockdev driver=host_device,node-name=vol,filename=/dev/{fabric_dev},cache.direct=on \
+  --export type=vduse-blk,id=exp0,node-name=vol,name={VDPA_NAME},writable=on,num-queues=1
+wait_for 30 /dev/vduse/{VDPA_NAME} test -e /dev/vduse/{VDPA_NAME}
+vdpa dev add name {VDPA_NAME} mgmtdev vduse
+wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/{VDPA_NAME}/virtio*/block/ | grep -q vd" || {{
+  ls -lR /sys/bus/vdpa/devices/{VDPA_NAME}/ | head -40; exit 1; }}
+vd=$(ls /sys/bus/vdpa/devices/{VDPA_NAME}/virtio*/block/)
+wait_for 10 /dev/$vd test -b /dev/$vd
+vdpa dev show
+result vd "$vd"
+"#
+        )),
+        secs(120),
+    )?;
+    let virtio_dev = required(&publish, "vd", "virtio block device")?;
+
+    // fio with crc32c verification through the whole stack.
+    let verify = bed.step(
+        Role::Compute,
+        "io",
+        "fio randwrite 4k with crc32c verify on the virtio disk",
+        &script(&format!(
+            r#"fio --name=verify --filename=/dev/{virtio_dev} --direct=1 --ioengine=libaio \
+  --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
+  --verify_fatal=1 --randrepeat=0 --output-format=json --output=/tmp/fio-verify.json
+echo "RESULT {{\"fio\": $(tr -d '\n' < /tmp/fio-verify.json)}}"
+"#
+        )),
+        secs(600),
+    )?;
+    let verify = fio_of(&verify, "verify")?;
+
+    // The bytes landed in the VF's namespace: compare the fio region and a fresh pattern.
+    let written = bed.step(
+        Role::Compute,
+        "check",
+        "write a pattern through the virtio disk, checksum",
+        &script(&format!(
+            r#"head -c 4194304 /dev/urandom > /tmp/pattern
+dd if=/tmp/pattern of=/dev/{virtio_dev} bs=1M seek=40 oflag=direct conv=fsync 2>/dev/null
+result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
+       fio_region "$(dd if=/dev/{virtio_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+"#
+        )),
+        secs(120),
+    )?;
+    let landed = bed.step(
+        Role::Storage,
+        "check",
+        "checksum the same ranges on the VF namespace",
+        &script(&format!(
+            r#"result pattern "$(dd if=/dev/{storage_dev} bs=1M skip=40 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)" \
+       fio_region "$(dd if=/dev/{storage_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+"#
+        )),
+        secs(120),
+    )?;
+    for key in ["pattern", "fio_region"] {
+        let a = required(&written, key, "compute-side checksum")?;
+        let b = required(&landed, key, "storage-side checksum")?;
+        if a != b {
+            return Err(Error::Check {
+                check: format!("bytes landed on the VF namespace ({key})"),
+                reason: format!(
+                    "md5 through /dev/{virtio_dev} is {a}, on /dev/{storage_dev} it is {b}"
+                ),
+            });
+        }
+    }
+    bed.progress()
+        .note("checksums match on the VF namespace (fio region and a 4 MiB pattern)");
+
+    let mut table = Vec::new();
+    if opts.measure {
+        let job = |dev: &str| {
+            script(&format!(
+                r#"fio --name=randread-4k-qd16 --filename=/dev/{dev} --direct=1 --ioengine=libaio \
+  --rw=randread --bs=4k --iodepth=16 --size=32M --time_based --runtime=8 --ramp_time=1 \
+  --readonly --output-format=json --output=/tmp/fio-{dev}.json
+echo "RESULT {{\"fio\": $(tr -d '\n' < /tmp/fio-{dev}.json)}}"
+"#
+            ))
+        };
+        let layers = [
+            (Role::Storage, storage_dev.clone(), "VF namespace (PCIe)"),
+            (Role::Compute, fabric_dev.clone(), "nvme-rdma over rxe"),
+            (
+                Role::Compute,
+                virtio_dev.clone(),
+                "qemu-storage-daemon vduse",
+            ),
+        ];
+        for (role, dev, what) in layers {
+            let r = bed.step(
+                role,
+                "measure",
+                &format!("fio 4k randread QD16 on {what}"),
+                &job(&dev),
+                secs(120),
+            )?;
+            table.push((format!("{what} /dev/{dev}"), fio_of(&r, "measure")?));
+        }
+    }
+
+    // Take it all down again and check nothing is left.
+    bed.step(
+        Role::Compute,
+        "teardown",
+        "remove the vdpa device, stop the export, disconnect",
+        &script(&format!(
+            r#"vdpa dev del {VDPA_NAME}
+kill $(cat /run/qsd-{VDPA_NAME}.pid)
+wait_for 30 "VDUSE device removal" sh -c "! test -e /dev/vduse/{VDPA_NAME}"
+nvme disconnect -n {SUBSYSTEM_NQN}
+left=$(vdpa dev show)
+[ -z "$left" ] || {{ echo "vdpa devices left: $left"; exit 1; }}
+"#
+        )),
+        secs(60),
+    )?;
+    bed.step(
+        Role::Storage,
+        "teardown",
+        "unexport",
+        &script(&format!(
+            r#"C=/sys/kernel/config/nvmet
+S=$C/subsystems/{SUBSYSTEM_NQN}
+rm $C/ports/1/subsystems/{SUBSYSTEM_NQN}
+rmdir $C/ports/1
+echo 0 > $S/namespaces/1/enable
+rmdir $S/namespaces/1
+rm "$S/allowed_hosts/{hostnqn}"
+rmdir $S
+rmdir "$C/hosts/{hostnqn}"
+"#
+        )),
+        secs(60),
+    )?;
+
+    Ok(Report {
+        topology,
+        verify,
+        table,
+        vf,
+        storage_dev,
+        fabric_dev,
+        virtio_dev,
+    })
+}
+
+fn fio_of(step: &StepResult, what: &str) -> Result<FioFigures> {
+    let v = step
+        .results
+        .iter()
+        .find_map(|r| r.get("fio"))
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: "the step printed no fio result".into(),
+        })?;
+    let mut f = fio::from_value(v).map_err(|reason| Error::Check {
+        check: what.to_string(),
+        reason,
+    })?;
+    f.pop().ok_or_else(|| Error::Check {
+        check: what.to_string(),
+        reason: "fio reported no job".into(),
+    })
+}
