@@ -13,3 +13,4 @@ pub mod driver;
 pub mod iotlb;
 pub mod netlink;
 pub mod uapi;
+pub mod worker;

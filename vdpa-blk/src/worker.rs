@@ -1,0 +1,956 @@
+//! One worker thread and one io_uring per virtqueue.
+//!
+//! The loop: the kick eventfd and the stop eventfd are read *through the ring*
+//! (`IORING_OP_READ`), so one `io_uring_enter` both submits the SQEs queued since the last
+//! iteration and waits for the next event. On a kick every available chain is popped (with
+//! EVENT_IDX: process, re-enable notification, repeat until nothing new), parsed, and turned
+//! into SQEs whose iovecs point straight into the IOTLB mappings; the SQEs go out with the
+//! next single submit. Completions of one wake-up are written to the used ring together and
+//! followed by at most one `VDUSE_VQ_INJECT_IRQ` (if `needs_notification` says so).
+//!
+//! The daemon never copies payload: `copied_bytes` exists to prove it and stays 0. The only
+//! bytes the worker writes into guest memory itself are device-generated (status byte, id
+//! string). A request keeps an `Arc` of the IOTLB snapshot its iovecs point into, so an IOTLB
+//! update cannot unmap memory under in-flight I/O.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use io_uring::{opcode, types, IoUring};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
+
+use crate::blk::exec::{write_id, write_status};
+use crate::blk::request::{
+    parse, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+};
+use crate::iotlb::{IotlbMemory, IotlbTable};
+
+const KICK_TOKEN: u64 = u64::MAX;
+const STOP_TOKEN: u64 = u64::MAX - 1;
+/// Most iovecs per readv/writev SQE (`IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+/// Errors that stop a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Setting up or driving the ring failed.
+    #[error("queue {queue}: {op}: {source}")]
+    Io {
+        /// Queue index.
+        queue: u16,
+        /// What was done.
+        op: &'static str,
+        /// errno.
+        #[source]
+        source: io::Error,
+    },
+    /// The ring addresses do not lie in the mapped memory.
+    #[error("queue {queue}: ring addresses are not valid in the mapped memory")]
+    InvalidRing {
+        /// Queue index.
+        queue: u16,
+    },
+    /// virtio-queue refused the configuration.
+    #[error("queue {queue}: {source}")]
+    Queue {
+        /// Queue index.
+        queue: u16,
+        /// Cause.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// The worker thread panicked.
+    #[error("queue {0}: worker thread panicked")]
+    Panicked(u16),
+}
+
+/// The backing device or file.
+#[derive(Debug)]
+pub struct Backing {
+    file: File,
+    path: PathBuf,
+    is_block: bool,
+    direct: bool,
+}
+
+/// Errors opening the backing device.
+#[derive(Debug, thiserror::Error)]
+#[error("open backing {path} ({mode}): {source}")]
+pub struct BackingError {
+    path: PathBuf,
+    mode: &'static str,
+    #[source]
+    source: io::Error,
+}
+
+impl Backing {
+    /// Opens `path` read-write (or read-only) and, if `direct`, with `O_DIRECT`.
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, BackingError> {
+        let mode = match (read_only, direct) {
+            (true, true) => "read-only, O_DIRECT",
+            (true, false) => "read-only",
+            (false, true) => "read-write, O_DIRECT",
+            (false, false) => "read-write",
+        };
+        let err = |source| BackingError {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        };
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(!read_only);
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o.open(path).map_err(err)?;
+        let is_block = file.metadata().map_err(err)?.file_type().is_block_device();
+        Ok(Backing {
+            file,
+            path: path.to_path_buf(),
+            is_block,
+            direct,
+        })
+    }
+
+    /// The path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether O_DIRECT is on.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Current size in bytes (for resize detection).
+    pub fn size_bytes(&self) -> io::Result<u64> {
+        if self.is_block {
+            let mut size: u64 = 0;
+            // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+            const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+            // SAFETY: the kernel writes one u64 into `size`.
+            let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(size)
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// An eventfd.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new non-semaphore eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain eventfd(2); result checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh fd we own.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds 1.
+    pub fn signal(&self) -> io::Result<()> {
+        let v: u64 = 1;
+        // SAFETY: writes 8 bytes from `v`.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), (&v as *const u64).cast(), 8) };
+        if n != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The raw fd.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// A second handle on the same eventfd.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(EventFd(self.0.try_clone()?))
+    }
+}
+
+/// How the worker signals the driver (VDUSE_VQ_INJECT_IRQ in production).
+pub trait Interrupt: Send + Sync {
+    /// Injects the used-buffer interrupt of `queue`.
+    fn notify(&self, queue: u16) -> io::Result<()>;
+}
+
+impl Interrupt for crate::uapi::vduse::VduseDevFd {
+    fn notify(&self, queue: u16) -> io::Result<()> {
+        self.vq_inject_irq(u32::from(queue)).map_err(|e| e.source)
+    }
+}
+
+/// Per-queue counters (read by the stats dump).
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Requests completed (any status).
+    pub requests: AtomicU64,
+    /// Bytes read from the backing device into guest buffers.
+    pub bytes_read: AtomicU64,
+    /// Bytes written from guest buffers to the backing device.
+    pub bytes_written: AtomicU64,
+    /// Requests answered with an error status or dropped.
+    pub errors: AtomicU64,
+    /// Chains dropped without a status.
+    pub dropped: AtomicU64,
+    /// Requests submitted and not yet completed.
+    pub in_flight: AtomicU64,
+    /// Interrupts injected.
+    pub interrupts: AtomicU64,
+    /// Payload bytes the daemon copied. The datapath has no copy: this stays 0.
+    pub copied_bytes: AtomicU64,
+}
+
+/// A snapshot of [`QueueStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStatsSnapshot {
+    /// Queue index.
+    pub queue: u16,
+    /// See [`QueueStats`].
+    pub requests: u64,
+    /// See [`QueueStats`].
+    pub bytes_read: u64,
+    /// See [`QueueStats`].
+    pub bytes_written: u64,
+    /// See [`QueueStats`].
+    pub errors: u64,
+    /// See [`QueueStats`].
+    pub dropped: u64,
+    /// See [`QueueStats`].
+    pub in_flight: u64,
+    /// See [`QueueStats`].
+    pub interrupts: u64,
+    /// See [`QueueStats`].
+    pub copied_bytes: u64,
+}
+
+impl QueueStats {
+    /// Reads every counter.
+    pub fn snapshot(&self, queue: u16) -> QueueStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        QueueStatsSnapshot {
+            queue,
+            requests: l(&self.requests),
+            bytes_read: l(&self.bytes_read),
+            bytes_written: l(&self.bytes_written),
+            errors: l(&self.errors),
+            dropped: l(&self.dropped),
+            in_flight: l(&self.in_flight),
+            interrupts: l(&self.interrupts),
+            copied_bytes: l(&self.copied_bytes),
+        }
+    }
+}
+
+/// Where the driver put the rings and where to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Queue index.
+    pub index: u16,
+    /// Queue size the driver chose.
+    pub size: u16,
+    /// IOVA of the descriptor table.
+    pub desc: u64,
+    /// IOVA of the available ring.
+    pub driver: u64,
+    /// IOVA of the used ring.
+    pub device: u64,
+    /// EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// Next available index to read.
+    pub next_avail: u16,
+    /// Next used index to write.
+    pub next_used: u16,
+}
+
+/// Everything a worker needs.
+pub struct WorkerParams {
+    /// Ring location.
+    pub queue: QueueConfig,
+    /// Request validation parameters.
+    pub parse: ParseContext,
+    /// Backing device.
+    pub backing: Arc<Backing>,
+    /// Guest memory.
+    pub iotlb: Arc<IotlbTable>,
+    /// The kick eventfd (registered with VDUSE_VQ_SETUP_KICKFD).
+    pub kick: EventFd,
+    /// Interrupt injection.
+    pub irq: Arc<dyn Interrupt>,
+    /// Counters.
+    pub stats: Arc<QueueStats>,
+    /// GET_ID answer.
+    pub id: [u8; VIRTIO_BLK_ID_BYTES],
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    index: u16,
+    stop: EventFd,
+    next_avail: Arc<AtomicU16>,
+    join: JoinHandle<Result<u16, WorkerError>>,
+}
+
+impl WorkerHandle {
+    /// The available index the worker will read next (for VDUSE_GET_VQ_STATE).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new requests, waits for in-flight I/O, and returns the final next-avail
+    /// index.
+    pub fn stop(self) -> Result<u16, WorkerError> {
+        self.stop.signal().map_err(|source| WorkerError::Io {
+            queue: self.index,
+            op: "signal stop eventfd",
+            source,
+        })?;
+        self.join
+            .join()
+            .map_err(|_| WorkerError::Panicked(self.index))?
+    }
+}
+
+/// Starts the worker thread for one queue.
+pub fn spawn(p: WorkerParams) -> Result<WorkerHandle, WorkerError> {
+    let index = p.queue.index;
+    let io = |op, source| WorkerError::Io {
+        queue: index,
+        op,
+        source,
+    };
+    let stop = EventFd::new().map_err(|e| io("create stop eventfd", e))?;
+    let stop2 = stop.try_clone().map_err(|e| io("dup stop eventfd", e))?;
+    let next_avail = Arc::new(AtomicU16::new(p.queue.next_avail));
+    let na = next_avail.clone();
+    // Build the ring and queue on this thread so setup errors are reported synchronously.
+    let mut w = Worker::new(p, stop2, na)?;
+    let join = std::thread::Builder::new()
+        .name(format!("vdpa-blk-q{index}"))
+        .spawn(move || w.run())
+        .map_err(|e| io("spawn thread", e))?;
+    Ok(WorkerHandle {
+        index,
+        stop,
+        next_avail,
+        join,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OpKind {
+    Read {
+        expected: u64,
+    },
+    Write {
+        expected: u64,
+    },
+    Flush,
+    Discard,
+    /// Write zeroes by punching a hole; on EOPNOTSUPP retried as ZERO_RANGE.
+    ZeroPunch {
+        offset: u64,
+        len: u64,
+    },
+    Zero,
+}
+
+/// iovecs of one SQE. They point into IOTLB mappings.
+struct IovecSet(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers refer to MAP_SHARED guest mappings owned by the `Arc<IotlbMemory>`
+// stored next to them in the same `InFlight`; they are only handed to the kernel, never
+// dereferenced by Rust code, so moving them to the worker thread is sound.
+unsafe impl Send for IovecSet {}
+
+struct InFlight {
+    head: u16,
+    status_addr: GuestAddress,
+    used_len_ok: u32,
+    ops: Vec<OpKind>,
+    pending: u32,
+    failed: bool,
+    /// The iovec arrays SQEs point to; must live until completion.
+    iovecs: Vec<IovecSet>,
+    /// The snapshot the iovecs point into; keeps the mappings mapped.
+    _mem: Arc<IotlbMemory>,
+}
+
+struct Worker {
+    q: Queue,
+    index: u16,
+    ring: IoUring,
+    parse: ParseContext,
+    backing: Arc<Backing>,
+    iotlb: Arc<IotlbTable>,
+    kick: EventFd,
+    stop: EventFd,
+    kick_buf: Box<u64>,
+    stop_buf: Box<u64>,
+    irq: Arc<dyn Interrupt>,
+    stats: Arc<QueueStats>,
+    id: [u8; VIRTIO_BLK_ID_BYTES],
+    slots: Vec<Option<InFlight>>,
+    free: Vec<u32>,
+    in_flight_heads: Vec<bool>,
+    next_avail: Arc<AtomicU16>,
+    used_since_notify: bool,
+    broken: bool,
+}
+
+fn token(slot: u32, sub: u32) -> u64 {
+    (u64::from(sub) << 32) | u64::from(slot)
+}
+
+impl Worker {
+    fn new(
+        p: WorkerParams,
+        stop: EventFd,
+        next_avail: Arc<AtomicU16>,
+    ) -> Result<Self, WorkerError> {
+        let index = p.queue.index;
+        let qerr = |source| WorkerError::Queue {
+            queue: index,
+            source,
+        };
+        let mut q = Queue::new(p.queue.size).map_err(qerr)?;
+        q.try_set_size(p.queue.size).map_err(qerr)?;
+        q.try_set_desc_table_address(GuestAddress(p.queue.desc))
+            .map_err(qerr)?;
+        q.try_set_avail_ring_address(GuestAddress(p.queue.driver))
+            .map_err(qerr)?;
+        q.try_set_used_ring_address(GuestAddress(p.queue.device))
+            .map_err(qerr)?;
+        q.set_event_idx(p.queue.event_idx);
+        q.set_next_avail(p.queue.next_avail);
+        q.set_next_used(p.queue.next_used);
+        q.set_ready(true);
+        let mem = p.iotlb.snapshot();
+        if !q.is_valid(&*mem) {
+            return Err(WorkerError::InvalidRing { queue: index });
+        }
+        let entries = (u32::from(p.queue.size) * 2 + 8)
+            .next_power_of_two()
+            .max(64);
+        let ring = IoUring::new(entries).map_err(|source| WorkerError::Io {
+            queue: index,
+            op: "io_uring_setup",
+            source,
+        })?;
+        Ok(Worker {
+            q,
+            index,
+            ring,
+            parse: p.parse,
+            backing: p.backing,
+            iotlb: p.iotlb,
+            kick: p.kick,
+            stop,
+            kick_buf: Box::new(0),
+            stop_buf: Box::new(0),
+            irq: p.irq,
+            stats: p.stats,
+            id: p.id,
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight_heads: vec![false; usize::from(p.queue.size)],
+            next_avail,
+            used_since_notify: false,
+            broken: false,
+        })
+    }
+
+    fn io_err(&self, op: &'static str, source: io::Error) -> WorkerError {
+        WorkerError::Io {
+            queue: self.index,
+            op,
+            source,
+        }
+    }
+
+    /// Pushes one SQE, flushing the SQ with a submit if it is full.
+    fn push(&mut self, sqe: io_uring::squeue::Entry) -> Result<(), WorkerError> {
+        loop {
+            // SAFETY: every buffer an SQE points to (kick/stop buffers, iovec arrays and the
+            // guest mappings they reference) is owned by this worker and kept alive until the
+            // matching completion is reaped: the boxes live as long as the worker, iovec arrays
+            // and the IOTLB snapshot live in the in-flight slot until its last completion.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring
+                .submit()
+                .map_err(|e| self.io_err("io_uring_enter (SQ full)", e))?;
+        }
+    }
+
+    fn arm_kick(&mut self) -> Result<(), WorkerError> {
+        let sqe = opcode::Read::new(
+            types::Fd(self.kick.as_raw_fd()),
+            (&mut *self.kick_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(KICK_TOKEN);
+        self.push(sqe)
+    }
+
+    fn arm_stop(&mut self) -> Result<(), WorkerError> {
+        let sqe = opcode::Read::new(
+            types::Fd(self.stop.as_raw_fd()),
+            (&mut *self.stop_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(STOP_TOKEN);
+        self.push(sqe)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn run(&mut self) -> Result<u16, WorkerError> {
+        self.arm_kick()?;
+        self.arm_stop()?;
+        // Requests may already be waiting (resume after a reset or a VM start).
+        let mut kicked = true;
+        let mut stopping = false;
+        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        loop {
+            if kicked && !stopping {
+                self.process_available();
+                kicked = false;
+            }
+            self.notify_if_needed();
+            if stopping && self.in_flight() == 0 {
+                break;
+            }
+            // One system call: submit everything queued, wait for at least one completion.
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(self.io_err("io_uring_enter", e)),
+            }
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(ud, res) in &cqes {
+                match ud {
+                    KICK_TOKEN => {
+                        kicked = true;
+                        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+                            return Err(self
+                                .io_err("read kick eventfd", io::Error::from_raw_os_error(-res)));
+                        }
+                        if !stopping {
+                            self.arm_kick()?;
+                        }
+                    }
+                    STOP_TOKEN => stopping = true,
+                    _ => self.complete_op(ud, res),
+                }
+            }
+        }
+        let na = self.q.next_avail();
+        self.next_avail.store(na, Ordering::Release);
+        Ok(na)
+    }
+
+    fn notify_if_needed(&mut self) {
+        if !self.used_since_notify {
+            return;
+        }
+        self.used_since_notify = false;
+        let mem = self.iotlb.snapshot();
+        let needed = match self.q.needs_notification(&*mem) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(queue = self.index, "needs_notification: {e}");
+                true
+            }
+        };
+        if needed {
+            match self.irq.notify(self.index) {
+                Ok(()) => {
+                    self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(queue = self.index, "inject irq: {e}"),
+            }
+        }
+    }
+
+    fn add_used(&mut self, mem: &IotlbMemory, head: u16, len: u32) {
+        if let Err(e) = self.q.add_used(mem, head, len) {
+            tracing::debug!(queue = self.index, head, "add_used: {e}");
+        }
+        self.used_since_notify = true;
+    }
+
+    fn process_available(&mut self) {
+        if self.broken {
+            return;
+        }
+        let mem = self.iotlb.snapshot();
+        loop {
+            if self.q.event_idx_enabled() {
+                if let Err(e) = self.q.disable_notification(&*mem) {
+                    tracing::debug!(queue = self.index, "disable_notification: {e}");
+                }
+            }
+            let mut popped = 0u32;
+            while let Some(chain) = self.q.pop_descriptor_chain(&*mem) {
+                popped += 1;
+                let head = chain.head_index();
+                if self
+                    .in_flight_heads
+                    .get(usize::from(head))
+                    .copied()
+                    .unwrap_or(true)
+                {
+                    // A head already in flight (or out of range): the driver is confused or
+                    // hostile. Never complete it twice.
+                    tracing::debug!(
+                        queue = self.index,
+                        head,
+                        "dropping chain whose head is already in flight"
+                    );
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match parse(chain, &self.parse) {
+                    Ok(req) => self.start_request(&mem, req),
+                    Err(rej) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                        let used = match (rej.error.status(), rej.status_addr) {
+                            (Some(st), Some(addr)) if write_status(&*mem, addr, st) => {
+                                tracing::debug!(
+                                    queue = self.index,
+                                    head = rej.head_index,
+                                    "request failed: {}",
+                                    rej.error
+                                );
+                                1
+                            }
+                            _ => {
+                                tracing::debug!(
+                                    queue = self.index,
+                                    head = rej.head_index,
+                                    "dropping chain: {}",
+                                    rej.error
+                                );
+                                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                0
+                            }
+                        };
+                        self.add_used(&mem, rej.head_index, used);
+                    }
+                }
+                if popped >= u32::from(self.q.size()) {
+                    break;
+                }
+            }
+            self.next_avail
+                .store(self.q.next_avail(), Ordering::Release);
+            if !self.q.event_idx_enabled() {
+                break;
+            }
+            match self.q.enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(
+                        queue = self.index,
+                        "queue is broken, ignoring it until reset: {e}"
+                    );
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn finish_now(&mut self, mem: &IotlbMemory, req: &Request, ok: bool) {
+        let status = if ok {
+            VIRTIO_BLK_S_OK
+        } else {
+            VIRTIO_BLK_S_IOERR
+        };
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let used = if write_status(mem, req.status_addr, status) {
+            if ok {
+                req.used_len_ok()
+            } else {
+                1
+            }
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            0
+        };
+        self.add_used(mem, req.head_index, used);
+    }
+
+    fn iovecs(mem: &IotlbMemory, req: &Request, access: Permissions) -> Option<Vec<libc::iovec>> {
+        let mut v = Vec::with_capacity(req.data.len());
+        for &(addr, len) in &req.data {
+            let slices = mem.get_slices(addr, len as usize, access).ok()?;
+            for s in slices {
+                let s = s.ok()?;
+                v.push(libc::iovec {
+                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: s.len(),
+                });
+            }
+        }
+        Some(v)
+    }
+
+    fn start_request(&mut self, mem: &Arc<IotlbMemory>, req: Request) {
+        let fd = types::Fd(self.backing.fd());
+        let mut ops: Vec<(OpKind, io_uring::squeue::Entry)> = Vec::new();
+        let mut iovec_sets: Vec<IovecSet> = Vec::new();
+        match req.request_type {
+            RequestType::GetId => {
+                let ok = write_id(&**mem, &req, &self.id);
+                self.finish_now(mem, &req, ok);
+                return;
+            }
+            RequestType::In | RequestType::Out => {
+                if req.data_len == 0 {
+                    self.finish_now(mem, &req, true);
+                    return;
+                }
+                let read = req.request_type == RequestType::In;
+                let access = if read {
+                    Permissions::Write
+                } else {
+                    Permissions::Read
+                };
+                let Some(all) = Self::iovecs(mem, &req, access) else {
+                    // Parsing checked the ranges; a concurrent unmap is the only way here.
+                    self.finish_now(mem, &req, false);
+                    return;
+                };
+                let mut offset = req.offset();
+                for chunk in all.chunks(MAX_IOVECS) {
+                    let bytes: u64 = chunk.iter().map(|i| i.iov_len as u64).sum();
+                    iovec_sets.push(IovecSet(chunk.to_vec()));
+                    let Some(IovecSet(set)) = iovec_sets.last() else {
+                        continue;
+                    };
+                    let (kind, sqe) = if read {
+                        (
+                            OpKind::Read { expected: bytes },
+                            opcode::Readv::new(fd, set.as_ptr(), set.len() as u32)
+                                .offset(offset)
+                                .build(),
+                        )
+                    } else {
+                        (
+                            OpKind::Write { expected: bytes },
+                            opcode::Writev::new(fd, set.as_ptr(), set.len() as u32)
+                                .offset(offset)
+                                .build(),
+                        )
+                    };
+                    ops.push((kind, sqe));
+                    offset += bytes;
+                }
+            }
+            RequestType::Flush => ops.push((
+                OpKind::Flush,
+                opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            )),
+            RequestType::Discard | RequestType::WriteZeroes => {
+                for s in &req.segments {
+                    let offset = s.sector * SECTOR_SIZE;
+                    let len = u64::from(s.num_sectors) * SECTOR_SIZE;
+                    if len == 0 {
+                        continue;
+                    }
+                    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+                    let (kind, mode) = match req.request_type {
+                        RequestType::Discard => (OpKind::Discard, punch),
+                        // Regular files: a punched hole reads back as zeroes.
+                        _ if !self.backing.is_block => (OpKind::Zero, punch),
+                        _ if s.unmap => (OpKind::ZeroPunch { offset, len }, punch),
+                        _ => (OpKind::Zero, zero),
+                    };
+                    ops.push((
+                        kind,
+                        opcode::Fallocate::new(fd, len)
+                            .offset(offset)
+                            .mode(mode)
+                            .build(),
+                    ));
+                }
+                if ops.is_empty() {
+                    self.finish_now(mem, &req, true);
+                    return;
+                }
+            }
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let n = ops.len() as u32;
+        let kinds: Vec<OpKind> = ops.iter().map(|(k, _)| *k).collect();
+        self.slots[slot as usize] = Some(InFlight {
+            head: req.head_index,
+            status_addr: req.status_addr,
+            used_len_ok: req.used_len_ok(),
+            ops: kinds,
+            pending: n,
+            failed: false,
+            iovecs: iovec_sets,
+            _mem: mem.clone(),
+        });
+        if let Some(h) = self.in_flight_heads.get_mut(usize::from(req.head_index)) {
+            *h = true;
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        for (sub, (_, sqe)) in ops.into_iter().enumerate() {
+            if let Err(e) = self.push(sqe.user_data(token(slot, sub as u32))) {
+                tracing::warn!(queue = self.index, "cannot queue I/O: {e}");
+                // The SQE never reached the kernel: account it as a failed completion.
+                self.complete_op(token(slot, sub as u32), -libc::EIO);
+            }
+        }
+    }
+
+    fn complete_op(&mut self, ud: u64, res: i32) {
+        let slot = (ud & 0xffff_ffff) as usize;
+        let sub = (ud >> 32) as usize;
+        let fd = types::Fd(self.backing.fd());
+        let Some(Some(inf)) = self.slots.get_mut(slot) else {
+            tracing::warn!(queue = self.index, ud, "completion for an unknown request");
+            return;
+        };
+        let kind = inf.ops.get(sub).copied();
+        let mut retry = None;
+        let ok = match kind {
+            Some(OpKind::Read { expected }) => {
+                let ok = res >= 0 && res as u64 == expected;
+                if ok {
+                    self.stats.bytes_read.fetch_add(expected, Ordering::Relaxed);
+                }
+                ok
+            }
+            Some(OpKind::Write { expected }) => {
+                let ok = res >= 0 && res as u64 == expected;
+                if ok {
+                    self.stats
+                        .bytes_written
+                        .fetch_add(expected, Ordering::Relaxed);
+                }
+                ok
+            }
+            // Discard is advisory: a device that cannot do it still answers OK.
+            Some(OpKind::Discard) => res >= 0 || res == -libc::EOPNOTSUPP,
+            Some(OpKind::ZeroPunch { offset, len }) if res == -libc::EOPNOTSUPP => {
+                retry = Some(
+                    opcode::Fallocate::new(fd, len)
+                        .offset(offset)
+                        .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                        .build()
+                        .user_data(ud),
+                );
+                true
+            }
+            Some(OpKind::Flush | OpKind::Zero | OpKind::ZeroPunch { .. }) => res >= 0,
+            None => false,
+        };
+        if let Some(sqe) = retry {
+            if let Some(op) = inf.ops.get_mut(sub) {
+                *op = OpKind::Zero;
+            }
+            if self.push(sqe).is_ok() {
+                return;
+            }
+            if let Some(Some(inf)) = self.slots.get_mut(slot) {
+                inf.failed = true;
+            }
+        } else if !ok {
+            tracing::debug!(
+                queue = self.index,
+                res,
+                "I/O failed: {}",
+                io::Error::from_raw_os_error(-res.min(0))
+            );
+            inf.failed = true;
+        }
+        let Some(Some(inf)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        inf.pending = inf.pending.saturating_sub(1);
+        if inf.pending > 0 {
+            return;
+        }
+        let Some(inf) = self.slots[slot].take() else {
+            return;
+        };
+        self.free.push(slot as u32);
+        drop(inf.iovecs);
+        if let Some(h) = self.in_flight_heads.get_mut(usize::from(inf.head)) {
+            *h = false;
+        }
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mem = self.iotlb.snapshot();
+        let status = if inf.failed {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            VIRTIO_BLK_S_IOERR
+        } else {
+            VIRTIO_BLK_S_OK
+        };
+        let used = if write_status(&*mem, inf.status_addr, status) {
+            if inf.failed {
+                1
+            } else {
+                inf.used_len_ok
+            }
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            0
+        };
+        self.add_used(&mem, inf.head, used);
+    }
+}
+
+#[cfg(test)]
+mod tests;

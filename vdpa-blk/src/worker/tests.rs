@@ -1,0 +1,442 @@
+//! The worker driven through virtio-queue's mock driver: guest memory is a memfd reached
+//! through fake IOTLB mappings, the backing device a regular temporary file.
+
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::blk::exec::id_bytes;
+use crate::blk::request::*;
+use crate::iotlb::tests::FakeIotlb;
+use crate::uapi::vduse::VDUSE_ACCESS_RW;
+
+const F_WRITE: u16 = 2;
+const MEM: u64 = 4 << 20;
+const HDR: u64 = 0x10_0000;
+const DATA: u64 = 0x20_0000;
+const STATUS: u64 = 0x30_0000;
+const DISK: u64 = 1 << 20;
+
+#[derive(Default)]
+struct CountingIrq(AtomicU64);
+
+impl Interrupt for CountingIrq {
+    fn notify(&self, _queue: u16) -> io::Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct Rig {
+    _src: FakeIotlb,
+    table: Arc<IotlbTable>,
+    mem: Arc<IotlbMemory>,
+    disk: tempfile::NamedTempFile,
+    irq: Arc<CountingIrq>,
+    stats: Arc<QueueStats>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let src = FakeIotlb::new(MEM, &[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+        let table = Arc::new(IotlbTable::new());
+        table.map_all(&src).expect("map guest memory");
+        let mem = table.snapshot();
+        let disk = tempfile::NamedTempFile::new_in(std::env::temp_dir()).expect("disk");
+        let pattern: Vec<u8> = (0..DISK).map(|i| (i / 512) as u8).collect();
+        disk.as_file().write_all_at(&pattern, 0).expect("fill disk");
+        Rig {
+            _src: src,
+            table,
+            mem,
+            disk,
+            irq: Arc::new(CountingIrq::default()),
+            stats: Arc::new(QueueStats::default()),
+        }
+    }
+
+    fn start(
+        &self,
+        vq: &MockSplitQueue<'_, IotlbMemory>,
+        event_idx: bool,
+        direct: bool,
+    ) -> (WorkerHandle, EventFd) {
+        let kick = EventFd::new().expect("kick");
+        let backing = Arc::new(Backing::open(self.disk.path(), false, direct).expect("backing"));
+        let h = spawn(WorkerParams {
+            queue: QueueConfig {
+                index: 0,
+                size: 16,
+                desc: vq.desc_table_addr().0,
+                driver: vq.avail_addr().0,
+                device: vq.used_addr().0,
+                event_idx,
+                next_avail: 0,
+                next_used: 0,
+            },
+            parse: ParseContext {
+                capacity: DISK / 512,
+                read_only: false,
+                queue_size: 16,
+                discard: true,
+                write_zeroes: true,
+                max_discard_sectors: 1 << 20,
+                max_discard_seg: 4,
+                max_write_zeroes_sectors: 1 << 20,
+                max_write_zeroes_seg: 4,
+            },
+            backing,
+            iotlb: self.table.clone(),
+            kick: kick.try_clone().expect("dup kick"),
+            irq: self.irq.clone(),
+            stats: self.stats.clone(),
+            id: id_bytes("serial-7"),
+        })
+        .expect("spawn worker");
+        (h, kick)
+    }
+
+    fn hdr(&self, at: u64, type_: u32, sector: u64) {
+        self.mem
+            .write_obj(type_.to_le(), GuestAddress(at))
+            .expect("hdr");
+        self.mem.write_obj(0u32, GuestAddress(at + 4)).expect("hdr");
+        self.mem
+            .write_obj(sector.to_le(), GuestAddress(at + 8))
+            .expect("hdr");
+    }
+
+    fn used_idx(&self, vq: &MockSplitQueue<'_, IotlbMemory>) -> u16 {
+        self.mem
+            .read_obj::<u16>(vq.used_addr().unchecked_add(2))
+            .expect("used idx")
+    }
+
+    fn used_elem(&self, vq: &MockSplitQueue<'_, IotlbMemory>, i: u64) -> (u32, u32) {
+        let a = vq.used_addr().unchecked_add(4 + 8 * i);
+        (
+            self.mem.read_obj::<u32>(a).expect("id"),
+            self.mem.read_obj::<u32>(a.unchecked_add(4)).expect("len"),
+        )
+    }
+
+    fn wait_used(&self, vq: &MockSplitQueue<'_, IotlbMemory>, n: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.used_idx(vq) < n {
+            assert!(
+                Instant::now() < deadline,
+                "worker did not complete {n} requests"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn status(&self, at: u64) -> u8 {
+        self.mem.read_obj::<u8>(GuestAddress(at)).expect("status")
+    }
+}
+
+fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+/// Three descriptors (header, data, status) at table index `at`, as one chain.
+fn chain3(
+    at: u16,
+    hdr: u64,
+    data: u64,
+    len: u32,
+    data_flags: u16,
+    status: u64,
+) -> [RawDescriptor; 3] {
+    [
+        d(hdr, 16, 1, at + 1),
+        d(data, len, data_flags | 1, at + 2),
+        d(status, 1, F_WRITE, 0),
+    ]
+}
+
+use vm_memory::Address;
+
+fn roundtrip(direct: bool) {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, direct);
+    // OUT 4 KiB of 0xa5 at sector 8.
+    r.mem
+        .write_slice(&[0xa5; 4096], GuestAddress(DATA))
+        .expect("fill");
+    r.hdr(HDR, VIRTIO_BLK_T_OUT, 8);
+    vq.add_desc_chains(&chain3(0, HDR, DATA, 4096, 0, STATUS), 0)
+        .expect("chain");
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 1);
+    assert_eq!(r.status(STATUS), VIRTIO_BLK_S_OK);
+    assert_eq!(r.used_elem(&vq, 0), (0, 1));
+    let mut on_disk = [0u8; 4096];
+    r.disk
+        .as_file()
+        .read_exact_at(&mut on_disk, 8 * 512)
+        .expect("pread");
+    assert_eq!(on_disk, [0xa5; 4096]);
+
+    // IN the same sectors into another buffer, then FLUSH.
+    r.hdr(HDR + 0x100, VIRTIO_BLK_T_IN, 8);
+    vq.add_desc_chains(
+        &chain3(3, HDR + 0x100, DATA + 0x1_0000, 4096, F_WRITE, STATUS + 1),
+        3,
+    )
+    .expect("chain");
+    r.hdr(HDR + 0x200, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(&[d(HDR + 0x200, 16, 1, 7), d(STATUS + 2, 1, F_WRITE, 0)], 6)
+        .expect("chain");
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 3);
+    let mut back = [0u8; 4096];
+    r.mem
+        .read_slice(&mut back, GuestAddress(DATA + 0x1_0000))
+        .expect("read");
+    assert_eq!(back, [0xa5; 4096]);
+    assert_eq!(r.status(STATUS + 1), VIRTIO_BLK_S_OK);
+    assert_eq!(r.status(STATUS + 2), VIRTIO_BLK_S_OK);
+    assert_eq!(r.used_elem(&vq, 1), (3, 4097));
+    assert_eq!(h.stop().expect("stop"), 3);
+    let s = r.stats.snapshot(0);
+    assert_eq!(s.requests, 3);
+    assert_eq!(s.bytes_written, 4096);
+    assert_eq!(s.bytes_read, 4096);
+    assert_eq!(s.errors, 0);
+    assert_eq!(s.in_flight, 0);
+    assert_eq!(s.copied_bytes, 0, "the datapath never copies payload");
+    assert!(r.irq.0.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn write_read_flush_roundtrip_through_io_uring() {
+    roundtrip(false);
+}
+
+#[test]
+fn write_read_roundtrip_with_o_direct() {
+    // /tmp is ext4 on this machine and in CI; O_DIRECT works there.
+    roundtrip(true);
+}
+
+#[test]
+fn batch_is_processed_from_one_kick() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    for i in 0..4u16 {
+        let hdr = HDR + 0x100 * u64::from(i);
+        r.hdr(hdr, VIRTIO_BLK_T_IN, u64::from(i));
+        vq.add_desc_chains(
+            &chain3(
+                i * 3,
+                hdr,
+                DATA + 0x1000 * u64::from(i),
+                512,
+                F_WRITE,
+                STATUS + u64::from(i),
+            ),
+            i * 3,
+        )
+        .expect("chain");
+    }
+    let (h, kick) = r.start(&vq, false, false);
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 4);
+    for i in 0..4u64 {
+        let mut b = [0u8; 512];
+        r.mem
+            .read_slice(&mut b, GuestAddress(DATA + 0x1000 * i))
+            .expect("read");
+        assert_eq!(b, [i as u8; 512], "sector {i} pattern");
+    }
+    h.stop().expect("stop");
+    let irqs = r.irq.0.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&irqs), "{irqs} interrupts for 4 requests");
+}
+
+#[test]
+fn event_idx_suppresses_interrupt_until_used_event() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    // used_event (after the avail ring) = 5: the driver wants an interrupt only after the 6th.
+    let used_event = vq.avail_addr().unchecked_add(4 + 2 * 16);
+    r.mem
+        .write_obj(5u16.to_le(), used_event)
+        .expect("used_event");
+    r.hdr(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(&[d(HDR, 16, 1, 1), d(STATUS, 1, F_WRITE, 0)], 0)
+        .expect("chain");
+    let (h, kick) = r.start(&vq, true, false);
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 1);
+    h.stop().expect("stop");
+    assert_eq!(
+        r.irq.0.load(Ordering::SeqCst),
+        0,
+        "no interrupt before used_event"
+    );
+    // And avail_event was published for the driver.
+    let avail_event = vq.used_addr().unchecked_add(4 + 8 * 16);
+    assert_eq!(r.mem.read_obj::<u16>(avail_event).expect("avail_event"), 1);
+}
+
+#[test]
+fn malformed_chains_are_answered_or_dropped_and_the_worker_survives() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, false);
+    // 1: write-only header -> IOERR, used len 1.
+    r.hdr(HDR, VIRTIO_BLK_T_IN, 0);
+    vq.add_desc_chains(&[d(HDR, 16, 1 | F_WRITE, 1), d(STATUS, 1, F_WRITE, 0)], 0)
+        .expect("chain");
+    // 2: read-only status -> dropped, used len 0.
+    r.hdr(HDR + 0x100, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(&[d(HDR + 0x100, 16, 1, 3), d(STATUS + 1, 1, 0, 0)], 2)
+        .expect("chain");
+    // 3: data outside guest memory -> IOERR.
+    r.hdr(HDR + 0x200, VIRTIO_BLK_T_IN, 0);
+    vq.add_desc_chains(
+        &chain3(4, HDR + 0x200, MEM - 256, 512, F_WRITE, STATUS + 2),
+        4,
+    )
+    .expect("chain");
+    // 4: past capacity -> IOERR.
+    r.hdr(HDR + 0x300, VIRTIO_BLK_T_IN, DISK / 512);
+    vq.add_desc_chains(&chain3(7, HDR + 0x300, DATA, 512, F_WRITE, STATUS + 3), 7)
+        .expect("chain");
+    // 5: unsupported type -> UNSUPP.
+    r.hdr(HDR + 0x400, 99, 0);
+    vq.add_desc_chains(
+        &[d(HDR + 0x400, 16, 1, 11), d(STATUS + 4, 1, F_WRITE, 0)],
+        10,
+    )
+    .expect("chain");
+    // 6: a valid GET_ID after all that.
+    r.hdr(HDR + 0x500, VIRTIO_BLK_T_GET_ID, 0);
+    vq.add_desc_chains(
+        &chain3(12, HDR + 0x500, DATA + 0x8000, 20, F_WRITE, STATUS + 5),
+        12,
+    )
+    .expect("chain");
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 6);
+    assert_eq!(r.status(STATUS), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.status(STATUS + 2), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.status(STATUS + 3), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.status(STATUS + 4), VIRTIO_BLK_S_UNSUPP);
+    assert_eq!(r.status(STATUS + 5), VIRTIO_BLK_S_OK);
+    let lens: Vec<(u32, u32)> = (0..6).map(|i| r.used_elem(&vq, i)).collect();
+    assert_eq!(
+        lens,
+        vec![(0, 1), (2, 0), (4, 1), (7, 1), (10, 1), (12, 21)]
+    );
+    let mut id = [0u8; 20];
+    r.mem
+        .read_slice(&mut id, GuestAddress(DATA + 0x8000))
+        .expect("id");
+    assert_eq!(&id[..8], b"serial-7");
+    h.stop().expect("stop");
+    let s = r.stats.snapshot(0);
+    assert_eq!(s.errors, 5);
+    assert_eq!(s.dropped, 1);
+}
+
+#[test]
+fn discard_and_write_zeroes_zero_the_file_range() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, false);
+    let seg = |at: u64, sector: u64, n: u32, flags: u32| {
+        r.mem
+            .write_obj(sector.to_le(), GuestAddress(at))
+            .expect("seg");
+        r.mem
+            .write_obj(n.to_le(), GuestAddress(at + 8))
+            .expect("seg");
+        r.mem
+            .write_obj(flags.to_le(), GuestAddress(at + 12))
+            .expect("seg");
+    };
+    r.hdr(HDR, VIRTIO_BLK_T_DISCARD, 0);
+    seg(DATA, 16, 8, 0);
+    vq.add_desc_chains(&chain3(0, HDR, DATA, 16, 0, STATUS), 0)
+        .expect("chain");
+    r.hdr(HDR + 0x100, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    seg(DATA + 0x100, 40, 8, 0);
+    seg(DATA + 0x110, 64, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+    vq.add_desc_chains(&chain3(3, HDR + 0x100, DATA + 0x100, 32, 0, STATUS + 1), 3)
+        .expect("chain");
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 2);
+    h.stop().expect("stop");
+    assert_eq!(r.status(STATUS), VIRTIO_BLK_S_OK);
+    assert_eq!(r.status(STATUS + 1), VIRTIO_BLK_S_OK);
+    for (sector, zero) in [
+        (15u64, false),
+        (16, true),
+        (23, true),
+        (24, false),
+        (40, true),
+        (64, true),
+        (72, false),
+    ] {
+        let mut b = [0u8; 512];
+        r.disk
+            .as_file()
+            .read_exact_at(&mut b, sector * 512)
+            .expect("pread");
+        if zero {
+            assert_eq!(b, [0u8; 512], "sector {sector} zeroed");
+        } else {
+            assert_eq!(b, [sector as u8; 512], "sector {sector} untouched");
+        }
+    }
+}
+
+#[test]
+fn invalid_ring_address_is_refused_at_start() {
+    let r = Rig::new();
+    let kick = EventFd::new().expect("kick");
+    let e = spawn(WorkerParams {
+        queue: QueueConfig {
+            index: 1,
+            size: 16,
+            desc: MEM + 0x1000,
+            driver: 0x1000,
+            device: 0x2000,
+            event_idx: false,
+            next_avail: 0,
+            next_used: 0,
+        },
+        parse: ParseContext {
+            capacity: 1,
+            read_only: false,
+            queue_size: 16,
+            discard: false,
+            write_zeroes: false,
+            max_discard_sectors: 0,
+            max_discard_seg: 0,
+            max_write_zeroes_sectors: 0,
+            max_write_zeroes_seg: 0,
+        },
+        backing: Arc::new(Backing::open(r.disk.path(), true, false).expect("backing")),
+        iotlb: r.table.clone(),
+        kick,
+        irq: r.irq.clone(),
+        stats: r.stats.clone(),
+        id: id_bytes(""),
+    })
+    .err()
+    .expect("must refuse");
+    assert!(matches!(e, WorkerError::InvalidRing { queue: 1 }), "{e}");
+}
