@@ -103,6 +103,11 @@ impl SysRoot {
         SysRoot(path.into())
     }
 
+    /// The root itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// `root` joined with an absolute-looking path (`"sys/bus/vdpa"`).
     pub fn join(&self, rel: &str) -> PathBuf {
         self.0.join(rel.trim_start_matches('/'))

@@ -353,6 +353,11 @@ impl IotlbTable {
         }
     }
 
+    /// Installs `next` as the current snapshot.
+    pub fn replace(&self, next: IotlbMemory) {
+        self.store(next);
+    }
+
     /// Drops everything (device reset).
     pub fn clear(&self) {
         self.store(IotlbMemory::new());
@@ -397,8 +402,8 @@ impl IotlbTable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::cell::RefCell;
     use std::os::fd::FromRawFd;
+    use std::sync::Mutex as TestMutex;
     use vm_memory::Bytes;
 
     /// A memfd of `len` bytes.
@@ -416,14 +421,14 @@ pub(crate) mod tests {
     /// A fake kernel IOTLB: entries over one memfd.
     pub(crate) struct FakeIotlb {
         pub(crate) file: File,
-        pub(crate) entries: RefCell<Vec<VduseIotlbEntry>>,
+        pub(crate) entries: TestMutex<Vec<VduseIotlbEntry>>,
     }
 
     impl FakeIotlb {
         pub(crate) fn new(len: u64, entries: &[(u64, u64, u64, u8)]) -> Self {
             FakeIotlb {
                 file: memfd(len),
-                entries: RefCell::new(
+                entries: TestMutex::new(
                     entries
                         .iter()
                         .map(|&(start, last, offset, perm)| VduseIotlbEntry {
@@ -445,7 +450,7 @@ pub(crate) mod tests {
             start: u64,
             last: u64,
         ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError> {
-            let mut es = self.entries.borrow().clone();
+            let mut es = self.entries.lock().expect("entries").clone();
             es.sort_by_key(|e| e.start);
             Ok(es
                 .into_iter()
@@ -551,7 +556,10 @@ pub(crate) mod tests {
         let old = t.snapshot();
         assert_eq!(old.len(), 2);
         // The kernel removes the first region and tells us about [0x1000, 0x1fff].
-        src.entries.borrow_mut().retain(|e| e.start != 0x1000);
+        src.entries
+            .lock()
+            .expect("entries")
+            .retain(|e| e.start != 0x1000);
         assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update"), 0);
         let now = t.snapshot();
         assert_eq!(now.len(), 1);
@@ -559,7 +567,7 @@ pub(crate) mod tests {
         // An in-flight holder of the old snapshot still reads the old mapping.
         assert!(old.read_obj::<u8>(GuestAddress(0x1000)).is_ok());
         // A new region appears at the same IOVA but another file offset.
-        src.entries.borrow_mut().push(VduseIotlbEntry {
+        src.entries.lock().expect("entries").push(VduseIotlbEntry {
             offset: 0x3000,
             start: 0x1000,
             last: 0x1fff,

@@ -9,6 +9,7 @@
 //! - [`device`]: the VDUSE control loop tying them together.
 
 pub mod blk;
+pub mod device;
 pub mod driver;
 pub mod iotlb;
 pub mod netlink;

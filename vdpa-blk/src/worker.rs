@@ -303,6 +303,8 @@ pub struct WorkerParams {
     pub stats: Arc<QueueStats>,
     /// GET_ID answer.
     pub id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// Current capacity in sectors, updated by the control loop on resize (None: fixed).
+    pub capacity: Option<Arc<AtomicU64>>,
 }
 
 /// A running worker.
@@ -319,17 +321,37 @@ impl WorkerHandle {
         self.next_avail.load(Ordering::Acquire)
     }
 
-    /// Stops taking new requests, waits for in-flight I/O, and returns the final next-avail
-    /// index.
-    pub fn stop(self) -> Result<u16, WorkerError> {
+    /// Whether the thread has exited (after a stop, or on a fatal ring error).
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Asks the worker to stop taking new requests and exit once in-flight I/O completed.
+    pub fn signal_stop(&self) -> Result<(), WorkerError> {
         self.stop.signal().map_err(|source| WorkerError::Io {
             queue: self.index,
             op: "signal stop eventfd",
             source,
-        })?;
+        })
+    }
+
+    /// Waits for the thread and returns the final next-avail index.
+    pub fn join(self) -> Result<u16, WorkerError> {
         self.join
             .join()
             .map_err(|_| WorkerError::Panicked(self.index))?
+    }
+
+    /// Queue index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Stops taking new requests, waits for in-flight I/O, and returns the final next-avail
+    /// index.
+    pub fn stop(self) -> Result<u16, WorkerError> {
+        self.signal_stop()?;
+        self.join()
     }
 }
 
@@ -418,6 +440,7 @@ struct Worker {
     next_avail: Arc<AtomicU16>,
     used_since_notify: bool,
     broken: bool,
+    capacity: Option<Arc<AtomicU64>>,
 }
 
 fn token(slot: u32, sub: u32) -> u64 {
@@ -479,6 +502,7 @@ impl Worker {
             next_avail,
             used_since_notify: false,
             broken: false,
+            capacity: p.capacity,
         })
     }
 
@@ -613,6 +637,9 @@ impl Worker {
     fn process_available(&mut self) {
         if self.broken {
             return;
+        }
+        if let Some(c) = &self.capacity {
+            self.parse.capacity = c.load(Ordering::Acquire);
         }
         let mem = self.iotlb.snapshot();
         loop {

@@ -98,6 +98,7 @@ impl Rig {
             irq: self.irq.clone(),
             stats: self.stats.clone(),
             id: id_bytes("serial-7"),
+            capacity: None,
         })
         .expect("spawn worker");
         (h, kick)
@@ -435,6 +436,7 @@ fn invalid_ring_address_is_refused_at_start() {
         irq: r.irq.clone(),
         stats: r.stats.clone(),
         id: id_bytes(""),
+        capacity: None,
     })
     .err()
     .expect("must refuse");

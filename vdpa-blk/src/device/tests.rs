@@ -1,0 +1,350 @@
+//! The control loop's decisions against a fake VDUSE device: memfd-backed IOTLB, the mock
+//! queue's rings, a counting interrupt.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicU32;
+use std::sync::Mutex;
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::Address;
+
+use super::*;
+use crate::blk::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
+use crate::iotlb::tests::FakeIotlb;
+use crate::iotlb::IotlbMemory;
+use crate::uapi::vduse::{
+    VduseIotlbEntry, VduseVqStateSplit, VduseVqStateUnion, VDUSE_ACCESS_RW,
+    VDUSE_REQ_RESULT_FAILED, VDUSE_REQ_RESULT_OK,
+};
+
+const MEM: u64 = 4 << 20;
+
+struct FakeOps {
+    iotlb: FakeIotlb,
+    rings: Mutex<(u64, u64, u64)>,
+    avail_index: Mutex<u16>,
+    kick: Mutex<Option<OwnedFd>>,
+    irqs: AtomicU32,
+    config_irqs: AtomicU32,
+    config_writes: Mutex<Vec<(u32, Vec<u8>)>>,
+    features: u64,
+}
+
+impl IotlbSource for FakeOps {
+    fn get_fd(
+        &self,
+        start: u64,
+        last: u64,
+    ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError> {
+        self.iotlb.get_fd(start, last)
+    }
+}
+
+impl Interrupt for FakeOps {
+    fn notify(&self, _queue: u16) -> std::io::Result<()> {
+        self.irqs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl VduseOps for FakeOps {
+    fn get_features(&self) -> Result<u64, VduseError> {
+        Ok(self.features)
+    }
+    fn vq_get_info(&self, index: u32) -> Result<VduseVqInfo, VduseError> {
+        let (desc, driver, device) = *self.rings.lock().expect("rings");
+        let mut state = VduseVqStateUnion::default();
+        state.split = VduseVqStateSplit {
+            avail_index: *self.avail_index.lock().expect("avail"),
+        };
+        Ok(VduseVqInfo {
+            index,
+            num: 16,
+            desc_addr: desc,
+            driver_addr: driver,
+            device_addr: device,
+            state,
+            ready: 1,
+            padding: [0; 7],
+        })
+    }
+    fn vq_setup_kickfd(&self, _index: u32, fd: Option<RawFd>) -> Result<(), VduseError> {
+        // Keep our own reference, as the kernel does (eventfd_ctx_fdget).
+        // SAFETY: dup of a valid fd; the result is checked and owned.
+        let dup = fd.map(|f| unsafe { libc::dup(f) });
+        *self.kick.lock().expect("kick") = dup.filter(|&d| d >= 0).map(|d| {
+            // SAFETY: fresh fd from dup.
+            unsafe { OwnedFd::from_raw_fd(d) }
+        });
+        Ok(())
+    }
+    fn set_config(&self, offset: u32, data: &[u8]) -> Result<(), VduseError> {
+        self.config_writes
+            .lock()
+            .expect("cfg")
+            .push((offset, data.to_vec()));
+        Ok(())
+    }
+    fn inject_config_irq(&self) -> Result<(), VduseError> {
+        self.config_irqs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl FakeOps {
+    fn kick(&self) {
+        let g = self.kick.lock().expect("kick");
+        let fd = g.as_ref().expect("kickfd registered").as_raw_fd();
+        let v: u64 = 1;
+        // SAFETY: 8-byte write from a u64 to an eventfd we own.
+        let n = unsafe { libc::write(fd, (&v as *const u64).cast(), 8) };
+        assert_eq!(n, 8);
+    }
+}
+
+fn request(type_: u32, id: u32, payload: &[u8]) -> VduseDevRequest {
+    let mut b = [0u8; VduseDevRequest::SIZE];
+    b[0..4].copy_from_slice(&type_.to_ne_bytes());
+    b[4..8].copy_from_slice(&id.to_ne_bytes());
+    b[24..24 + payload.len()].copy_from_slice(payload);
+    VduseDevRequest::from_bytes(&b)
+}
+
+fn set_status(s: u8) -> VduseDevRequest {
+    request(1, 10 + u32::from(s), &[s])
+}
+
+fn result(r: &VduseDevResponse) -> u32 {
+    r.result
+}
+
+struct Rig {
+    ops: Arc<FakeOps>,
+    ctrl: Controller<FakeOps>,
+    disk: tempfile::NamedTempFile,
+}
+
+fn rig(entries: &[(u64, u64, u64, u8)]) -> Rig {
+    let ops = Arc::new(FakeOps {
+        iotlb: FakeIotlb::new(MEM, entries),
+        rings: Mutex::new((0, 0, 0)),
+        avail_index: Mutex::new(0),
+        kick: Mutex::new(None),
+        irqs: AtomicU32::new(0),
+        config_irqs: AtomicU32::new(0),
+        config_writes: Mutex::new(Vec::new()),
+        features: (1 << 32) | (1 << 33),
+    });
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    disk.as_file().set_len(1 << 20).expect("len");
+    let limits = QueueLimits::for_file(1 << 20);
+    let model = DeviceModel::new(
+        &limits,
+        &DeviceOptions {
+            num_queues: 1,
+            queue_size: 16,
+            read_only: false,
+        },
+    );
+    let backing = Arc::new(Backing::open(disk.path(), false, false).expect("backing"));
+    let ctrl = Controller::new(ops.clone(), model, backing, "ser", true);
+    Rig { ops, ctrl, disk }
+}
+
+/// A view of the guest memory the fake IOTLB exposes (the same memfd).
+fn guest(r: &Rig) -> IotlbMemory {
+    let t = IotlbTable::new();
+    t.map_all(&r.ops.iotlb).expect("map");
+    (*t.snapshot()).clone()
+}
+
+fn wait_used(mem: &IotlbMemory, used: GuestAddress, n: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mem
+        .read_obj::<u16>(used.unchecked_add(2))
+        .expect("used idx")
+        < n
+    {
+        assert!(Instant::now() < deadline, "request not completed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn driver_ok_starts_workers_and_reset_stops_them_and_the_device_can_be_driven_again() {
+    let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    let mem = guest(&r);
+    let vq = MockSplitQueue::new(&mem, 16);
+    *r.ops.rings.lock().expect("rings") =
+        (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+
+    for s in [1u8, 3, 11] {
+        let (resp, _) = r.ctrl.handle(&set_status(s));
+        assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+        assert_eq!(r.ctrl.running(), 0, "no worker before DRIVER_OK");
+    }
+    let (resp, _) = r.ctrl.handle(&set_status(15));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    assert_eq!(resp.request_id, 25);
+    assert_eq!(r.ctrl.running(), 1);
+
+    let flush = |at: u16, hdr: u64, status: u64| {
+        mem.write_obj(VIRTIO_BLK_T_FLUSH.to_le(), GuestAddress(hdr))
+            .expect("hdr");
+        vq.add_desc_chains(
+            &[
+                RawDescriptor::from(SplitDescriptor::new(hdr, 16, 1, at + 1)),
+                RawDescriptor::from(SplitDescriptor::new(status, 1, 2, 0)),
+            ],
+            at,
+        )
+        .expect("chain");
+    };
+    flush(0, 0x10_0000, 0x30_0000);
+    r.ops.kick();
+    wait_used(&mem, vq.used_addr(), 1);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x30_0000)).expect("st"),
+        VIRTIO_BLK_S_OK
+    );
+    assert!(r.ops.irqs.load(Ordering::SeqCst) >= 1);
+
+    // GET_VQ_STATE while running: the worker's next avail index.
+    let (resp, _) = r.ctrl.handle(&request(0, 77, &0u32.to_ne_bytes()));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    let b = resp.to_bytes();
+    assert_eq!(&b[28..30], &1u16.to_ne_bytes());
+
+    // Reset: workers stop, the IOTLB is forgotten.
+    let (resp, _) = r.ctrl.handle(&set_status(0));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    assert_eq!(r.ctrl.running(), 0);
+    assert!(r.ctrl.iotlb().snapshot().is_empty());
+
+    // Driven again (a VM reboot): the kernel reports the saved avail index.
+    *r.ops.avail_index.lock().expect("avail") = 1;
+    let (resp, _) = r.ctrl.handle(&set_status(15));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    assert_eq!(r.ctrl.running(), 1);
+    flush(2, 0x10_0100, 0x30_0001);
+    r.ops.kick();
+    wait_used(&mem, vq.used_addr(), 2);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x30_0001)).expect("st"),
+        VIRTIO_BLK_S_OK
+    );
+    r.ctrl.stop_workers();
+    let st = r.ctrl.stats();
+    assert_eq!(st[0].snapshot(0).requests, 2, "counters survive a reset");
+}
+
+#[test]
+fn driver_ok_with_unmapped_rings_fails_and_starts_nothing() {
+    let mut r = rig(&[]);
+    *r.ops.rings.lock().expect("rings") = (0x1000, 0x2000, 0x3000);
+    let (resp, _) = r.ctrl.handle(&set_status(15));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_FAILED);
+    assert_eq!(r.ctrl.running(), 0);
+    assert_eq!(r.ctrl.status(), 0);
+}
+
+#[test]
+fn update_iotlb_drops_before_reply_and_remaps_after() {
+    let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    r.ctrl.iotlb().map_all(&r.ops.iotlb).expect("map");
+    let mut p = [0u8; 16];
+    p[..8].copy_from_slice(&0u64.to_ne_bytes());
+    p[8..].copy_from_slice(&u64::MAX.to_ne_bytes());
+    let (resp, after) = r.ctrl.handle(&request(2, 5, &p));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    assert!(r.ctrl.iotlb().snapshot().is_empty());
+    assert_eq!(
+        after,
+        AfterReply::Remap {
+            start: 0,
+            last: u64::MAX
+        }
+    );
+    r.ctrl.after_reply(after);
+    assert_eq!(r.ctrl.iotlb().snapshot().len(), 1);
+}
+
+#[test]
+fn unknown_queue_and_unknown_message_fail() {
+    let mut r = rig(&[]);
+    let (resp, _) = r.ctrl.handle(&request(0, 1, &9u32.to_ne_bytes()));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_FAILED);
+    let (resp, _) = r.ctrl.handle(&request(3, 2, &[]));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_FAILED);
+    // GET_VQ_STATE of an idle queue: what the kernel holds.
+    *r.ops.avail_index.lock().expect("avail") = 42;
+    let (resp, _) = r.ctrl.handle(&request(0, 3, &0u32.to_ne_bytes()));
+    assert_eq!(&resp.to_bytes()[28..30], &42u16.to_ne_bytes());
+}
+
+#[test]
+fn backing_resize_updates_capacity_and_raises_config_interrupt() {
+    let mut r = rig(&[]);
+    assert_eq!(r.ctrl.check_resize(), None);
+    r.disk.as_file().set_len(2 << 20).expect("grow");
+    assert_eq!(r.ctrl.check_resize(), Some(4096));
+    assert_eq!(
+        *r.ops.config_writes.lock().expect("cfg"),
+        vec![(0, 4096u64.to_le_bytes().to_vec())]
+    );
+    assert_eq!(r.ops.config_irqs.load(Ordering::SeqCst), 1);
+    assert_eq!(r.ctrl.check_resize(), None);
+    let _ = r.disk.as_file().write_at(&[0], 0);
+}
+
+#[test]
+fn missing_vduse_module_is_named() {
+    let root = tempfile::tempdir().expect("root");
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    disk.as_file().set_len(1 << 20).expect("len");
+    let Err(e) = Device::start(DeviceConfig {
+        name: "t0".into(),
+        backing: disk.path().to_path_buf(),
+        queues: 1,
+        queue_size: 16,
+        driver: VdpaDriver::VirtioVdpa,
+        read_only: false,
+        serial: String::new(),
+        bounce_size: None,
+        direct: false,
+        root: SysRoot::new(root.path()),
+    }) else {
+        panic!("no vduse here");
+    };
+    assert!(matches!(e, DeviceError::VduseMissing(_)), "{e}");
+    assert!(e.to_string().contains("modprobe vduse"), "{e}");
+}
+
+#[test]
+fn bad_options_are_refused_before_anything_is_created() {
+    let root = tempfile::tempdir().expect("root");
+    let cfg = DeviceConfig {
+        name: "t0".into(),
+        backing: "/nonexistent".into(),
+        queues: 1,
+        queue_size: 100,
+        driver: VdpaDriver::VirtioVdpa,
+        read_only: false,
+        serial: String::new(),
+        bounce_size: None,
+        direct: false,
+        root: SysRoot::new(root.path()),
+    };
+    let e = Device::start(cfg.clone()).err().expect("bad queue size");
+    assert!(e.to_string().contains("power of two"), "{e}");
+    let e = Device::start(DeviceConfig {
+        queue_size: 16,
+        ..cfg
+    })
+    .err()
+    .expect("no backing");
+    assert!(e.to_string().contains("/nonexistent"), "{e}");
+}
