@@ -1,0 +1,112 @@
+//! End-to-end scenarios in the QEMU test bed, against the real kernel stack.
+//!
+//! They never skip: a machine without the bed's ingredients fails here with the missing piece
+//! and the command that installs it. Guests take both host cores, so the scenarios run one at
+//! a time.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use testbed::bed::{BedParams, Topology};
+use testbed::progress::Progress;
+use testbed::scenarios::reference::{self, Fault, Options};
+use testbed::setup::{self, Prepared};
+use testbed::Error;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn prepared() -> Prepared {
+    setup::prepare(&setup::cache_dir(), &Progress::new("setup"))
+        .unwrap_or_else(|e| panic!("the test bed cannot be set up on this machine: {e}"))
+}
+
+fn params(topology: Topology) -> BedParams {
+    BedParams::new(topology, PathBuf::from(env!("CARGO_BIN_EXE_testbed")))
+}
+
+/// QEMU processes that are children of this test process.
+fn qemu_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                    let (comm, rest) = stat.split_once(") ")?;
+                    let ppid = rest.split_whitespace().nth(1)?;
+                    (comm.contains("qemu") && ppid == me).then_some(pid)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run(topology: Topology, fault: Option<Fault>) -> Result<reference::Report, Error> {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = prepared();
+    let result = reference::run(
+        &prepared,
+        &params(topology),
+        &Options {
+            fault,
+            measure: false,
+        },
+    );
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    result
+}
+
+fn step_of(err: &Error) -> String {
+    match err {
+        Error::Step(f) => f.step.clone(),
+        Error::Boot { guest, .. } => format!("boot of {guest}"),
+        other => panic!("expected a step or boot failure, got: {other}"),
+    }
+}
+
+#[test]
+fn reference_scenario_passes_in_one_guest() {
+    let report = run(Topology::Single, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.verify.iops > 0.0);
+    assert!(report.virtio_dev.starts_with("vd"), "{}", report.virtio_dev);
+}
+
+#[test]
+fn reference_scenario_passes_across_two_guests() {
+    let report = run(Topology::Pair, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.verify.iops > 0.0);
+    assert!(
+        report.fabric_dev.starts_with("nvme"),
+        "{}",
+        report.fabric_dev
+    );
+}
+
+#[test]
+fn a_wrong_subsystem_nqn_fails_the_connect_step() {
+    let err = run(Topology::Single, Some(Fault::WrongNqn)).expect_err("must fail");
+    assert_eq!(
+        step_of(&err),
+        "discover and connect over nvme-rdma",
+        "{err}"
+    );
+    assert!(err.to_string().contains("not-exported"), "{err}");
+}
+
+#[test]
+fn a_missing_module_fails_the_prepare_step_naming_it() {
+    let err = run(Topology::Single, Some(Fault::MissingModule)).expect_err("must fail");
+    assert_eq!(step_of(&err), "prepare", "{err}");
+    assert!(err.to_string().contains("testbed_no_such_module"), "{err}");
+}
+
+#[test]
+fn a_guest_that_never_boots_fails_the_boot() {
+    let err = run(Topology::Pair, Some(Fault::NoBoot)).expect_err("must fail");
+    assert_eq!(step_of(&err), "boot of storage", "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/testbed-agent"),
+        "{err}"
+    );
+}
