@@ -161,26 +161,26 @@ pub enum ConnectFailure {
 /// Maps an errno from `/dev/nvme-fabrics` to what it means.
 pub fn classify_errno(stage: FabricsStage, errno: Errno) -> ConnectFailure {
     use ConnectFailure as F;
-    match (stage, errno) {
-        (FabricsStage::Open, Errno::ENOENT | Errno::ENODEV | Errno::ENXIO) => F::ModuleNotLoaded,
-        (_, Errno::EACCES | Errno::EPERM) if stage == FabricsStage::Open => F::PermissionDenied,
-        (FabricsStage::Open, _) => F::Other,
-        (FabricsStage::Write, Errno::EALREADY) => F::AlreadyConnected,
-        (
-            FabricsStage::Write,
+    match stage {
+        FabricsStage::Open => match errno {
+            Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => F::ModuleNotLoaded,
+            Errno::EACCES | Errno::EPERM => F::PermissionDenied,
+            _ => F::Other,
+        },
+        FabricsStage::Write => match errno {
+            Errno::EALREADY => F::AlreadyConnected,
             Errno::ECONNREFUSED
             | Errno::EHOSTUNREACH
             | Errno::ETIMEDOUT
             | Errno::ENETUNREACH
             | Errno::EHOSTDOWN
-            | Errno::ENETDOWN,
-        ) => F::Unreachable,
-        (
-            FabricsStage::Write,
-            Errno::EIO | Errno::EPERM | Errno::EACCES | Errno::ECONNRESET | Errno::EKEYREJECTED,
-        ) => F::Refused,
-        (FabricsStage::Write, Errno::EINVAL) => F::OptionsRejected,
-        (FabricsStage::Write, _) => F::Other,
+            | Errno::ENETDOWN => F::Unreachable,
+            Errno::EIO | Errno::EPERM | Errno::EACCES | Errno::ECONNRESET | Errno::EKEYREJECTED => {
+                F::Refused
+            }
+            Errno::EINVAL => F::OptionsRejected,
+            _ => F::Other,
+        },
     }
 }
 
@@ -363,6 +363,11 @@ impl ConnectOptions {
             hdr_digest: false,
             data_digest: false,
         }
+    }
+
+    /// Options for the discovery controller at `address`.
+    pub fn discovery(address: TransportAddress) -> Self {
+        Self::new(address, Nqn::discovery())
     }
 
     /// Presents `host` (host NQN and host ID) to the target.
@@ -911,6 +916,18 @@ mod tests {
     }
 
     #[test]
+    fn base64_padding_in_dhchap_secrets_is_kept() {
+        let mut o = rdma();
+        o.dhchap_secret =
+            Some("DHHC-1:03:c2VjcmV0IGtleSBtYXRlcmlhbCBvZiBzb21lIGxlbmd0aA==:".into());
+        assert!(o.encode().unwrap().ends_with(
+            ",dhchap_secret=DHHC-1:03:c2VjcmV0IGtleSBtYXRlcmlhbCBvZiBzb21lIGxlbmd0aA==:"
+        ));
+        o.dhchap_secret = Some("DHHC-1:00:abc\ndef:".into());
+        assert_eq!(rule_of(o.encode()).0, "dhchap_secret");
+    }
+
+    #[test]
     fn commas_and_equals_inside_values_are_rejected() {
         let o = ConnectOptions::new(
             "rdma://192.0.2.1".parse().unwrap(),
@@ -1024,6 +1041,7 @@ mod tests {
 
     #[test]
     fn user_facing_messages_name_the_cause() {
+        use FabricsStage::{Open, Write};
         let p = Path::new("/dev/nvme-fabrics");
         let msg = errno_error(Open, Errno::ENOENT, p, "t").to_string();
         assert!(
@@ -1036,7 +1054,6 @@ mod tests {
         assert!(msg.contains("refused"), "{msg}");
         let msg = errno_error(Write, Errno::ETIMEDOUT, p, "X").to_string();
         assert!(msg.contains("unreachable"), "{msg}");
-        use FabricsStage::{Open, Write};
     }
 
     /// A device whose writes are recorded and whose reads return a canned

@@ -381,13 +381,6 @@ pub fn read_discovery_log<P: AdminPassthru>(
     })
 }
 
-impl ConnectOptions {
-    /// Options for the discovery controller at `address`.
-    pub fn discovery(address: TransportAddress) -> Self {
-        Self::new(address, Nqn::discovery())
-    }
-}
-
 /// Connects to the discovery controller described by `opts`, reads its
 /// log and deletes the controller again, also when reading failed.
 pub fn discover<O: AdminOpen>(

@@ -201,7 +201,19 @@ impl NvmeSysfs {
         Controller::read(&class, name, subsystem)
     }
 
+    /// Whether controller `name` is in the `new` or `connecting` state.
+    fn being_set_up(&self, name: &str) -> bool {
+        let state = self.root.sys_class_nvme().join(name).join("state");
+        matches!(
+            attr::read_optional(&state),
+            Ok(Some(s)) if s == "new" || s == "connecting"
+        )
+    }
+
     /// Controller `name` (`nvmeN`).
+    ///
+    /// A controller that is still being set up has no subsystem yet and is
+    /// reported as [`SysfsError::ControllerWithoutSubsystem`].
     pub fn controller(&self, name: &str) -> Result<Controller, SysfsError> {
         if attr::instance(name, "nvme").is_none() {
             return Err(SysfsError::InvalidName {
@@ -220,7 +232,9 @@ impl NvmeSysfs {
         self.read_controller(name, &self.owners()?)
     }
 
-    /// Every controller.
+    /// Every usable controller. Controllers still being set up (state
+    /// `new` or `connecting` and not yet in a subsystem) are left out; any
+    /// other controller without a subsystem is an error.
     pub fn controllers(&self) -> Result<Vec<Controller>, SysfsError> {
         let owners = self.owners()?;
         let class = self.root.sys_class_nvme();
@@ -230,6 +244,11 @@ impl NvmeSysfs {
                 Ok(c) => out.push(c),
                 // Deleted between listing and reading.
                 Err(_) if !attr::exists(&class.join(&name)) => {}
+                // The kernel shows a controller before it has identified it
+                // and joined it to its subsystem; it is not usable yet.
+                Err(SysfsError::ControllerWithoutSubsystem { .. }) if self.being_set_up(&name) => {
+                    tracing::debug!(controller = %name, "skipping controller still being set up");
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -445,6 +464,27 @@ mod tests {
             "{err}"
         );
         assert!(sys.controllers().is_err());
+    }
+
+    #[test]
+    fn controller_still_connecting_without_subsystem_is_left_out_of_listings() {
+        let (_d, fs) = multipath_tree();
+        fs.add_fabrics_controller(
+            "nvme2",
+            &FakeController::rdma("192.0.2.1", 4420, VOL).state("connecting"),
+        );
+        let sys = NvmeSysfs::new(fs.root());
+        let names: Vec<_> = sys
+            .controllers()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, vec!["nvme1"]);
+        assert!(matches!(
+            sys.controller("nvme2"),
+            Err(SysfsError::ControllerWithoutSubsystem { .. })
+        ));
     }
 
     #[test]
