@@ -1,5 +1,155 @@
-//! The `vdpa-blk` binary.
+//! The `vdpa-blk` binary: serve one backing block device as a VDUSE virtio-blk device.
+//!
+//! stdout carries JSON lines only: one `{"event":"ready",...}` line once the device is bound,
+//! and one `{"event":"stats",...}` line per SIGUSR1. Logs go to stderr (`RUST_LOG`).
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("vdpa-blk: the device control loop is not built yet")
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use vdpa_blk::device::{Device, DeviceConfig};
+use vdpa_blk::driver::{SysRoot, VdpaDriver};
+
+/// Serve a block device to a VM (vhost-vdpa) or to the host (virtio-vdpa) through VDUSE.
+#[derive(Debug, Parser)]
+#[command(name = "vdpa-blk", version)]
+struct Args {
+    /// VDUSE and vdpa device name.
+    #[arg(long)]
+    name: String,
+    /// Backing block device (or regular file).
+    #[arg(long)]
+    backing: PathBuf,
+    /// Number of request queues.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Queue size offered to the driver (power of two).
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// vdpa bus driver: vhost-vdpa (a /dev/vhost-vdpa-N for a VMM) or virtio-vdpa (a /dev/vdX).
+    #[arg(long, default_value = "vhost-vdpa")]
+    driver: VdpaDriver,
+    /// Export the device read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Serial returned by GET_ID (at most 20 bytes are used; default: the name).
+    #[arg(long)]
+    serial: Option<String>,
+    /// VDUSE bounce buffer size in bytes (virtio-vdpa path), set before the device is added.
+    #[arg(long)]
+    bounce_size: Option<u64>,
+    /// Open the backing device without O_DIRECT (for file backings on tmpfs).
+    #[arg(long)]
+    no_direct: bool,
+    /// Root under which /sys and /dev are found.
+    #[arg(long, default_value = "/", hide = true)]
+    sys_root: PathBuf,
+}
+
+fn block_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; the libc calls only write into `set`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            anyhow::bail!("pthread_sigmask: {}", std::io::Error::from_raw_os_error(r));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits up to one second for a blocked signal.
+fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is an initialised sigset; `ts` lives across the call; no siginfo wanted.
+    let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (s > 0).then_some(s)
+}
+
+fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v).context("encode JSON")?;
+    out.write_all(b"\n").context("write stdout")?;
+    out.flush().context("flush stdout")
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vdpa-blk: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
+    // Block before any thread exists so every thread inherits the mask and only the main
+    // thread sees these signals.
+    let set = block_signals()?;
+    let name = a.name.clone();
+    let dev = Device::start(DeviceConfig {
+        serial: a.serial.unwrap_or_else(|| a.name.clone()),
+        name: a.name,
+        backing: a.backing,
+        queues: a.queues,
+        queue_size: a.queue_size,
+        driver: a.driver,
+        read_only: a.read_only,
+        bounce_size: a.bounce_size,
+        direct: !a.no_direct,
+        root: SysRoot::new(a.sys_root),
+    })
+    .with_context(|| format!("starting device {name}"))?;
+    print_line(dev.ready())?;
+    tracing::info!(path = %dev.ready().path.display(), "serving");
+    let failure = loop {
+        match wait_signal(&set) {
+            Some(libc::SIGUSR1) => {
+                #[derive(serde::Serialize)]
+                struct Stats {
+                    event: &'static str,
+                    name: String,
+                    queues: Vec<vdpa_blk::worker::QueueStatsSnapshot>,
+                }
+                print_line(&Stats {
+                    event: "stats",
+                    name: name.clone(),
+                    queues: dev.stats(),
+                })?;
+            }
+            Some(s) => {
+                tracing::info!(signal = s, "shutting down");
+                break None;
+            }
+            None if !dev.is_alive() => {
+                break Some(anyhow::anyhow!(
+                    "the control loop of {name} stopped (device fd error)"
+                ))
+            }
+            None => {}
+        }
+    };
+    let shut = dev
+        .shutdown()
+        .with_context(|| format!("removing device {name}"));
+    match (failure, shut) {
+        (Some(e), _) => Err(e),
+        (None, r) => r,
+    }
 }
