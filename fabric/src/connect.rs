@@ -517,7 +517,9 @@ fn invalid(option: &'static str, value: impl fmt::Display, rule: &str) -> Connec
     }
 }
 
-/// The kernel splits options at ',' and '\n' and keys from values at '='.
+/// ',' and '\n' separate kernel options, so a value holding one would
+/// smuggle in another option; '=' is refused too so that the string (and
+/// the kernel's `address` attribute echoing it) parses back unambiguously.
 fn value(option: &'static str, v: &str) -> Result<String, ConnectError> {
     if v.contains([',', '=', '\n']) {
         return Err(invalid(

@@ -149,7 +149,8 @@ fn write_atomically(path: &Path, content: &str) -> Result<(), HostIdentityError>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per call, so concurrent writers never share a temp file.
+    let tmp = dir.join(format!(".{name}.tmp.{}", Uuid::new_v4().simple()));
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

@@ -437,8 +437,12 @@ impl<P: AdminPassthru> AdminDevice<P> {
         let mut done = 0usize;
         while done < req.len {
             let len = (req.len - done).min(self.max_transfer);
+            let offset = req
+                .offset
+                .checked_add(done as u64)
+                .ok_or_else(|| self.invalid("Get Log Page", "log offset overflows 64 bits"))?;
             let piece = LogPageRequest {
-                offset: req.offset + done as u64,
+                offset,
                 len,
                 ..*req
             };
@@ -706,6 +710,18 @@ mod tests {
             .map(|c| u64::from(c.cdw12) | (u64::from(c.cdw13) << 32))
             .collect();
         assert_eq!(offsets, vec![400, 4496, 8592]);
+    }
+
+    #[test]
+    fn log_offset_overflow_is_refused_instead_of_wrapping() {
+        let d = dev(FakeAdmin::new(|_, _| Ok(0))).with_max_transfer(4);
+        let mut req = LogPageRequest::new(0x70, 0, 8);
+        req.offset = u64::MAX - 3;
+        assert!(matches!(
+            d.read_log(&req),
+            Err(AdminError::InvalidRequest { .. })
+        ));
+        assert_eq!(d.passthru().commands().len(), 1);
     }
 
     #[test]
