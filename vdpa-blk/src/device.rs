@@ -121,6 +121,7 @@ pub struct Controller<O: VduseOps> {
     capacity: Arc<AtomicU64>,
     stats: Arc<Vec<Arc<QueueStats>>>,
     workers: Vec<Option<WorkerHandle>>,
+    kicks: Vec<Option<EventFd>>,
     last_avail: Vec<Option<u16>>,
     status: u8,
     stop_timeout: Duration,
@@ -160,6 +161,7 @@ impl<O: VduseOps> Controller<O> {
             id: id_bytes(serial),
             stats: Arc::new((0..n).map(|_| Arc::new(QueueStats::default())).collect()),
             workers: (0..n).map(|_| None).collect(),
+            kicks: (0..n).map(|_| None).collect(),
             last_avail: vec![None; n],
             status: 0,
             stop_timeout: STOP_TIMEOUT,
@@ -235,6 +237,12 @@ impl<O: VduseOps> Controller<O> {
                 Ok(n) => tracing::debug!(start, last, mapped = n, "IOTLB remapped"),
                 Err(e) => tracing::warn!(start, last, "IOTLB remap failed: {e}"),
             }
+            // A worker that found its ring unmapped during the update waits for a kick.
+            for k in self.kicks.iter().flatten() {
+                if let Err(e) = k.signal() {
+                    tracing::warn!("re-kicking a queue after an IOTLB update: {e}");
+                }
+            }
         }
     }
 
@@ -281,6 +289,13 @@ impl<O: VduseOps> Controller<O> {
                 })
             })?;
             self.ops.vq_setup_kickfd(i as u32, Some(kick.as_raw_fd()))?;
+            let own_kick = kick.try_clone().map_err(|e| {
+                DeviceError::Worker(WorkerError::Io {
+                    queue: i as u16,
+                    op: "dup kick eventfd",
+                    source: e,
+                })
+            })?;
             let next_avail = info.state.split().avail_index;
             let next_used = mem
                 .read_obj::<u16>(GuestAddress(info.device_addr.wrapping_add(2)))
@@ -311,6 +326,7 @@ impl<O: VduseOps> Controller<O> {
             })?;
             tracing::info!(queue = i, size, event_idx, next_avail, "queue started");
             self.workers[i] = Some(h);
+            self.kicks[i] = Some(own_kick);
         }
         Ok(())
     }
@@ -322,6 +338,7 @@ impl<O: VduseOps> Controller<O> {
                 tracing::error!("{e}");
             }
         }
+        self.kicks.iter_mut().for_each(|k| *k = None);
         let deadline = Instant::now() + self.stop_timeout;
         for (i, slot) in self.workers.iter_mut().enumerate() {
             let Some(w) = slot.take() else { continue };

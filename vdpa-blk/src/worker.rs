@@ -439,7 +439,6 @@ struct Worker {
     in_flight_heads: Vec<bool>,
     next_avail: Arc<AtomicU16>,
     used_since_notify: bool,
-    broken: bool,
     capacity: Option<Arc<AtomicU64>>,
 }
 
@@ -501,7 +500,6 @@ impl Worker {
             in_flight_heads: vec![false; usize::from(p.queue.size)],
             next_avail,
             used_since_notify: false,
-            broken: false,
             capacity: p.capacity,
         })
     }
@@ -635,9 +633,6 @@ impl Worker {
     }
 
     fn process_available(&mut self) {
-        if self.broken {
-            return;
-        }
         if let Some(c) = &self.capacity {
             self.parse.capacity = c.load(Ordering::Acquire);
         }
@@ -711,11 +706,9 @@ impl Worker {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    tracing::warn!(
-                        queue = self.index,
-                        "queue is broken, ignoring it until reset: {e}"
-                    );
-                    self.broken = true;
+                    // Typically the ring is not mapped right now (IOTLB update in progress);
+                    // the control loop kicks the queue again after remapping.
+                    tracing::debug!(queue = self.index, "enable_notification: {e}");
                     break;
                 }
             }

@@ -348,3 +348,41 @@ fn bad_options_are_refused_before_anything_is_created() {
     .expect("no backing");
     assert!(e.to_string().contains("/nonexistent"), "{e}");
 }
+
+#[test]
+fn request_kicked_during_an_iotlb_update_completes_after_the_remap() {
+    let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    let mem = guest(&r);
+    let vq = MockSplitQueue::new(&mem, 16);
+    *r.ops.rings.lock().expect("rings") =
+        (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    let (resp, _) = r.ctrl.handle(&set_status(15));
+    assert_eq!(result(&resp), VDUSE_REQ_RESULT_OK);
+    let mut p = [0u8; 16];
+    p[8..].copy_from_slice(&u64::MAX.to_ne_bytes());
+    let (_, after) = r.ctrl.handle(&request(2, 5, &p));
+    // The driver queues a request while nothing is mapped; the worker cannot see it.
+    mem.write_obj(VIRTIO_BLK_T_FLUSH.to_le(), GuestAddress(0x10_0000))
+        .expect("hdr");
+    vq.add_desc_chains(
+        &[
+            RawDescriptor::from(SplitDescriptor::new(0x10_0000, 16, 1, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0x30_0000, 1, 2, 0)),
+        ],
+        0,
+    )
+    .expect("chain");
+    r.ops.kick();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
+            .expect("idx"),
+        0
+    );
+    r.ctrl.after_reply(after);
+    wait_used(&mem, vq.used_addr(), 1);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x30_0000)).expect("st"),
+        VIRTIO_BLK_S_OK
+    );
+}
