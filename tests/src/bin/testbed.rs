@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use testbed::bed::{parse_size, BedParams, Topology};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed::bed::{parse_size, Bed, BedParams, Role, Topology};
 use testbed::progress::Progress;
 use testbed::scenarios::reference::{self, Fault};
 use testbed::{agent, fio, guest, setup};
@@ -57,6 +60,20 @@ enum Cmd {
         /// Also measure each layer with fio.
         #[arg(long)]
         measure: bool,
+    },
+    /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
+    /// `--compute`, on the compute guest), printing their output: for exploring the stack.
+    Script {
+        /// Script files, run in order.
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        bed: BedArgs,
+        /// Run on the compute guest (pair topology).
+        #[arg(long)]
+        compute: bool,
+        /// Timeout of each script, seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
     /// Inside a guest: serve the host's requests on the agent port.
     #[command(hide = true)]
@@ -119,6 +136,41 @@ fn reference_run(args: &BedArgs, opts: &reference::Options) -> anyhow::Result<()
     Ok(())
 }
 
+fn run_scripts(
+    files: &[PathBuf],
+    args: &BedArgs,
+    compute: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let p = params(args)?;
+    let scripts = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let progress = Progress::new("testbed");
+    let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
+    let mut bed = Bed::start(&prepared, &p, "script")?;
+    let role = if compute {
+        Role::Compute
+    } else {
+        Role::Storage
+    };
+    for (file, script) in files.iter().zip(&scripts) {
+        let out = bed.step(
+            role,
+            "script",
+            &file.display().to_string(),
+            script,
+            Duration::from_secs(timeout),
+        )?;
+        for line in out.lines {
+            println!("{line}");
+        }
+    }
+    bed.shutdown();
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::GuestAgent = cli.command {
@@ -174,6 +226,12 @@ fn main() -> ExitCode {
             let fault = fault.as_deref().map(parse_fault).transpose()?;
             reference_run(&bed, &reference::Options { fault, measure })
         })(),
+        Cmd::Script {
+            files,
+            bed,
+            compute,
+            timeout,
+        } => run_scripts(&files, &bed, compute, timeout),
         Cmd::GuestAgent => Ok(()),
     };
     match result {
