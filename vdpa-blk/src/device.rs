@@ -206,11 +206,8 @@ impl<O: VduseOps> Controller<O> {
             },
             ControlMessage::UpdateIotlb { start, last } => {
                 // Drop now; map after the reply (the kernel may be waiting on this answer).
-                let before = self.iotlb.snapshot();
-                let kept = before.without_range(start, last);
-                let dropped = before.len() - kept.len();
+                let dropped = self.iotlb.invalidate(start, last);
                 tracing::debug!(start, last, dropped, "IOTLB update");
-                self.iotlb.replace(kept);
                 (
                     VduseDevResponse::new(id, true),
                     AfterReply::Remap { start, last },
@@ -323,6 +320,7 @@ impl<O: VduseOps> Controller<O> {
                 stats: self.stats[i].clone(),
                 id: self.id,
                 capacity: Some(self.capacity.clone()),
+                fault: Some(self.ops.clone()),
             })?;
             tracing::info!(queue = i, size, event_idx, next_avail, "queue started");
             self.workers[i] = Some(h);

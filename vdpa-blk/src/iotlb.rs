@@ -329,6 +329,9 @@ impl IotlbSource for crate::uapi::vduse::VduseDevFd {
 #[derive(Debug, Default)]
 pub struct IotlbTable {
     current: Mutex<Arc<IotlbMemory>>,
+    /// Serialises writers (control thread updates, worker fault-ins) so that none of them
+    /// overwrites another's change.
+    writer: Mutex<()>,
 }
 
 impl IotlbTable {
@@ -353,14 +356,72 @@ impl IotlbTable {
         }
     }
 
-    /// Installs `next` as the current snapshot.
-    pub fn replace(&self, next: IotlbMemory) {
-        self.store(next);
+    fn write_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        match self.writer.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Drops every mapping overlapping `[start, last]`; returns how many were dropped.
+    pub fn invalidate(&self, start: u64, last: u64) -> usize {
+        let _w = self.write_lock();
+        let before = self.snapshot();
+        let kept = before.without_range(start, last);
+        let dropped = before.len() - kept.len();
+        self.store(kept);
+        dropped
     }
 
     /// Drops everything (device reset).
     pub fn clear(&self) {
+        let _w = self.write_lock();
         self.store(IotlbMemory::new());
+    }
+
+    /// Maps the parts of `[addr, addr + len)` that the snapshot lacks but the source knows
+    /// (the VDUSE bounce region is created on the driver's first DMA mapping and announced by
+    /// no message). Returns the number of regions mapped.
+    pub fn fault_in(
+        &self,
+        source: &dyn IotlbSource,
+        addr: u64,
+        len: u32,
+    ) -> Result<usize, IotlbError> {
+        let Some(end) = addr.checked_add(u64::from(len.max(1)) - 1) else {
+            return Ok(0);
+        };
+        let _w = self.write_lock();
+        let mut next = (*self.snapshot()).clone();
+        let mut a = addr;
+        let mut mapped = 0;
+        loop {
+            if let Some(m) = next.find(a) {
+                match m.last().checked_add(1) {
+                    Some(n) if m.last() < end => {
+                        a = n;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let Some((fd, entry)) = source.get_fd(a, end)? else {
+                break;
+            };
+            if entry.start > a || entry.last < a {
+                break;
+            }
+            next = next.with_mapping(Mapping::map(&entry, File::from(fd))?);
+            mapped += 1;
+            match entry.last.checked_add(1) {
+                Some(n) if entry.last < end => a = n,
+                _ => break,
+            }
+        }
+        if mapped > 0 {
+            self.store(next);
+        }
+        Ok(mapped)
     }
 
     /// Handles `VDUSE_UPDATE_IOTLB [start, last]`: drops mappings overlapping the range, then
@@ -371,6 +432,7 @@ impl IotlbTable {
         start: u64,
         last: u64,
     ) -> Result<usize, IotlbError> {
+        let _w = self.write_lock();
         let mut next = self.snapshot().without_range(start, last);
         let mut cursor = start;
         let mut mapped = 0;

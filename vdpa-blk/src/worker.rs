@@ -24,14 +24,14 @@ use std::thread::JoinHandle;
 
 use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::blk::exec::{write_id, write_status};
 use crate::blk::request::{
-    parse, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    parse_descriptors, Error as ParseError, ParseContext, Rejected, Request, RequestType,
+    SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use crate::iotlb::{IotlbMemory, IotlbTable};
+use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
 
 const KICK_TOKEN: u64 = u64::MAX;
 const STOP_TOKEN: u64 = u64::MAX - 1;
@@ -305,6 +305,8 @@ pub struct WorkerParams {
     pub id: [u8; VIRTIO_BLK_ID_BYTES],
     /// Current capacity in sectors, updated by the control loop on resize (None: fixed).
     pub capacity: Option<Arc<AtomicU64>>,
+    /// Where to map IOVA ranges the snapshot lacks (VDUSE_IOTLB_GET_FD); None: never fault in.
+    pub fault: Option<Arc<dyn IotlbSource + Send + Sync>>,
 }
 
 /// A running worker.
@@ -440,6 +442,7 @@ struct Worker {
     next_avail: Arc<AtomicU16>,
     used_since_notify: bool,
     capacity: Option<Arc<AtomicU64>>,
+    fault: Option<Arc<dyn IotlbSource + Send + Sync>>,
 }
 
 fn token(slot: u32, sub: u32) -> u64 {
@@ -501,6 +504,7 @@ impl Worker {
             next_avail,
             used_since_notify: false,
             capacity: p.capacity,
+            fault: p.fault,
         })
     }
 
@@ -636,7 +640,7 @@ impl Worker {
         if let Some(c) = &self.capacity {
             self.parse.capacity = c.load(Ordering::Acquire);
         }
-        let mem = self.iotlb.snapshot();
+        let mut mem = self.iotlb.snapshot();
         loop {
             if self.q.event_idx_enabled() {
                 if let Err(e) = self.q.disable_notification(&*mem) {
@@ -664,7 +668,39 @@ impl Worker {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match parse(chain, &self.parse) {
+                // The VDUSE bounce region (virtio_vdpa) appears on the driver's first DMA
+                // mapping and is announced by no message: map on demand whatever this chain
+                // (including an indirect table) points to that we have not mapped yet, then
+                // pop the same chain again with the new snapshot.
+                if let Some(src) = self.fault.clone() {
+                    if self.fault_in_chain(&mem, &*src, head) > 0 {
+                        // Un-pop: the chain is read again below with the new snapshot.
+                        self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
+                        popped -= 1;
+                        mem = self.iotlb.snapshot();
+                        continue;
+                    }
+                }
+                let mut descs = Vec::new();
+                let mut too_long = false;
+                for d in chain {
+                    if descs.len() >= usize::from(self.parse.queue_size) {
+                        too_long = true;
+                        break;
+                    }
+                    descs.push(d);
+                }
+                let parsed = if too_long {
+                    Err((ParseError::ChainTooLong(self.parse.queue_size), None))
+                } else {
+                    parse_descriptors(&*mem, head, &descs, &self.parse)
+                };
+                let parsed = parsed.map_err(|(error, status_addr)| Rejected {
+                    head_index: head,
+                    error,
+                    status_addr,
+                });
+                match parsed {
                     Ok(req) => self.start_request(&mem, req),
                     Err(rej) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -713,6 +749,62 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Walks the chain at `head` with raw reads and maps every range it needs that the
+    /// snapshot lacks and the source knows. Returns the number of regions mapped.
+    fn fault_in_chain(&self, mem: &IotlbMemory, src: &dyn IotlbSource, head: u16) -> usize {
+        const F_NEXT: u16 = 1;
+        const F_INDIRECT: u16 = 4;
+        let mut missing: Vec<(u64, u32)> = Vec::new();
+        let mut table = self.q.desc_table();
+        let mut size = self.q.size();
+        let mut idx = head;
+        let mut indirect = false;
+        let mut ttl = u32::from(size);
+        while ttl > 0 && idx < size {
+            ttl -= 1;
+            let Some(daddr) = table.checked_add(u64::from(idx) * 16) else {
+                break;
+            };
+            if !mem.check_range(GuestAddress(daddr), 16, Permissions::No) {
+                missing.push((daddr, 16));
+                break;
+            }
+            let Ok(raw) = mem.read_obj::<virtio_queue::desc::RawDescriptor>(GuestAddress(daddr))
+            else {
+                break;
+            };
+            let d = virtio_queue::desc::split::Descriptor::from(raw);
+            let (addr, len, flags) = (d.addr().0, d.len(), d.flags());
+            let mapped = len == 0 || mem.check_range(d.addr(), len as usize, Permissions::No);
+            if !mapped {
+                missing.push((addr, len));
+            }
+            if flags & F_INDIRECT != 0 && !indirect {
+                if !mapped {
+                    break;
+                }
+                table = addr;
+                size = u16::try_from(len / 16).unwrap_or(u16::MAX);
+                ttl = u32::from(size);
+                idx = 0;
+                indirect = true;
+                continue;
+            }
+            if flags & F_NEXT == 0 {
+                break;
+            }
+            idx = d.next();
+        }
+        let mut n = 0;
+        for (addr, len) in missing {
+            match self.iotlb.fault_in(src, addr, len) {
+                Ok(m) => n += m,
+                Err(e) => tracing::debug!(queue = self.index, addr, len, "IOTLB fault-in: {e}"),
+            }
+        }
+        n
     }
 
     fn finish_now(&mut self, mem: &IotlbMemory, req: &Request, ok: bool) {

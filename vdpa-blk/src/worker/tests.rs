@@ -99,6 +99,7 @@ impl Rig {
             stats: self.stats.clone(),
             id: id_bytes("serial-7"),
             capacity: None,
+            fault: None,
         })
         .expect("spawn worker");
         (h, kick)
@@ -437,8 +438,106 @@ fn invalid_ring_address_is_refused_at_start() {
         stats: r.stats.clone(),
         id: id_bytes(""),
         capacity: None,
+        fault: None,
     })
     .err()
     .expect("must refuse");
     assert!(matches!(e, WorkerError::InvalidRing { queue: 1 }), "{e}");
+}
+
+#[test]
+fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
+    // Like the VDUSE bounce region: the kernel knows the region, but nothing announced it.
+    let src = Arc::new(FakeIotlb::new(
+        MEM,
+        &[
+            (0, 0xf_ffff, 0, VDUSE_ACCESS_RW),
+            (0x10_0000, MEM - 1, 0x10_0000, VDUSE_ACCESS_RW),
+        ],
+    ));
+    let table = Arc::new(IotlbTable::new());
+    assert_eq!(table.update(&*src, 0, 0xf_ffff).expect("rings"), 1);
+    // A full view for the test's own writes.
+    let full = IotlbTable::new();
+    full.map_all(&*src).expect("map");
+    let view = full.snapshot();
+    let vq = MockSplitQueue::new(&*view, 16);
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    disk.as_file().write_all_at(&[0x5a; 4096], 0).expect("fill");
+    // An indirect chain: head -> table at 0x38_0000 -> header, data, status.
+    let itable = 0x38_0000u64;
+    view.write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(HDR))
+        .expect("hdr");
+    view.write_obj(0u64, GuestAddress(HDR + 8)).expect("hdr");
+    for (i, e) in [
+        d(HDR, 16, 1, 1),
+        d(DATA, 4096, F_WRITE | 1, 2),
+        d(STATUS, 1, F_WRITE, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        view.write_obj(*e, GuestAddress(itable + 16 * i as u64))
+            .expect("itable");
+    }
+    vq.add_desc_chains(&[d(itable, 48, 4, 0)], 0)
+        .expect("chain");
+    let kick = EventFd::new().expect("kick");
+    let stats = Arc::new(QueueStats::default());
+    let h = spawn(WorkerParams {
+        queue: QueueConfig {
+            index: 0,
+            size: 16,
+            desc: vq.desc_table_addr().0,
+            driver: vq.avail_addr().0,
+            device: vq.used_addr().0,
+            event_idx: true,
+            next_avail: 0,
+            next_used: 0,
+        },
+        parse: ParseContext {
+            capacity: 8,
+            read_only: false,
+            queue_size: 16,
+            discard: false,
+            write_zeroes: false,
+            max_discard_sectors: 0,
+            max_discard_seg: 0,
+            max_write_zeroes_sectors: 0,
+            max_write_zeroes_seg: 0,
+        },
+        backing: Arc::new(Backing::open(disk.path(), false, false).expect("backing")),
+        iotlb: table.clone(),
+        kick: kick.try_clone().expect("dup"),
+        irq: Arc::new(CountingIrq::default()),
+        stats: stats.clone(),
+        id: id_bytes(""),
+        capacity: None,
+        fault: Some(src.clone()),
+    })
+    .expect("spawn");
+    kick.signal().expect("kick");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while view
+        .read_obj::<u16>(vq.used_addr().unchecked_add(2))
+        .expect("idx")
+        < 1
+    {
+        assert!(Instant::now() < deadline, "request not completed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.stop().expect("stop");
+    assert_eq!(
+        view.read_obj::<u8>(GuestAddress(STATUS)).expect("st"),
+        VIRTIO_BLK_S_OK
+    );
+    let mut b = [0u8; 4096];
+    view.read_slice(&mut b, GuestAddress(DATA)).expect("data");
+    assert_eq!(b, [0x5a; 4096]);
+    assert_eq!(
+        table.snapshot().len(),
+        2,
+        "the second region was faulted in"
+    );
+    assert_eq!(stats.snapshot(0).dropped, 0);
 }
