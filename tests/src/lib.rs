@@ -15,6 +15,7 @@ pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod probe;
 pub mod progress;
 pub mod qemu;
 pub mod scenarios;

@@ -110,3 +110,48 @@ fn a_guest_that_never_boots_fails_the_boot() {
         "{err}"
     );
 }
+
+#[test]
+fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = prepared();
+    let report = testbed::scenarios::fabric_probe::run(&prepared, &params(Topology::Single))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    let carve = |k: &str| report.carve_value(k).cloned().unwrap_or_default();
+    let connect = |k: &str| report.connect_value(k).cloned().unwrap_or_default();
+    // Identify Controller and Primary Controller Capabilities decoded from the real device.
+    assert_eq!(carve("sn"), "testbed0001", "{:?}", report.carve);
+    assert!(carve("total_vfs").as_u64() >= Some(4), "{:?}", report.carve);
+    assert!(carve("vqfrt").as_u64() >= Some(8), "{:?}", report.carve);
+    // The VF came online with its resources and the namespace is attached to it.
+    assert!(
+        carve("dev").as_str().is_some_and(|d| d.starts_with("nvme")),
+        "{:?}",
+        report.carve
+    );
+    assert_eq!(
+        carve("attached"),
+        serde_json::json!([1]),
+        "{:?}",
+        report.carve
+    );
+    // Discovery lists the subsystem; connect finds its block device; the kernel's refusals
+    // are classified; disconnect removes the controller.
+    let discovered = connect("discovered");
+    assert!(
+        discovered.as_array().is_some_and(|a| a
+            .iter()
+            .any(|n| n == testbed::scenarios::fabric_probe::SUBSYSTEM_NQN)),
+        "{:?}",
+        report.connect
+    );
+    assert_eq!(
+        connect("second_connect"),
+        "already-connected",
+        "{:?}",
+        report.connect
+    );
+    assert_eq!(connect("wrong_nqn"), "refused", "{:?}", report.connect);
+    assert_eq!(connect("disconnected"), true, "{:?}", report.connect);
+}

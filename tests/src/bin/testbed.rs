@@ -75,9 +75,33 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Inside a guest: drive the `fabric` crate against the real kernel (see `probe.rs`).
+    #[command(hide = true)]
+    ProbeFabric {
+        #[command(subcommand)]
+        what: Probe,
+    },
     /// Inside a guest: serve the host's requests on the agent port.
     #[command(hide = true)]
     GuestAgent,
+}
+
+#[derive(Subcommand)]
+enum Probe {
+    /// Carve VF `vf` and attach namespace `nsid` to it through admin commands.
+    Carve {
+        #[arg(long)]
+        vf: u16,
+        #[arg(long)]
+        nsid: u32,
+    },
+    /// Discover and connect to `nqn` at `traddr` over rdma, then disconnect.
+    Connect {
+        #[arg(long)]
+        traddr: String,
+        #[arg(long)]
+        nqn: String,
+    },
 }
 
 fn params(args: &BedArgs) -> anyhow::Result<BedParams> {
@@ -182,6 +206,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Cmd::ProbeFabric { what } = &cli.command {
+        let r = match what {
+            Probe::Carve { vf, nsid } => testbed::probe::carve(*vf, *nsid),
+            Probe::Connect { traddr, nqn } => testbed::probe::connect(traddr, nqn),
+        };
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("testbed probe-fabric: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Ctrl-C or SIGTERM: no QEMU may outlive us.
     if let Err(e) = ctrlc::set_handler(|| {
         guest::kill_all();
@@ -232,7 +269,7 @@ fn main() -> ExitCode {
             compute,
             timeout,
         } => run_scripts(&files, &bed, compute, timeout),
-        Cmd::GuestAgent => Ok(()),
+        Cmd::GuestAgent | Cmd::ProbeFabric { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

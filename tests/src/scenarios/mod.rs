@@ -1,4 +1,6 @@
 //! Scenarios: sequences of steps run in a bed's guests (each step may use the helpers of
 //! [`crate::bed::GUEST_SHELL_LIB`]).
 
+pub mod fabric_probe;
 pub mod reference;
+mod steps;

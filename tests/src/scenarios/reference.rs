@@ -6,9 +6,8 @@
 //!
 //! It proves the bed, and it is the baseline the project's own components are compared with.
 
-use std::time::Duration;
-
-use crate::bed::{Bed, BedParams, Role, StepResult, Topology, COMPUTE_ADDR, STORAGE_ADDR};
+use super::steps::{self, required, secs};
+use crate::bed::{Bed, BedParams, Role, StepResult, Topology, STORAGE_ADDR};
 use crate::error::{Error, Result};
 use crate::fio::{self, FioFigures};
 use crate::setup::Prepared;
@@ -61,17 +60,6 @@ fn script(body: &str) -> String {
     body.to_string()
 }
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-fn required(step: &StepResult, key: &str, what: &str) -> Result<String> {
-    step.get_str(key).ok_or_else(|| Error::Check {
-        check: what.to_string(),
-        reason: format!("the step printed no `{key}` result"),
-    })
-}
-
 /// Runs the scenario in a new bed with `params` and tears the bed down, whatever happens.
 pub fn run(prepared: &Prepared, params: &BedParams, opts: &Options) -> Result<Report> {
     let mut params = params.clone();
@@ -90,52 +78,17 @@ pub fn run(prepared: &Prepared, params: &BedParams, opts: &Options) -> Result<Re
 
 fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
     let topology = bed.topology();
-    let pair = topology == Topology::Pair;
 
     // Preparation: configfs, loopback, the modules each role needs.
-    let net_mod = if pair { "virtio_net" } else { "veth" };
-    let mut storage_mods = format!("nvme nvmet nvmet-rdma rdma_rxe {net_mod}");
-    let compute_mods = format!("nvme-rdma rdma_rxe vduse vdpa virtio_vdpa virtio_blk {net_mod}");
+    let mut storage_mods = steps::storage_modules(topology);
     if opts.fault == Some(Fault::MissingModule) {
         storage_mods.push_str(" testbed_no_such_module");
     }
-    let prepare = |mods: &str| {
-        script(&format!(
-            "modprobe configfs\n\
-             mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config\n\
-             ip link set lo up\n\
-             modprobe -a {mods}\n\
-             mkdir -p /etc/nvme\n\
-             [ -s /etc/nvme/hostnqn ] || nvme gen-hostnqn > /etc/nvme/hostnqn\n\
-             result hostnqn \"$(cat /etc/nvme/hostnqn)\""
-        ))
-    };
-    if pair {
-        bed.step(
-            Role::Storage,
-            "prepare",
-            "prepare",
-            &prepare(&storage_mods),
-            secs(90),
-        )?;
-    } else {
-        let all = format!("{storage_mods} {compute_mods}");
-        bed.step(
-            Role::Storage,
-            "prepare",
-            "prepare",
-            &prepare(&all),
-            secs(90),
-        )?;
-    }
-    let host = bed.step(
-        Role::Compute,
-        "prepare",
-        "host identity",
-        &prepare(&compute_mods),
-        secs(90),
-    )?;
-    let hostnqn = required(&host, "hostnqn", "compute host NQN")?;
+    let compute_mods = format!(
+        "{} vduse vdpa virtio_vdpa virtio_blk",
+        steps::compute_modules(topology)
+    );
+    let hostnqn = steps::prepare(bed, &storage_mods, &compute_mods)?;
 
     // Carve VF 1: flexible queue and interrupt resources, online, namespace attached, bound.
     let carve = bed.step(
@@ -176,80 +129,9 @@ result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
     let storage_dev = required(&carve, "dev", "VF namespace block device")?;
     let vf = required(&carve, "vf", "VF address")?;
 
-    // Soft-RoCE links.
-    if pair {
-        for (role, addr) in [(Role::Storage, STORAGE_ADDR), (Role::Compute, COMPUTE_ADDR)] {
-            bed.step(
-                role,
-                "network",
-                "soft-RoCE on the NIC",
-                &script(&format!(
-                    r#"nic=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
-[ -n "$nic" ] || {{ echo "no NIC"; exit 1; }}
-ip addr add {addr}/24 dev $nic
-ip link set $nic up
-rdma link add rxe0 type rxe netdev $nic
-wait_for 30 "rxe0 ACTIVE" sh -c "rdma link show rxe0/1 | grep -q ACTIVE"
-rdma link show
-"#
-                )),
-                secs(60),
-            )?;
-        }
-        bed.step(
-            Role::Compute,
-            "network",
-            "reach the storage node",
-            &script(&format!(
-                "wait_for 30 'ping {STORAGE_ADDR}' busybox ping -c1 -W1 {STORAGE_ADDR}"
-            )),
-            secs(60),
-        )?;
-    } else {
-        bed.step(
-            Role::Storage,
-            "network",
-            "soft-RoCE on a veth pair",
-            &script(&format!(
-                r#"ip link add veth0 type veth peer name veth1
-ip link set veth0 up
-ip link set veth1 up
-ip addr add {STORAGE_ADDR}/24 dev veth0
-rdma link add rxe0 type rxe netdev veth0
-wait_for 30 "rxe0 ACTIVE" sh -c "rdma link show rxe0/1 | grep -q ACTIVE"
-rdma link show
-"#
-            )),
-            secs(60),
-        )?;
-    }
+    steps::network(bed)?;
 
-    // Export with the kernel target, for the compute node's host NQN only.
-    bed.step(
-        Role::Storage,
-        "export",
-        "nvmet subsystem, namespace, rdma port",
-        &script(&format!(
-            r#"C=/sys/kernel/config/nvmet
-S=$C/subsystems/{SUBSYSTEM_NQN}
-mkdir $S
-echo 0 > $S/attr_allow_any_host
-[ -d "$C/hosts/{hostnqn}" ] || mkdir "$C/hosts/{hostnqn}"
-ln -s "$C/hosts/{hostnqn}" $S/allowed_hosts/
-mkdir $S/namespaces/1
-echo /dev/{storage_dev} > $S/namespaces/1/device_path
-echo 1 > $S/namespaces/1/enable
-P=$C/ports/1
-mkdir $P
-echo rdma > $P/addr_trtype
-echo ipv4 > $P/addr_adrfam
-echo {STORAGE_ADDR} > $P/addr_traddr
-echo 4420 > $P/addr_trsvcid
-ln -s $S $P/subsystems/{SUBSYSTEM_NQN}
-"#
-        )),
-        secs(60),
-    )?;
+    steps::export(bed, SUBSYSTEM_NQN, &hostnqn, &storage_dev)?;
 
     // Discover and connect.
     let connect_nqn = if opts.fault == Some(Fault::WrongNqn) {
@@ -403,24 +285,7 @@ left=$(vdpa dev show)
         )),
         secs(60),
     )?;
-    bed.step(
-        Role::Storage,
-        "teardown",
-        "unexport",
-        &script(&format!(
-            r#"C=/sys/kernel/config/nvmet
-S=$C/subsystems/{SUBSYSTEM_NQN}
-rm $C/ports/1/subsystems/{SUBSYSTEM_NQN}
-rmdir $C/ports/1
-echo 0 > $S/namespaces/1/enable
-rmdir $S/namespaces/1
-rm "$S/allowed_hosts/{hostnqn}"
-rmdir $S
-rmdir "$C/hosts/{hostnqn}"
-"#
-        )),
-        secs(60),
-    )?;
+    steps::unexport(bed, SUBSYSTEM_NQN, &hostnqn)?;
 
     Ok(Report {
         topology,
