@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod bed;
+pub mod blkio_client;
 pub mod cmd;
 pub mod error;
 pub mod fio;

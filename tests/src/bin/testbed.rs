@@ -81,6 +81,20 @@ enum Cmd {
         #[command(subcommand)]
         what: Probe,
     },
+    /// Inside a guest: write, read back and zero a range of a /dev/vhost-vdpa-N device through
+    /// the blkio crate, as a VMM would.
+    #[command(hide = true)]
+    BlkioClient {
+        /// The vhost-vdpa character device.
+        #[arg(long)]
+        path: String,
+        /// Byte offset (multiple of 4096).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Bytes to write and read back (multiple of 4096).
+        #[arg(long, default_value_t = 1 << 20)]
+        len: usize,
+    },
     /// Inside a guest: serve the host's requests on the agent port.
     #[command(hide = true)]
     GuestAgent,
@@ -219,6 +233,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Cmd::BlkioClient { path, offset, len } = &cli.command {
+        return match testbed::blkio_client::run(path, *offset, *len) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("testbed blkio-client: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Ctrl-C or SIGTERM: no QEMU may outlive us.
     if let Err(e) = ctrlc::set_handler(|| {
         guest::kill_all();
@@ -269,7 +292,7 @@ fn main() -> ExitCode {
             compute,
             timeout,
         } => run_scripts(&files, &bed, compute, timeout),
-        Cmd::GuestAgent | Cmd::ProbeFabric { .. } => Ok(()),
+        Cmd::GuestAgent | Cmd::ProbeFabric { .. } | Cmd::BlkioClient { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
