@@ -50,7 +50,12 @@ pub fn parse_results(lines: &[String]) -> Result<Vec<serde_json::Value>, String>
     lines
         .iter()
         .filter_map(|l| l.strip_prefix(RESULT_PREFIX))
-        .map(|j| serde_json::from_str(j).map_err(|e| format!("malformed RESULT line `{j}`: {e}")))
+        .map(|j| {
+            serde_json::from_str(j).map_err(|e| {
+                let shown: String = j.chars().take(160).collect();
+                format!("malformed RESULT line `{shown}`: {e}")
+            })
+        })
         .collect()
 }
 

@@ -81,6 +81,11 @@ blockdev_of() {
   done
   return 1
 }
+# fio_result FILE: a RESULT line {"fio": ...} from fio's JSON output file (fio may put
+# warnings before the JSON).
+fio_result() {
+  echo "RESULT {\"fio\": $(sed -n '/^{/,$p' "$1" | tr -d '\n')}"
+}
 # result KEY VALUE...: prints a RESULT line with string values.
 result() {
   _j=""

@@ -81,24 +81,31 @@ pub fn run(path: &str, offset: u64, len: usize) -> anyhow::Result<()> {
     complete(&mut q, "read")?;
     let matched = wslice == rslice;
 
-    q.write_zeroes(offset, len as u64, 4, ReqFlags::empty());
+    // Zero at most what the device takes in one request.
+    let max_zeroes = b(blk.get_u64("max-write-zeroes-len"), "max-write-zeroes-len")?;
+    let zlen = if max_zeroes == 0 {
+        len
+    } else {
+        len.min(usize::try_from(max_zeroes).unwrap_or(usize::MAX))
+    };
+    q.write_zeroes(offset, zlen as u64, 4, ReqFlags::empty());
     let zeroes = match complete(&mut q, "write_zeroes") {
         Ok(()) => {
             rslice.fill(0xAA);
-            q.read(offset, rbuf, len, 5, ReqFlags::empty());
+            q.read(offset, rbuf, zlen, 5, ReqFlags::empty());
             complete(&mut q, "read after write_zeroes")?;
-            if rslice.iter().all(|b| *b == 0) {
-                "zeroed"
+            if rslice[..zlen].iter().all(|b| *b == 0) {
+                "zeroed".to_string()
             } else {
-                "not-zeroed"
+                "not-zeroed".to_string()
             }
         }
-        Err(_) => "unsupported",
+        Err(e) => format!("failed: {e:#}"),
     };
     println!(
         "RESULT {}",
         json!({"capacity": capacity, "bytes": len, "offset": offset, "readback_matches": matched,
-               "write_zeroes": zeroes, "mem_region_fd": needs_fd || region.fd >= 0})
+               "write_zeroes": zeroes, "max_write_zeroes_len": max_zeroes, "mem_region_fd": needs_fd || region.fd >= 0})
     );
     if !matched {
         bail!("the data read back differs from the data written");

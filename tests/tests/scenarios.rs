@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use testbed::bed::{BedParams, Topology};
 use testbed::progress::Progress;
 use testbed::scenarios::reference::{self, Fault, Options};
+use testbed::scenarios::vdpa_blk::{self, Backing};
 use testbed::setup::{self, Prepared};
 use testbed::Error;
 
@@ -154,4 +155,41 @@ fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
     );
     assert_eq!(connect("wrong_nqn"), "refused", "{:?}", report.connect);
     assert_eq!(connect("disconnected"), true, "{:?}", report.connect);
+}
+
+/// Builds the `vdpa-blk` binary (same profile as these tests) and returns its path.
+fn vdpa_blk_binary() -> PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", "vdpa-blk", "--bin", "vdpa-blk"])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build vdpa-blk: {e}"));
+    assert!(status.success(), "building vdpa-blk failed");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_testbed")).with_file_name("vdpa-blk");
+    assert!(bin.is_file(), "no vdpa-blk binary at {}", bin.display());
+    bin
+}
+
+fn vdpa_blk_run(backing: Backing) -> vdpa_blk::Report {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = vdpa_blk_binary();
+    let prepared = prepared();
+    let report = vdpa_blk::run(&prepared, &params(backing.topology()), &bin, backing)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    report
+}
+
+#[test]
+fn vdpa_blk_serves_a_local_namespace_through_virtio_vdpa_and_vhost_vdpa() {
+    let r = vdpa_blk_run(Backing::Local);
+    assert_eq!(r.virtio_ready["copy_mode"], "bounce");
+    assert_eq!(r.vhost_ready["copy_mode"], "zero-copy");
+    assert_eq!(r.blkio["readback_matches"], true);
+}
+
+#[test]
+fn vdpa_blk_serves_an_nvme_rdma_namespace_through_virtio_vdpa_and_vhost_vdpa() {
+    let r = vdpa_blk_run(Backing::Fabric);
+    assert!(r.backing.starts_with("nvme"), "{}", r.backing);
+    assert_eq!(r.blkio["readback_matches"], true);
 }

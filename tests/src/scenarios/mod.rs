@@ -4,3 +4,4 @@
 pub mod fabric_probe;
 pub mod reference;
 mod steps;
+pub mod vdpa_blk;

@@ -7,7 +7,7 @@
 //! It proves the bed, and it is the baseline the project's own components are compared with.
 
 use super::steps::{self, required, secs};
-use crate::bed::{Bed, BedParams, Role, StepResult, Topology, STORAGE_ADDR};
+use crate::bed::{Bed, BedParams, Role, StepResult, Topology};
 use crate::error::{Error, Result};
 use crate::fio::{self, FioFigures};
 use crate::setup::Prepared;
@@ -91,43 +91,7 @@ fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
     let hostnqn = steps::prepare(bed, &storage_mods, &compute_mods)?;
 
     // Carve VF 1: flexible queue and interrupt resources, online, namespace attached, bound.
-    let carve = bed.step(
-        Role::Storage,
-        "carve",
-        "carve VF and attach namespace",
-        &script(&format!(
-            r#"PF=
-for d in /sys/bus/pci/devices/*; do
-  if [ "$(cat $d/class)" = 0x010802 ] && [ -e $d/sriov_totalvfs ]; then PF=$d; fi
-done
-[ -n "$PF" ] || {{ echo "no NVMe controller with SR-IOV found"; exit 1; }}
-wait_for 30 "the PF's controller" sh -c "ls $PF/nvme | grep -q nvme"
-ctrl=$(ls $PF/nvme)
-wait_for 10 /dev/$ctrl test -c /dev/$ctrl
-echo "PF $PF controller $ctrl, $(cat $PF/sriov_totalvfs) VFs"
-echo 0 > $PF/sriov_drivers_autoprobe
-nvme virt-mgmt /dev/$ctrl -c {VF} -r 0 -a 8 -n 2
-nvme virt-mgmt /dev/$ctrl -c {VF} -r 1 -a 8 -n 1
-echo {VF} > $PF/sriov_numvfs
-nvme virt-mgmt /dev/$ctrl -c {VF} -a 9
-nvme attach-ns /dev/$ctrl -n {NSID} -c {VF}
-VFDEV=$(readlink -f $PF/virtfn{vfidx})
-echo nvme > $VFDEV/driver_override
-echo $(basename $VFDEV) > /sys/bus/pci/drivers/nvme/bind
-wait_for 30 "the VF's controller" sh -c "ls $VFDEV/nvme | grep -q nvme"
-vctrl=$(ls $VFDEV/nvme)
-nqn=$(cat /sys/class/nvme/$vctrl/subsysnqn)
-wait_for 30 "namespace {NSID} of $nqn" blockdev_of "$nqn" {NSID}
-dev=$(blockdev_of "$nqn" {NSID})
-wait_for 10 /dev/$dev test -b /dev/$dev
-result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
-"#,
-            vfidx = VF - 1
-        )),
-        secs(120),
-    )?;
-    let storage_dev = required(&carve, "dev", "VF namespace block device")?;
-    let vf = required(&carve, "vf", "VF address")?;
+    let (vf, storage_dev) = steps::carve(bed, VF, NSID)?;
 
     steps::network(bed)?;
 
@@ -139,24 +103,7 @@ result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
     } else {
         SUBSYSTEM_NQN
     };
-    let connect = bed.step(
-        Role::Compute,
-        "connect",
-        "discover and connect over nvme-rdma",
-        &script(&format!(
-            r#"nvme discover -t rdma -a {STORAGE_ADDR} -s 4420 > /tmp/discover.txt
-cat /tmp/discover.txt
-grep -q "subnqn: *{SUBSYSTEM_NQN}" /tmp/discover.txt || {{ echo "the discovery log does not list {SUBSYSTEM_NQN}"; exit 1; }}
-nvme connect -t rdma -a {STORAGE_ADDR} -s 4420 -n {connect_nqn}
-wait_for 30 "the fabric namespace" blockdev_of {SUBSYSTEM_NQN} 1
-dev=$(blockdev_of {SUBSYSTEM_NQN} 1)
-wait_for 10 /dev/$dev test -b /dev/$dev
-result dev "$dev"
-"#
-        )),
-        secs(120),
-    )?;
-    let fabric_dev = required(&connect, "dev", "fabric block device")?;
+    let fabric_dev = steps::connect(bed, SUBSYSTEM_NQN, connect_nqn)?;
 
     // Publish through VDUSE and virtio_vdpa.
     let publish = bed.step(
@@ -190,7 +137,7 @@ result vd "$vd"
             r#"fio --name=verify --filename=/dev/{virtio_dev} --direct=1 --ioengine=libaio \
   --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
   --verify_fatal=1 --randrepeat=0 --output-format=json --output=/tmp/fio-verify.json
-echo "RESULT {{\"fio\": $(tr -d '\n' < /tmp/fio-verify.json)}}"
+fio_result /tmp/fio-verify.json
 "#
         )),
         secs(600),
@@ -244,7 +191,7 @@ result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
                 r#"fio --name=randread-4k-qd16 --filename=/dev/{dev} --direct=1 --ioengine=libaio \
   --rw=randread --bs=4k --iodepth=16 --size=32M --time_based --runtime=8 --ramp_time=1 \
   --readonly --output-format=json --output=/tmp/fio-{dev}.json
-echo "RESULT {{\"fio\": $(tr -d '\n' < /tmp/fio-{dev}.json)}}"
+fio_result /tmp/fio-{dev}.json
 "#
             ))
         };

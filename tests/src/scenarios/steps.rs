@@ -173,3 +173,74 @@ rmdir "$C/hosts/{hostnqn}"
     )?;
     Ok(())
 }
+
+/// Carves VF `vf` of the emulated controller with nvme-cli (flexible queue and interrupt
+/// resources, online, namespace `nsid` attached, VF bound to nvme); returns the VF's PCI
+/// address and the namespace's block device, found through the subsystem NQN.
+pub(crate) fn carve(bed: &mut Bed, vf: u32, nsid: u32) -> Result<(String, String)> {
+    if vf == 0 {
+        return Err(Error::Invalid("VF numbers start at 1".into()));
+    }
+    let carve = bed.step(
+        Role::Storage,
+        "carve",
+        "carve VF and attach namespace",
+        &format!(
+            r#"PF=
+for d in /sys/bus/pci/devices/*; do
+  if [ "$(cat $d/class)" = 0x010802 ] && [ -e $d/sriov_totalvfs ]; then PF=$d; fi
+done
+[ -n "$PF" ] || {{ echo "no NVMe controller with SR-IOV found"; exit 1; }}
+wait_for 30 "the PF's controller" sh -c "ls $PF/nvme | grep -q nvme"
+ctrl=$(ls $PF/nvme)
+wait_for 10 /dev/$ctrl test -c /dev/$ctrl
+echo "PF $PF controller $ctrl, $(cat $PF/sriov_totalvfs) VFs"
+echo 0 > $PF/sriov_drivers_autoprobe
+nvme virt-mgmt /dev/$ctrl -c {vf} -r 0 -a 8 -n 2
+nvme virt-mgmt /dev/$ctrl -c {vf} -r 1 -a 8 -n 1
+echo {vf} > $PF/sriov_numvfs
+nvme virt-mgmt /dev/$ctrl -c {vf} -a 9
+nvme attach-ns /dev/$ctrl -n {nsid} -c {vf}
+VFDEV=$(readlink -f $PF/virtfn{vfidx})
+echo nvme > $VFDEV/driver_override
+echo $(basename $VFDEV) > /sys/bus/pci/drivers/nvme/bind
+wait_for 30 "the VF's controller" sh -c "ls $VFDEV/nvme | grep -q nvme"
+vctrl=$(ls $VFDEV/nvme)
+nqn=$(cat /sys/class/nvme/$vctrl/subsysnqn)
+wait_for 30 "namespace {nsid} of $nqn" blockdev_of "$nqn" {nsid}
+dev=$(blockdev_of "$nqn" {nsid})
+wait_for 10 /dev/$dev test -b /dev/$dev
+result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
+"#,
+            vfidx = vf - 1
+        ),
+        secs(120),
+    )?;
+    Ok((
+        required(&carve, "vf", "VF address")?,
+        required(&carve, "dev", "VF namespace block device")?,
+    ))
+}
+
+/// Discovers the storage node (the log must list `listed_nqn`), connects to `connect_nqn`
+/// with nvme-cli over rdma and returns the block device of namespace 1 of `listed_nqn`.
+pub(crate) fn connect(bed: &mut Bed, listed_nqn: &str, connect_nqn: &str) -> Result<String> {
+    let connect = bed.step(
+        Role::Compute,
+        "connect",
+        "discover and connect over nvme-rdma",
+        &format!(
+            r#"nvme discover -t rdma -a {STORAGE_ADDR} -s 4420 > /tmp/discover.txt
+cat /tmp/discover.txt
+grep -q "subnqn: *{listed_nqn}" /tmp/discover.txt || {{ echo "the discovery log does not list {listed_nqn}"; exit 1; }}
+nvme connect -t rdma -a {STORAGE_ADDR} -s 4420 -n {connect_nqn}
+wait_for 30 "the fabric namespace" blockdev_of {listed_nqn} 1
+dev=$(blockdev_of {listed_nqn} 1)
+wait_for 10 /dev/$dev test -b /dev/$dev
+result dev "$dev"
+"#
+        ),
+        secs(120),
+    )?;
+    required(&connect, "dev", "fabric block device")
+}

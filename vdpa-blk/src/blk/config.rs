@@ -331,13 +331,24 @@ impl DeviceModel {
         if !read_only {
             features |= 1 << WRITE_ZEROES;
         }
-        // Two descriptors of a chain are the header and the status.
+        // A segment never needs to be larger than the backing device's largest transfer
+        // (nor than 1 GiB, so that one segment always fits the product below).
+        let max_transfer = limits
+            .max_hw_sectors_kb
+            .saturating_mul(1024)
+            .clamp(4096, 1 << 30);
+        let size_max = limits.max_segment_size.clamp(4096, max_transfer);
+        // Two descriptors of a chain are the header and the status. Drivers compute
+        // size_max * seg_max as a signed 32-bit transfer limit (libblkio does, and panics on
+        // overflow in debug builds): keep the product in range.
         let seg_max = limits
             .max_segments
-            .clamp(1, u32::from(opts.queue_size.saturating_sub(2)).max(1));
+            .clamp(1, u32::from(opts.queue_size.saturating_sub(2)).max(1))
+            .min(i32::MAX as u32 / size_max)
+            .max(1);
         let config = BlkConfig {
             capacity: limits.size_sectors,
-            size_max: limits.max_segment_size.max(4096),
+            size_max,
             seg_max,
             cylinders: 0,
             heads: 0,
@@ -575,6 +586,42 @@ mod tests {
         assert!(m.has(RO));
         assert!(!m.has(DISCARD) && !m.has(WRITE_ZEROES) && !m.has(MQ));
         assert_eq!(m.config.seg_max, 6, "queue size minus header and status");
+    }
+
+    #[test]
+    fn segment_limits_fit_a_signed_32_bit_transfer() {
+        // NVMe over PCIe reports a 4 GiB - 1 segment size; libblkio multiplies size_max by
+        // seg_max in an i32.
+        let mut l = QueueLimits::for_file(1 << 30);
+        l.max_segment_size = u32::MAX;
+        l.max_segments = 1024;
+        l.max_hw_sectors_kb = 512;
+        let m = DeviceModel::new(
+            &l,
+            &DeviceOptions {
+                num_queues: 1,
+                queue_size: 256,
+                read_only: false,
+            },
+        );
+        assert_eq!(
+            m.config.size_max,
+            512 * 1024,
+            "capped at the largest transfer"
+        );
+        assert_eq!(m.config.seg_max, 254);
+        assert!(i64::from(m.config.size_max) * i64::from(m.config.seg_max) <= i64::from(i32::MAX));
+        l.max_hw_sectors_kb = u32::MAX;
+        let m = DeviceModel::new(
+            &l,
+            &DeviceOptions {
+                num_queues: 1,
+                queue_size: 256,
+                read_only: false,
+            },
+        );
+        assert!(i64::from(m.config.size_max) * i64::from(m.config.seg_max) <= i64::from(i32::MAX));
+        assert!(m.config.seg_max >= 1);
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! The project's datapath, `vdpa-blk`, in the bed: over a local NVMe namespace (one guest) or
+//! over the nvme-rdma namespace of a carved and exported VF (two guests).
+//!
+//! - virtio_vdpa: the /dev/vdX passes fio randwrite with crc32c verify, discard and
+//!   write-zeroes work, a flush (sync) works, the serial is the one given, and a pattern
+//!   written through it is on the backing device (and, over the fabric, on the VF namespace).
+//! - vhost_vdpa: `testbed blkio-client` drives /dev/vhost-vdpa-N as a VMM does, with an
+//!   fd-backed memory region, so the daemon maps it and copies nothing.
+//! - SIGTERM during fio: the daemon exits 0 and leaves nothing in `vdpa dev show` or
+//!   /dev/vduse.
+//!
+//! Each daemon's ready line and SIGUSR1 statistics come back as results for the host to check.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::steps::{self, required, secs};
+use crate::bed::{Bed, BedParams, Role, StepResult, Topology};
+use crate::error::{Error, Result};
+use crate::setup::Prepared;
+
+/// The exported subsystem, when the backing is reached over the fabric.
+pub const SUBSYSTEM_NQN: &str = "nqn.2026-11.io.testbed:vdpa-blk-vol1";
+const SERIAL: &str = "vdpablk-serial-1";
+
+/// Where the backing device comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// The VF namespace (emulated PCIe), in the single topology.
+    Local,
+    /// The VF namespace exported over nvme-rdma, in the pair topology.
+    Fabric,
+}
+
+impl Backing {
+    /// The topology this backing needs.
+    pub fn topology(self) -> Topology {
+        match self {
+            Backing::Local => Topology::Single,
+            Backing::Fabric => Topology::Pair,
+        }
+    }
+}
+
+/// What the run found (all checks have passed when this is returned).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub backing: String,
+    /// The virtio-vdpa daemon's ready line and its statistics after the I/O.
+    pub virtio_ready: Value,
+    pub virtio_stats: Value,
+    /// The vhost-vdpa daemon's ready line, the blkio client's result and the statistics.
+    pub vhost_ready: Value,
+    pub blkio: Value,
+    pub vhost_stats: Value,
+}
+
+fn result_with(step: &StepResult, key: &str, what: &str) -> Result<Value> {
+    step.results
+        .iter()
+        .find(|r| r.get(key).is_some())
+        .cloned()
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: format!("no result with `{key}`"),
+        })
+}
+
+fn check(ok: bool, check: &str, reason: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Check {
+            check: check.to_string(),
+            reason: reason(),
+        })
+    }
+}
+
+/// Sum of one counter over the queues of a stats line.
+fn stat_sum(stats: &Value, key: &str) -> u64 {
+    stats
+        .get("queues")
+        .and_then(Value::as_array)
+        .map(|qs| {
+            qs.iter()
+                .filter_map(|q| q.get(key).and_then(Value::as_u64))
+                .sum()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Starts a daemon in the background on the compute guest and returns its ready line.
+fn start_daemon(bed: &mut Bed, bin: &str, name: &str, args: &str) -> Result<Value> {
+    let step = bed.step(
+        Role::Compute,
+        "publish",
+        &format!("start vdpa-blk {name} ({args})"),
+        &format!(
+            r#"rm -f /run/{name}.exit
+(
+  {bin} --name {name} {args} > /run/{name}.out 2> /run/{name}.err &
+  echo $! > /run/{name}.pid
+  wait $!
+  echo $? > /run/{name}.exit
+) > /dev/null 2>&1 &
+wait_for 10 "the daemon's pid" test -s /run/{name}.pid
+if ! wait_for 60 "the ready line" grep -q '"event":"ready"' /run/{name}.out; then
+  cat /run/{name}.err; exit 1
+fi
+grep '"event":"ready"' /run/{name}.out | head -n1 | sed 's/^/RESULT /'
+"#
+        ),
+        secs(90),
+    )?;
+    result_with(&step, "event", "the ready line")
+}
+
+/// Asks a daemon for its statistics (SIGUSR1) and returns the stats line.
+fn stats(bed: &mut Bed, name: &str) -> Result<Value> {
+    let step = bed.step(
+        Role::Compute,
+        "stats",
+        &format!("SIGUSR1 statistics of {name}"),
+        &format!(
+            r#"n=$(grep -c '"event":"stats"' /run/{name}.out || true)
+kill -USR1 $(cat /run/{name}.pid)
+wait_for 20 "a stats line" sh -c "[ \$(grep -c '\"event\":\"stats\"' /run/{name}.out) -gt $n ]"
+grep '"event":"stats"' /run/{name}.out | tail -n1 | sed 's/^/RESULT /'
+"#
+        ),
+        secs(60),
+    )?;
+    result_with(&step, "queues", "the stats line")
+}
+
+/// Sends SIGTERM, expects exit status 0 and nothing left behind.
+fn stop_daemon(bed: &mut Bed, name: &str, during_fio_on: Option<&str>) -> Result<()> {
+    let fio = match during_fio_on {
+        Some(dev) => format!(
+            "fio --name=bg --filename=/dev/{dev} --rw=randread --bs=4k --size=32M --iodepth=16 \
+             --ioengine=libaio --direct=1 --time_based --runtime=60 > /run/{name}.fio 2>&1 &\n\
+             FIO=$!\nsleep 3\nkill -0 $FIO\n"
+        ),
+        None => String::new(),
+    };
+    bed.step(
+        Role::Compute,
+        "teardown",
+        &format!(
+            "SIGTERM to {name}{}",
+            if during_fio_on.is_some() { " during fio" } else { "" }
+        ),
+        &format!(
+            r#"{fio}pid=$(cat /run/{name}.pid)
+kill -TERM $pid
+t0=$(date +%s.%N)
+for i in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+echo "vdpa-blk {name} exited $(awk "BEGIN {{ print $(date +%s.%N) - $t0 }}") s after SIGTERM"
+if kill -0 $pid 2>/dev/null; then echo "vdpa-blk {name} still running 30 s after SIGTERM"; exit 1; fi
+wait_for 10 "the exit status" test -s /run/{name}.exit
+code=$(cat /run/{name}.exit)
+[ "$code" = 0 ] || {{ echo "vdpa-blk {name} exited with $code"; tail -n 20 /run/{name}.err; exit 1; }}
+{wait_fio}left=$(vdpa dev show)
+[ -z "$left" ] || {{ echo "vdpa devices left: $left"; exit 1; }}
+[ "$(ls /dev/vduse)" = control ] || {{ echo "VDUSE devices left: $(ls /dev/vduse)"; exit 1; }}
+"#,
+            wait_fio = if during_fio_on.is_some() {
+                format!("kill -9 $FIO 2>/dev/null || true\nwait $FIO || true\ntail -n 5 /run/{name}.fio\n")
+            } else {
+                String::new()
+            }
+        ),
+        secs(90),
+    )?;
+    Ok(())
+}
+
+/// Runs the scenario in a new bed (topology from `backing`) and tears the bed down.
+pub fn run(
+    prepared: &Prepared,
+    params: &BedParams,
+    binary: &Path,
+    backing: Backing,
+) -> Result<Report> {
+    let mut params = params.clone();
+    params.topology = backing.topology();
+    let mut bed = Bed::start(
+        prepared,
+        &params,
+        &format!("vdpa-blk-{backing:?}").to_lowercase(),
+    )?;
+    let report = steps_of(&mut bed, &params, binary, backing);
+    bed.shutdown();
+    report
+}
+
+fn steps_of(
+    bed: &mut Bed,
+    params: &BedParams,
+    binary: &Path,
+    backing: Backing,
+) -> Result<Report> {
+    let bin = binary.display().to_string();
+    let agent = params.agent.display().to_string();
+    let topology = bed.topology();
+    let publish_mods = "vdpa vduse virtio_vdpa vhost_vdpa virtio_blk";
+    let hostnqn = steps::prepare(
+        bed,
+        &steps::storage_modules(topology),
+        &format!("{} {publish_mods}", steps::compute_modules(topology)),
+    )?;
+    let (_vf, storage_dev) = steps::carve(bed, 1, 1)?;
+    let backing_dev = match backing {
+        Backing::Local => storage_dev.clone(),
+        Backing::Fabric => {
+            steps::network(bed)?;
+            steps::export(bed, SUBSYSTEM_NQN, &hostnqn, &storage_dev)?;
+            steps::connect(bed, SUBSYSTEM_NQN, SUBSYSTEM_NQN)?
+        }
+    };
+
+    // virtio_vdpa.
+    let virtio_ready = start_daemon(
+        bed,
+        &bin,
+        "vb0",
+        &format!("--backing /dev/{backing_dev} --driver virtio-vdpa --queues 2 --serial {SERIAL}"),
+    )?;
+    check(
+        virtio_ready["copy_mode"] == "bounce",
+        "virtio-vdpa copy mode",
+        || format!("ready line says {}", virtio_ready["copy_mode"]),
+    )?;
+    let vd = virtio_ready["path"]
+        .as_str()
+        .and_then(|p| p.strip_prefix("/dev/"))
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: "virtio-vdpa ready line".into(),
+            reason: format!("no /dev path in {virtio_ready}"),
+        })?;
+    let io = bed.step(
+        Role::Compute,
+        "io",
+        "fio crc32c verify, discard, write-zeroes, flush, pattern on the backing",
+        &format!(
+            r#"[ "$(cat /sys/block/{vd}/serial)" = {SERIAL} ] || {{ echo "serial is $(cat /sys/block/{vd}/serial)"; exit 1; }}
+fio --name=verify --filename=/dev/{vd} --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+  --iodepth=16 --numjobs=2 --size=16M --offset_increment=16M --verify=crc32c --do_verify=1 \
+  --verify_fatal=1 --group_reporting --output-format=json --output=/tmp/vb-verify.json
+fio_result /tmp/vb-verify.json
+blkdiscard -o 33554432 -l 1048576 /dev/{vd}
+head -c 1048576 /dev/urandom > /tmp/ones
+dd if=/tmp/ones of=/dev/{vd} bs=1M seek=34 oflag=direct conv=fsync 2>/dev/null
+blkdiscard -z -o 35651584 -l 1048576 /dev/{vd}
+z=$(dd if=/dev/{vd} bs=1M skip=34 count=1 iflag=direct 2>/dev/null | tr -d '\0' | wc -c)
+[ "$z" = 0 ] || {{ echo "write-zeroes left $z non-zero bytes"; exit 1; }}
+head -c 4194304 /dev/urandom > /tmp/pattern
+dd if=/tmp/pattern of=/dev/{vd} bs=1M seek=40 oflag=direct 2>/dev/null
+sync
+a=$(md5sum < /tmp/pattern | cut -d' ' -f1)
+b=$(dd if=/dev/{backing_dev} bs=1M skip=40 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+[ "$a" = "$b" ] || {{ echo "pattern md5 $a through /dev/{vd}, $b on /dev/{backing_dev}"; exit 1; }}
+result pattern "$a"
+"#
+        ),
+        secs(600),
+    )?;
+    let pattern = required(&io, "pattern", "pattern checksum")?;
+    if backing == Backing::Fabric {
+        let landed = bed.step(
+            Role::Storage,
+            "check",
+            "the pattern is on the VF namespace",
+            &format!(
+                "result pattern \"$(dd if=/dev/{storage_dev} bs=1M skip=40 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)\""
+            ),
+            secs(60),
+        )?;
+        let there = required(&landed, "pattern", "VF namespace checksum")?;
+        check(there == pattern, "bytes landed on the VF namespace", || {
+            format!("md5 {pattern} written, {there} on /dev/{storage_dev}")
+        })?;
+    }
+    let virtio_stats = stats(bed, "vb0")?;
+    check(
+        stat_sum(&virtio_stats, "errors") == 0,
+        "virtio-vdpa I/O errors",
+        || virtio_stats.to_string(),
+    )?;
+    check(
+        stat_sum(&virtio_stats, "copied_bytes") == 0,
+        "daemon copies",
+        || virtio_stats.to_string(),
+    )?;
+    check(
+        stat_sum(&virtio_stats, "requests") > 0,
+        "requests served",
+        || virtio_stats.to_string(),
+    )?;
+    stop_daemon(bed, "vb0", Some(&vd))?;
+
+    // vhost_vdpa, driven by the blkio crate as a VMM would.
+    let vhost_ready = start_daemon(
+        bed,
+        &bin,
+        "vb1",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+    )?;
+    check(
+        vhost_ready["copy_mode"] == "zero-copy",
+        "vhost-vdpa copy mode",
+        || format!("ready line says {}", vhost_ready["copy_mode"]),
+    )?;
+    let vhost_path = vhost_ready["path"].as_str().unwrap_or_default().to_string();
+    let client = bed.step(
+        Role::Compute,
+        "io",
+        "blkio client over vhost-vdpa: write, flush, read back, write-zeroes",
+        &format!("{agent} blkio-client --path {vhost_path} --offset 8388608 --len 4194304"),
+        secs(300),
+    )?;
+    let blkio = result_with(&client, "readback_matches", "blkio client")?;
+    check(blkio["readback_matches"] == true, "blkio read-back", || {
+        blkio.to_string()
+    })?;
+    check(
+        blkio["write_zeroes"] == "zeroed",
+        "blkio write-zeroes",
+        || blkio.to_string(),
+    )?;
+    let vhost_stats = stats(bed, "vb1")?;
+    check(
+        stat_sum(&vhost_stats, "errors") == 0,
+        "vhost-vdpa I/O errors",
+        || vhost_stats.to_string(),
+    )?;
+    check(
+        stat_sum(&vhost_stats, "copied_bytes") == 0,
+        "daemon copies (vhost)",
+        || vhost_stats.to_string(),
+    )?;
+    stop_daemon(bed, "vb1", None)?;
+
+    if backing == Backing::Fabric {
+        bed.step(
+            Role::Compute,
+            "teardown",
+            "disconnect",
+            &format!("nvme disconnect -n {SUBSYSTEM_NQN}"),
+            secs(60),
+        )?;
+        steps::unexport(bed, SUBSYSTEM_NQN, &hostnqn)?;
+    }
+    Ok(Report {
+        backing: backing_dev,
+        virtio_ready,
+        virtio_stats,
+        vhost_ready,
+        blkio,
+        vhost_stats,
+    })
+}
