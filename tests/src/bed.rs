@@ -306,12 +306,32 @@ impl Bed {
     fn boot(&mut self, params: &BedParams, spec: GuestSpec) -> Result<()> {
         self.progress
             .phase("boot", &format!("starting guest `{}`", spec.name));
-        let mut guest = Guest::spawn(&params.qemu, &spec)?;
         let log = self.run_dir.join(format!("{}.steps.log", spec.name));
-        // Keep the guest registered in the bed before waiting, so a failure tears it down.
-        let kernel = guest.wait_ready(&spec.agent_socket, &log, params.boot_timeout);
-        self.guests.push(guest);
-        let kernel = kernel?;
+        let mut attempt = 1;
+        let kernel = loop {
+            let mut guest = Guest::spawn(&params.qemu, &spec)?;
+            let kernel = guest.wait_ready(&spec.agent_socket, &log, params.boot_timeout);
+            let crashed = kernel.is_err() && crashed_during_boot(&guest.console_tail(60));
+            if crashed && attempt < BOOT_ATTEMPTS {
+                // The guest kernel occasionally oopses early under multi-threaded TCG (seen:
+                // a stray int3 from text patching). That is the emulator, not the stack.
+                let saved = spec
+                    .console_log
+                    .with_extension(format!("attempt{attempt}.log"));
+                let _ = fs::rename(&spec.console_log, &saved);
+                self.progress.note(&format!(
+                    "guest `{}` kernel crashed while booting under emulation (console kept in {}); booting it again",
+                    spec.name,
+                    saved.display()
+                ));
+                drop(guest);
+                attempt += 1;
+                continue;
+            }
+            // Keep the guest in the bed before failing, so the failure tears it down.
+            self.guests.push(guest);
+            break kernel?;
+        };
         let lib = format!(
             "mkdir -p {dir}\ncat > {GUEST_SHELL_LIB_PATH} <<'TESTBED_EOF'\n{GUEST_SHELL_LIB}\nTESTBED_EOF",
             dir = GUEST_SHELL_LIB_DIR
@@ -456,6 +476,14 @@ impl Drop for Bed {
     }
 }
 
+/// How many times a guest whose kernel crashed before its agent came up is booted.
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// Whether a console shows the guest kernel dying (rather than, say, a missing agent).
+fn crashed_during_boot(console: &str) -> bool {
+    console.contains("Kernel panic") || console.contains("Oops:")
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::io("bind", "127.0.0.1:0", e))?;
@@ -493,6 +521,19 @@ mod tests {
         assert!(p.validate().is_err());
         p.namespace_sizes = vec![];
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn only_a_kernel_crash_counts_as_a_boot_crash() {
+        assert!(crashed_during_boot(
+            "[ 2.5] Oops: int3: 0000 [#1] PREEMPT SMP"
+        ));
+        assert!(crashed_during_boot(
+            "Kernel panic - not syncing: Fatal exception"
+        ));
+        assert!(!crashed_during_boot(
+            "testbed-init: FAILED: agent '/x' is not an executable"
+        ));
     }
 
     #[test]

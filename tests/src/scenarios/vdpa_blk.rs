@@ -196,12 +196,7 @@ pub fn run(
     report
 }
 
-fn steps_of(
-    bed: &mut Bed,
-    params: &BedParams,
-    binary: &Path,
-    backing: Backing,
-) -> Result<Report> {
+fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) -> Result<Report> {
     let bin = binary.display().to_string();
     let agent = params.agent.display().to_string();
     let topology = bed.topology();
