@@ -26,10 +26,10 @@ use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::blk::exec::{write_id, write_status};
+use crate::blk::exec::{answer_rejected, write_id, write_status};
 use crate::blk::request::{
-    parse_descriptors, Error as ParseError, ParseContext, Rejected, Request, RequestType,
-    SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    parse, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
 
@@ -681,51 +681,29 @@ impl Worker {
                         continue;
                     }
                 }
-                let mut descs = Vec::new();
-                let mut too_long = false;
-                for d in chain {
-                    if descs.len() >= usize::from(self.parse.queue_size) {
-                        too_long = true;
-                        break;
-                    }
-                    descs.push(d);
-                }
-                let parsed = if too_long {
-                    Err((ParseError::ChainTooLong(self.parse.queue_size), None))
-                } else {
-                    parse_descriptors(&*mem, head, &descs, &self.parse)
-                };
-                let parsed = parsed.map_err(|(error, status_addr)| Rejected {
-                    head_index: head,
-                    error,
-                    status_addr,
-                });
-                match parsed {
+                // The same parse path the fuzz target (vdpa-blk/fuzz) drives.
+                match parse(chain, &self.parse) {
                     Ok(req) => self.start_request(&mem, req),
                     Err(rej) => {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                        let used = match (rej.error.status(), rej.status_addr) {
-                            (Some(st), Some(addr)) if write_status(&*mem, addr, st) => {
-                                tracing::debug!(
-                                    queue = self.index,
-                                    head = rej.head_index,
-                                    "request failed: {}",
-                                    rej.error
-                                );
-                                1
-                            }
-                            _ => {
-                                tracing::debug!(
-                                    queue = self.index,
-                                    head = rej.head_index,
-                                    "dropping chain: {}",
-                                    rej.error
-                                );
-                                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                                0
-                            }
-                        };
+                        let used = answer_rejected(&*mem, &rej);
+                        if used > 0 {
+                            tracing::debug!(
+                                queue = self.index,
+                                head = rej.head_index,
+                                "request failed: {}",
+                                rej.error
+                            );
+                        } else {
+                            tracing::debug!(
+                                queue = self.index,
+                                head = rej.head_index,
+                                "dropping chain: {}",
+                                rej.error
+                            );
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.add_used(&mem, rej.head_index, used);
                     }
                 }

@@ -6,12 +6,23 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::request::{
-    Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    Rejected, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
 };
 
 /// Writes the status byte. Returns false when the write failed (the chain is then dropped).
 pub fn write_status<M: GuestMemory + ?Sized>(mem: &M, addr: GuestAddress, status: u8) -> bool {
     mem.write_obj(status, addr).is_ok()
+}
+
+/// Answers a chain the parser rejected: writes [`Error::status`](super::request::Error::status)
+/// into its status descriptor when it has a usable one. Returns the used length: 1 when the
+/// chain was answered, 0 when it is dropped (no usable status descriptor, or the write failed).
+pub fn answer_rejected<M: GuestMemory + ?Sized>(mem: &M, rej: &Rejected) -> u32 {
+    match (rej.error.status(), rej.status_addr) {
+        (Some(status), Some(addr)) if write_status(mem, addr, status) => 1,
+        _ => 0,
+    }
 }
 
 /// The 20-byte id field for a serial (truncated, NUL padded, as virtio says).

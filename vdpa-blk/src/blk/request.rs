@@ -302,7 +302,9 @@ fn check<M: GuestMemory + ?Sized>(
             len,
         });
     }
-    if addr.checked_add(u64::from(len)).is_none() {
+    // The buffer's last byte must be addressable; a buffer may end at the very top of the IOVA
+    // space (its exclusive end, 2^64, is not representable and is not needed).
+    if len > 0 && addr.checked_add(u64::from(len) - 1).is_none() {
         return Err(Error::InvalidAddress {
             addr: addr.raw_value(),
             len,

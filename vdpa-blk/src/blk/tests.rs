@@ -668,3 +668,82 @@ fn backend_error_returns_ioerr() {
     assert_eq!((c.status, c.used_len), (VIRTIO_BLK_S_IOERR, 1));
     assert_eq!(status(&m), VIRTIO_BLK_S_IOERR);
 }
+
+#[test]
+fn buffers_ending_at_the_top_of_the_iova_space_are_accepted() {
+    // Found by the descriptor_chain fuzz target: a buffer whose last byte is IOVA u64::MAX was
+    // taken for an address overflow, so a status byte there got the chain dropped although its
+    // status descriptor is usable, and data ending there got IOERR.
+    use crate::iotlb::{tests::FakeIotlb, IotlbTable};
+    use crate::uapi::vduse::VDUSE_ACCESS_RW;
+
+    const TOP_PAGE: u64 = u64::MAX - 0xfff;
+    let low = MEM_SIZE as u64;
+    let src = FakeIotlb::new(
+        low + 0x1000,
+        &[
+            (0, low - 1, 0, VDUSE_ACCESS_RW),
+            (TOP_PAGE, u64::MAX, low, VDUSE_ACCESS_RW),
+        ],
+    );
+    let table = IotlbTable::new();
+    assert_eq!(table.map_all(&src).expect("map"), 2);
+    let snapshot = table.snapshot();
+    let m = &*snapshot;
+    let id = id_bytes("s");
+
+    // The status byte is the last byte of the IOVA space.
+    m.write_obj(VIRTIO_BLK_T_FLUSH.to_le(), GuestAddress(HDR))
+        .expect("hdr");
+    let vq = MockSplitQueue::new(m, 16);
+    let chain = vq
+        .build_desc_chain(&[d(HDR, 16, 0), d(u64::MAX, 1, F_WRITE)])
+        .expect("chain");
+    let req = parse(chain, &ctx()).expect("FLUSH with its status at u64::MAX");
+    assert_eq!(req.status_addr, GuestAddress(u64::MAX));
+    let c = execute(m, &req, &mut MemBackend::new(512), &id).expect("status written");
+    assert_eq!((c.status, c.used_len), (VIRTIO_BLK_S_OK, 1));
+    assert_eq!(
+        m.read_obj::<u8>(GuestAddress(u64::MAX)).expect("status"),
+        VIRTIO_BLK_S_OK
+    );
+
+    // A data buffer ending at u64::MAX.
+    m.write_obj(VIRTIO_BLK_T_IN.to_le(), GuestAddress(HDR))
+        .expect("hdr");
+    let vq = MockSplitQueue::new(m, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            d(HDR, 16, 0),
+            d(u64::MAX - 511, 512, F_WRITE),
+            d(STATUS, 1, F_WRITE),
+        ])
+        .expect("chain");
+    let req = parse(chain, &ctx()).expect("IN into a buffer ending at u64::MAX");
+    assert_eq!(req.data, vec![(GuestAddress(u64::MAX - 511), 512)]);
+    let mut b = MemBackend::new(512);
+    b.data.fill(0x5a);
+    let c = execute(m, &req, &mut b, &id).expect("status written");
+    assert_eq!((c.status, c.used_len), (VIRTIO_BLK_S_OK, 513));
+    let mut got = [0u8; 512];
+    m.read_slice(&mut got, GuestAddress(u64::MAX - 511))
+        .expect("read back");
+    assert!(got.iter().all(|&x| x == 0x5a));
+
+    // One byte further wraps: still refused.
+    let vq = MockSplitQueue::new(m, 16);
+    let chain = vq
+        .build_desc_chain(&[
+            d(HDR, 16, 0),
+            d(u64::MAX, 2, F_WRITE),
+            d(STATUS, 1, F_WRITE),
+        ])
+        .expect("chain");
+    let r = rejected(parse(chain, &ctx()));
+    assert!(
+        matches!(r.error, Error::InvalidAddress { .. }),
+        "{:?}",
+        r.error
+    );
+    assert_eq!(r.status_addr, Some(GuestAddress(STATUS)));
+}
