@@ -77,6 +77,10 @@ pub fn find_port(sys_root: &Path) -> Option<PathBuf> {
 /// Runs the agent until the host closes the port or asks for power-off, then powers the guest
 /// off (so it never returns `Ok`); returns an error when the port cannot be found or opened.
 pub fn serve() -> Result<std::convert::Infallible, String> {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == 1 {
+        become_reaper();
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     let port = loop {
         if let Some(p) = find_port(Path::new("/")) {
@@ -119,6 +123,33 @@ pub fn serve() -> Result<std::convert::Infallible, String> {
         }
     }
     poweroff()
+}
+
+/// As PID 1, daemons that scripts leave behind are re-parented to us when their shell exits:
+/// someone must reap them, or a stopped daemon stays a zombie that `kill -0` still finds.
+/// PID 1 forks; the parent only reaps (and powers off when the agent itself ends), the child
+/// goes on as the agent and waits for its own scripts as usual.
+fn become_reaper() {
+    // SAFETY: called first thing in `serve`, while this process has a single thread, so the
+    // child may run arbitrary code after fork.
+    let agent = unsafe { libc::fork() };
+    if agent == 0 {
+        return;
+    }
+    if agent < 0 {
+        // No fork: serve as PID 1 anyway, orphans will stay zombies.
+        return;
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == agent
+            || (pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
+        {
+            poweroff();
+        }
+    }
 }
 
 fn send(out: &Arc<Mutex<fs::File>>, event: &Event) {

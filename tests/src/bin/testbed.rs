@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use testbed::bed::{parse_size, Bed, BedParams, Role, Topology};
 use testbed::progress::Progress;
+use testbed::scenarios::bench;
 use testbed::scenarios::reference::{self, Fault};
 use testbed::{agent, fio, guest, setup};
 
@@ -60,6 +61,21 @@ enum Cmd {
         /// Also measure each layer with fio.
         #[arg(long)]
         measure: bool,
+    },
+    /// Measure the datapath: fio on the raw device, on vdpa-blk and on qemu-storage-daemon's
+    /// vduse-blk export over the same device, in one guest and one run.
+    Bench {
+        #[command(flatten)]
+        bed: BedArgs,
+        /// The vdpa-blk binary (default: next to this one; build it with the same profile).
+        #[arg(long)]
+        vdpa_blk: Option<PathBuf>,
+        /// Seconds each fio job runs (after a 2 s ramp).
+        #[arg(long, default_value_t = 10)]
+        runtime: u32,
+        /// Virtqueues of both VDUSE devices.
+        #[arg(long, default_value_t = 2)]
+        queues: u16,
     },
     /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
     /// `--compute`, on the compute guest), printing their output: for exploring the stack.
@@ -171,6 +187,40 @@ fn reference_run(args: &BedArgs, opts: &reference::Options) -> anyhow::Result<()
             }
         }
     }
+    Ok(())
+}
+
+fn bench(
+    args: &BedArgs,
+    vdpa_blk: Option<PathBuf>,
+    runtime: u32,
+    queues: u16,
+) -> anyhow::Result<()> {
+    let p = params(args)?;
+    let bin = match vdpa_blk {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating the testbed binary")?
+            .with_file_name("vdpa-blk"),
+    };
+    if !bin.is_file() {
+        anyhow::bail!(
+            "no vdpa-blk binary at {}: build it with `cargo build --release -p vdpa-blk` (same profile as this binary) or pass --vdpa-blk",
+            bin.display()
+        );
+    }
+    let progress = Progress::new("testbed");
+    let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
+    let report = bench::run(&prepared, &p, &bin, runtime, queues)?;
+    println!();
+    println!(
+        "fio libaio direct, {} s per job after a 2 s ramp, {} virtqueues, backing /dev/{} (VF namespace, emulated PCIe), binary {}",
+        report.runtime_s,
+        report.queues,
+        report.device,
+        bin.display()
+    );
+    print!("{}", bench::table(&report));
     Ok(())
 }
 
@@ -286,6 +336,12 @@ fn main() -> ExitCode {
             let fault = fault.as_deref().map(parse_fault).transpose()?;
             reference_run(&bed, &reference::Options { fault, measure })
         })(),
+        Cmd::Bench {
+            bed,
+            vdpa_blk,
+            runtime,
+            queues,
+        } => bench(&bed, vdpa_blk, runtime, queues),
         Cmd::Script {
             files,
             bed,

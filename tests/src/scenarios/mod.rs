@@ -1,6 +1,7 @@
 //! Scenarios: sequences of steps run in a bed's guests (each step may use the helpers of
 //! [`crate::bed::GUEST_SHELL_LIB`]).
 
+pub mod bench;
 pub mod fabric_probe;
 pub mod reference;
 mod steps;

@@ -1,0 +1,255 @@
+//! The datapath benchmark: in one guest and one run, fio on the raw backing device (the
+//! carved VF's namespace), on `vdpa-blk` serving it through virtio_vdpa, and on
+//! `qemu-storage-daemon --export type=vduse-blk` serving the same device; IOPS, p50/p99
+//! latency and the ratios between them. Figures, not a test: nothing here has a threshold.
+
+use std::path::Path;
+
+use super::steps::{self, secs};
+use crate::bed::{Bed, BedParams, Role, Topology};
+use crate::error::{Error, Result};
+use crate::fio::{self, FioFigures};
+use crate::setup::Prepared;
+
+/// The fio jobs: name, rw, block size, queue depth.
+pub const JOBS: &[(&str, &str, &str, u32)] = &[
+    ("randread-4k-qd1", "randread", "4k", 1),
+    ("randread-4k-qd32", "randread", "4k", 32),
+    ("randwrite-4k-qd32", "randwrite", "4k", 32),
+    ("seqread-128k-qd8", "read", "128k", 8),
+];
+
+/// The devices measured, in table order.
+pub const TARGETS: &[&str] = &["raw device", "vdpa-blk", "qemu-storage-daemon"];
+
+/// Figures per target, in [`TARGETS`] order, each in [`JOBS`] order.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub device: String,
+    pub runtime_s: u32,
+    pub queues: u16,
+    pub figures: Vec<Vec<FioFigures>>,
+}
+
+fn fio_script(dev: &str, runtime_s: u32) -> String {
+    let mut s = String::new();
+    for (name, rw, bs, qd) in JOBS {
+        s.push_str(&format!(
+            "fio --name={name} --filename=/dev/{dev} --direct=1 --ioengine=libaio --rw={rw} \
+             --bs={bs} --iodepth={qd} --size=256M --time_based --runtime={runtime_s} \
+             --ramp_time=2 --norandommap --randrepeat=0 --output-format=json \
+             --output=/tmp/bench-{name}.json\nfio_result /tmp/bench-{name}.json\n"
+        ));
+    }
+    s
+}
+
+fn measure(bed: &mut Bed, what: &str, dev: &str, runtime_s: u32) -> Result<Vec<FioFigures>> {
+    let step = bed.step(
+        Role::Compute,
+        "measure",
+        &format!("fio on {what} (/dev/{dev})"),
+        &fio_script(dev, runtime_s),
+        secs(u64::from(runtime_s + 30) * JOBS.len() as u64),
+    )?;
+    let figures = step
+        .results
+        .iter()
+        .filter_map(|r| r.get("fio"))
+        .map(|v| {
+            fio::from_value(v)
+                .and_then(|mut f| f.pop().ok_or_else(|| "no job".to_string()))
+                .map_err(|reason| Error::Check {
+                    check: format!("fio figures of {what}"),
+                    reason,
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if figures.len() != JOBS.len() {
+        return Err(Error::Check {
+            check: format!("fio figures of {what}"),
+            reason: format!("{} results for {} jobs", figures.len(), JOBS.len()),
+        });
+    }
+    Ok(figures)
+}
+
+/// Boots one guest, carves a VF, and measures the three targets one after the other.
+pub fn run(
+    prepared: &Prepared,
+    params: &BedParams,
+    vdpa_blk: &Path,
+    runtime_s: u32,
+    queues: u16,
+) -> Result<Report> {
+    if !(1..=600).contains(&runtime_s) {
+        return Err(Error::Invalid(format!(
+            "runtime {runtime_s} s: expected 1..=600"
+        )));
+    }
+    if !(1..=8).contains(&queues) {
+        return Err(Error::Invalid(format!("queues {queues}: expected 1..=8")));
+    }
+    let mut params = params.clone();
+    params.topology = Topology::Single;
+    let mut bed = Bed::start(prepared, &params, "bench")?;
+    let report = steps_of(&mut bed, vdpa_blk, runtime_s, queues);
+    bed.shutdown();
+    report
+}
+
+fn steps_of(bed: &mut Bed, vdpa_blk: &Path, runtime_s: u32, queues: u16) -> Result<Report> {
+    let topology = bed.topology();
+    steps::prepare(
+        bed,
+        &steps::storage_modules(topology),
+        &format!(
+            "{} vdpa vduse virtio_vdpa virtio_blk",
+            steps::compute_modules(topology)
+        ),
+    )?;
+    let (_vf, dev) = steps::carve(bed, 1, 1)?;
+    let mut figures = Vec::new();
+    figures.push(measure(bed, TARGETS[0], &dev, runtime_s)?);
+
+    let bin = vdpa_blk.display();
+    let vd = bed.step(
+        Role::Compute,
+        "publish",
+        "start vdpa-blk (virtio-vdpa)",
+        &format!(
+            r#"{bin} --name bench0 --backing /dev/{dev} --driver virtio-vdpa --queues {queues} > /run/bench0.out 2> /run/bench0.err &
+echo $! > /run/bench0.pid
+wait_for 60 "the ready line" grep -q '"event":"ready"' /run/bench0.out || {{ cat /run/bench0.err; exit 1; }}
+result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench0.out | head -n1)"
+"#
+        ),
+        secs(90),
+    )?;
+    let vd = steps::required(&vd, "vd", "vdpa-blk virtio disk")?;
+    figures.push(measure(bed, TARGETS[1], &vd, runtime_s)?);
+    bed.step(
+        Role::Compute,
+        "teardown",
+        "stop vdpa-blk",
+        "pid=$(cat /run/bench0.pid); kill -TERM $pid\n\
+         for i in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done\n\
+         ! kill -0 $pid 2>/dev/null",
+        secs(60),
+    )?;
+
+    let qsd = bed.step(
+        Role::Compute,
+        "publish",
+        "start qemu-storage-daemon vduse-blk",
+        &format!(
+            r#"qemu-storage-daemon --daemonize --pidfile /run/bench-qsd.pid \
+  --blockdev driver=host_device,node-name=b0,filename=/dev/{dev},cache.direct=on,aio=io_uring \
+  --export type=vduse-blk,id=e0,node-name=b0,name=bench1,writable=on,num-queues={queues}
+wait_for 30 /dev/vduse/bench1 test -e /dev/vduse/bench1
+vdpa dev add name bench1 mgmtdev vduse
+wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/bench1/virtio*/block/ | grep -q vd"
+result vd "$(ls /sys/bus/vdpa/devices/bench1/virtio*/block/)"
+"#
+        ),
+        secs(90),
+    )?;
+    let qvd = steps::required(&qsd, "vd", "qemu-storage-daemon virtio disk")?;
+    figures.push(measure(bed, TARGETS[2], &qvd, runtime_s)?);
+    bed.step(
+        Role::Compute,
+        "teardown",
+        "stop qemu-storage-daemon",
+        "vdpa dev del bench1\nkill $(cat /run/bench-qsd.pid)",
+        secs(60),
+    )?;
+    Ok(Report {
+        device: dev,
+        runtime_s,
+        queues,
+        figures,
+    })
+}
+
+/// The report as a Markdown table: IOPS and p50/p99 per target and job, and the ratios
+/// vdpa-blk / raw, qemu-storage-daemon / raw and vdpa-blk / qemu-storage-daemon.
+pub fn table(r: &Report) -> String {
+    let mut s = String::from(
+        "| job | raw IOPS | vdpa-blk IOPS | qsd IOPS | vdpa-blk/raw | qsd/raw | vdpa-blk/qsd | p50/p99 us raw | p50/p99 us vdpa-blk | p50/p99 us qsd |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    for (i, (name, ..)) in JOBS.iter().enumerate() {
+        let f = |t: usize| r.figures.get(t).and_then(|v| v.get(i));
+        let (Some(raw), Some(vb), Some(q)) = (f(0), f(1), f(2)) else {
+            continue;
+        };
+        s.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0}/{:.0} | {:.0}/{:.0} | {:.0}/{:.0} |\n",
+            raw.iops,
+            vb.iops,
+            q.iops,
+            ratio(vb.iops, raw.iops),
+            ratio(q.iops, raw.iops),
+            ratio(vb.iops, q.iops),
+            raw.p50_us,
+            raw.p99_us,
+            vb.p50_us,
+            vb.p99_us,
+            q.p50_us,
+            q.p99_us
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(iops: f64) -> FioFigures {
+        FioFigures {
+            job: "j".into(),
+            iops,
+            bw_mib_s: 0.0,
+            p50_us: 10.0,
+            p99_us: 20.0,
+        }
+    }
+
+    #[test]
+    fn table_has_a_row_per_job_with_ratios() {
+        let r = Report {
+            device: "nvme0n1".into(),
+            runtime_s: 5,
+            queues: 2,
+            figures: vec![
+                vec![fig(1000.0); JOBS.len()],
+                vec![fig(900.0); JOBS.len()],
+                vec![fig(450.0); JOBS.len()],
+            ],
+        };
+        let t = table(&r);
+        assert_eq!(t.lines().count(), 2 + JOBS.len());
+        assert!(
+            t.contains("| randread-4k-qd1 | 1000 | 900 | 450 | 0.90x | 0.45x | 2.00x |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn every_job_writes_its_own_json_and_result() {
+        let s = fio_script("vda", 5);
+        for (name, ..) in JOBS {
+            assert!(s.contains(&format!("--output=/tmp/bench-{name}.json")));
+            assert!(s.contains(&format!("fio_result /tmp/bench-{name}.json")));
+        }
+        assert!(s.contains("--iodepth=32") && s.contains("--bs=128k"));
+    }
+}
