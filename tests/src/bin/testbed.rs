@@ -76,6 +76,9 @@ enum Cmd {
         /// Virtqueues of both VDUSE devices.
         #[arg(long, default_value_t = 2)]
         queues: u16,
+        /// Rounds in which the three targets take turns; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
     /// `--compute`, on the compute guest), printing their output: for exploring the stack.
@@ -195,6 +198,7 @@ fn bench(
     vdpa_blk: Option<PathBuf>,
     runtime: u32,
     queues: u16,
+    rounds: u32,
 ) -> anyhow::Result<()> {
     let p = params(args)?;
     let bin = match vdpa_blk {
@@ -211,16 +215,28 @@ fn bench(
     }
     let progress = Progress::new("testbed");
     let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
-    let report = bench::run(&prepared, &p, &bin, runtime, queues)?;
+    let report = bench::run(&prepared, &p, &bin, runtime, queues, rounds)?;
     println!();
     println!(
-        "fio libaio direct, {} s per job after a 2 s ramp, {} virtqueues, backing /dev/{} (VF namespace, emulated PCIe), binary {}",
+        "fio libaio direct, {} s per job after a 2 s ramp, medians of {} rounds, {} virtqueues, backing /dev/{} (VF namespace, emulated PCIe), binary {}",
         report.runtime_s,
+        report.rounds,
         report.queues,
         report.device,
         bin.display()
     );
     print!("{}", bench::table(&report));
+    for (i, round) in report.per_round_iops.iter().enumerate() {
+        let cells: Vec<String> = round
+            .iter()
+            .zip(bench::TARGETS)
+            .map(|(jobs, t)| {
+                let iops: Vec<String> = jobs.iter().map(|x| format!("{x:.0}")).collect();
+                format!("{t}: {}", iops.join("/"))
+            })
+            .collect();
+        println!("round {} IOPS: {}", i + 1, cells.join("; "));
+    }
     Ok(())
 }
 
@@ -341,7 +357,8 @@ fn main() -> ExitCode {
             vdpa_blk,
             runtime,
             queues,
-        } => bench(&bed, vdpa_blk, runtime, queues),
+            rounds,
+        } => bench(&bed, vdpa_blk, runtime, queues, rounds),
         Cmd::Script {
             files,
             bed,

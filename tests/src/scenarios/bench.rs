@@ -28,7 +28,11 @@ pub struct Report {
     pub device: String,
     pub runtime_s: u32,
     pub queues: u16,
+    pub rounds: u32,
+    /// Medians over the rounds.
     pub figures: Vec<Vec<FioFigures>>,
+    /// IOPS of each round: [round][target][job].
+    pub per_round_iops: Vec<Vec<Vec<f64>>>,
 }
 
 fn fio_script(dev: &str, runtime_s: u32) -> String {
@@ -74,14 +78,18 @@ fn measure(bed: &mut Bed, what: &str, dev: &str, runtime_s: u32) -> Result<Vec<F
     Ok(figures)
 }
 
-/// Boots one guest, carves a VF, and measures the three targets one after the other.
+/// Boots one guest, carves a VF, and measures the three targets in turn, `rounds` times.
 pub fn run(
     prepared: &Prepared,
     params: &BedParams,
     vdpa_blk: &Path,
     runtime_s: u32,
     queues: u16,
+    rounds: u32,
 ) -> Result<Report> {
+    if !(1..=9).contains(&rounds) {
+        return Err(Error::Invalid(format!("rounds {rounds}: expected 1..=9")));
+    }
     if !(1..=600).contains(&runtime_s) {
         return Err(Error::Invalid(format!(
             "runtime {runtime_s} s: expected 1..=600"
@@ -93,12 +101,18 @@ pub fn run(
     let mut params = params.clone();
     params.topology = Topology::Single;
     let mut bed = Bed::start(prepared, &params, "bench")?;
-    let report = steps_of(&mut bed, vdpa_blk, runtime_s, queues);
+    let report = steps_of(&mut bed, vdpa_blk, runtime_s, queues, rounds);
     bed.shutdown();
     report
 }
 
-fn steps_of(bed: &mut Bed, vdpa_blk: &Path, runtime_s: u32, queues: u16) -> Result<Report> {
+fn steps_of(
+    bed: &mut Bed,
+    vdpa_blk: &Path,
+    runtime_s: u32,
+    queues: u16,
+    rounds_n: u32,
+) -> Result<Report> {
     let topology = bed.topology();
     steps::prepare(
         bed,
@@ -109,9 +123,66 @@ fn steps_of(bed: &mut Bed, vdpa_blk: &Path, runtime_s: u32, queues: u16) -> Resu
         ),
     )?;
     let (_vf, dev) = steps::carve(bed, 1, 1)?;
-    let mut figures = Vec::new();
-    figures.push(measure(bed, TARGETS[0], &dev, runtime_s)?);
+    // Targets take turns, round after round, so drift in the emulator's speed hits them alike.
+    let mut rounds: Vec<Vec<Vec<FioFigures>>> = Vec::new();
+    for round in 1..=rounds_n {
+        bed.progress().note(&format!("round {round} of {rounds_n}"));
+        let mut figures = Vec::new();
+        figures.push(measure(bed, TARGETS[0], &dev, runtime_s)?);
+        let vd = start_vdpa_blk(bed, vdpa_blk, &dev, queues)?;
+        figures.push(measure(bed, TARGETS[1], &vd, runtime_s)?);
+        stop_vdpa_blk(bed)?;
+        let qvd = start_qsd(bed, &dev, queues)?;
+        figures.push(measure(bed, TARGETS[2], &qvd, runtime_s)?);
+        stop_qsd(bed)?;
+        rounds.push(figures);
+    }
+    let figures = (0..TARGETS.len())
+        .map(|t| {
+            (0..JOBS.len())
+                .map(|j| median_figures(rounds.iter().map(|r| &r[t][j])))
+                .collect()
+        })
+        .collect();
+    Ok(Report {
+        device: dev,
+        runtime_s,
+        queues,
+        rounds: rounds_n,
+        figures,
+        per_round_iops: rounds
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|t| t.iter().map(|f| f.iops).collect())
+                    .collect()
+            })
+            .collect(),
+    })
+}
 
+/// The median of each figure over the rounds (the mean of the middle two for an even count).
+fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures {
+    let figs: Vec<&FioFigures> = figs.collect();
+    let med = |get: fn(&FioFigures) -> f64| {
+        let mut v: Vec<f64> = figs.iter().map(|f| get(f)).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    FioFigures {
+        job: figs.first().map(|f| f.job.clone()).unwrap_or_default(),
+        iops: med(|f| f.iops),
+        bw_mib_s: med(|f| f.bw_mib_s),
+        p50_us: med(|f| f.p50_us),
+        p99_us: med(|f| f.p99_us),
+    }
+}
+
+fn start_vdpa_blk(bed: &mut Bed, vdpa_blk: &Path, dev: &str, queues: u16) -> Result<String> {
     let bin = vdpa_blk.display();
     let vd = bed.step(
         Role::Compute,
@@ -126,18 +197,23 @@ result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench0.out | hea
         ),
         secs(90),
     )?;
-    let vd = steps::required(&vd, "vd", "vdpa-blk virtio disk")?;
-    figures.push(measure(bed, TARGETS[1], &vd, runtime_s)?);
+    steps::required(&vd, "vd", "vdpa-blk virtio disk")
+}
+
+fn stop_vdpa_blk(bed: &mut Bed) -> Result<()> {
     bed.step(
         Role::Compute,
         "teardown",
         "stop vdpa-blk",
         "pid=$(cat /run/bench0.pid); kill -TERM $pid\n\
-         for i in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done\n\
-         ! kill -0 $pid 2>/dev/null",
-        secs(60),
+         wait_for 30 'vdpa-blk to exit' sh -c \"! kill -0 $pid\"\n\
+         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench0'",
+        secs(90),
     )?;
+    Ok(())
+}
 
+fn start_qsd(bed: &mut Bed, dev: &str, queues: u16) -> Result<String> {
     let qsd = bed.step(
         Role::Compute,
         "publish",
@@ -154,21 +230,20 @@ result vd "$(ls /sys/bus/vdpa/devices/bench1/virtio*/block/)"
         ),
         secs(90),
     )?;
-    let qvd = steps::required(&qsd, "vd", "qemu-storage-daemon virtio disk")?;
-    figures.push(measure(bed, TARGETS[2], &qvd, runtime_s)?);
+    steps::required(&qsd, "vd", "qemu-storage-daemon virtio disk")
+}
+
+fn stop_qsd(bed: &mut Bed) -> Result<()> {
     bed.step(
         Role::Compute,
         "teardown",
         "stop qemu-storage-daemon",
-        "vdpa dev del bench1\nkill $(cat /run/bench-qsd.pid)",
-        secs(60),
+        "vdpa dev del bench1\npid=$(cat /run/bench-qsd.pid)\nkill $pid\n\
+         wait_for 30 'qemu-storage-daemon to exit' sh -c \"! kill -0 $pid\"\n\
+         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench1'",
+        secs(90),
     )?;
-    Ok(Report {
-        device: dev,
-        runtime_s,
-        queues,
-        figures,
-    })
+    Ok(())
 }
 
 /// The report as a Markdown table: IOPS and p50/p99 per target and job, and the ratios
@@ -229,6 +304,8 @@ mod tests {
             device: "nvme0n1".into(),
             runtime_s: 5,
             queues: 2,
+            rounds: 1,
+            per_round_iops: vec![],
             figures: vec![
                 vec![fig(1000.0); JOBS.len()],
                 vec![fig(900.0); JOBS.len()],
@@ -241,6 +318,14 @@ mod tests {
             t.contains("| randread-4k-qd1 | 1000 | 900 | 450 | 0.90x | 0.45x | 2.00x |"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        let three = [fig(3.0), fig(1.0), fig(2.0)];
+        assert_eq!(median_figures(three.iter()).iops, 2.0);
+        let two = [fig(1.0), fig(4.0)];
+        assert_eq!(median_figures(two.iter()).iops, 2.5);
     }
 
     #[test]
