@@ -157,8 +157,18 @@ fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
     assert_eq!(connect("disconnected"), true, "{:?}", report.connect);
 }
 
-/// Builds the `vdpa-blk` binary (same profile as these tests) and returns its path.
+/// Builds the `vdpa-blk` binary (same profile as these tests) and returns its path;
+/// `VDPA_BLK_BIN` names another binary to test instead (a release build, another checkout).
 fn vdpa_blk_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("VDPA_BLK_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "VDPA_BLK_BIN={} is not a file",
+            bin.display()
+        );
+        return bin;
+    }
     let status = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", "vdpa-blk", "--bin", "vdpa-blk"])
         .status()

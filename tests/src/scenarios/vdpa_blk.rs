@@ -177,6 +177,62 @@ code=$(cat /run/{name}.exit)
     Ok(())
 }
 
+/// Over a loop device (which can grow): a backing resize reaches the guest's disk through a
+/// config interrupt, and a reset of the device (unbinding and rebinding virtio_vdpa, as a VM
+/// reboot does) is served again without restarting the daemon.
+fn resize_and_redrive(bed: &mut Bed, bin: &str) -> Result<()> {
+    bed.step(
+        Role::Compute,
+        "io",
+        "loop backing: resize announced, reset and re-drive",
+        "modprobe loop\ntruncate -s 256M /tmp/vb2.img\nlosetup -f --show /tmp/vb2.img > /run/vb2.loop",
+        secs(60),
+    )?;
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb2",
+        "--backing $(cat /run/vb2.loop) --driver virtio-vdpa",
+    )?;
+    let vd = ready["path"]
+        .as_str()
+        .and_then(|p| p.strip_prefix("/dev/"))
+        .unwrap_or_default()
+        .to_string();
+    bed.step(
+        Role::Compute,
+        "io",
+        "grow the backing; reset and re-drive",
+        &format!(
+            r#"[ "$(cat /sys/block/{vd}/size)" = 524288 ] || {{ echo "size $(cat /sys/block/{vd}/size) before the resize"; exit 1; }}
+truncate -s 384M /tmp/vb2.img
+losetup -c $(cat /run/vb2.loop)
+wait_for 20 "the guest disk to grow to 786432 sectors" sh -c '[ "$(cat /sys/block/{vd}/size)" = 786432 ]'
+echo "resize announced: $(cat /sys/block/{vd}/size) sectors"
+head -c 1048576 /dev/urandom > /tmp/vb2-pat
+dd if=/tmp/vb2-pat of=/dev/{vd} bs=1M seek=300 oflag=direct conv=fsync 2>/dev/null
+echo vb2 > /sys/bus/vdpa/drivers/virtio_vdpa/unbind
+echo vb2 > /sys/bus/vdpa/drivers/virtio_vdpa/bind
+wait_for 30 "the disk after re-driving" sh -c "ls /sys/bus/vdpa/devices/vb2/virtio*/block/ | grep -q vd"
+vd2=$(ls /sys/bus/vdpa/devices/vb2/virtio*/block/)
+wait_for 10 /dev/$vd2 test -b /dev/$vd2
+[ "$(md5sum < /tmp/vb2-pat)" = "$(dd if=/dev/$vd2 bs=1M skip=300 count=1 iflag=direct 2>/dev/null | md5sum)" ] || {{ echo "data differs after re-driving"; exit 1; }}
+echo "re-driven as $vd2, data intact"
+"#
+        ),
+        secs(120),
+    )?;
+    stop_daemon(bed, "vb2", None)?;
+    bed.step(
+        Role::Compute,
+        "teardown",
+        "release the loop device",
+        "losetup -d $(cat /run/vb2.loop)",
+        secs(30),
+    )?;
+    Ok(())
+}
+
 /// Runs the scenario in a new bed (topology from `backing`) and tears the bed down.
 pub fn run(
     prepared: &Prepared,
@@ -338,6 +394,10 @@ result pattern "$a"
         || vhost_stats.to_string(),
     )?;
     stop_daemon(bed, "vb1", None)?;
+
+    if backing == Backing::Local {
+        resize_and_redrive(bed, &bin)?;
+    }
 
     if backing == Backing::Fabric {
         bed.step(
