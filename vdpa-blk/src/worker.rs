@@ -28,7 +28,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::blk::exec::{answer_rejected, write_id, write_status};
 use crate::blk::request::{
-    parse, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
+    parse_into, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
@@ -401,26 +401,52 @@ enum OpKind {
     Zero,
 }
 
-/// iovecs of one SQE. They point into IOTLB mappings.
-struct IovecSet(Vec<libc::iovec>);
+/// The iovecs of one request's readv/writev SQEs. They point into IOTLB mappings.
+struct Iovecs(Vec<libc::iovec>);
 
 // SAFETY: the raw pointers refer to MAP_SHARED guest mappings owned by the `Arc<IotlbMemory>`
-// stored next to them in the same `InFlight`; they are only handed to the kernel, never
+// stored next to them in the same `Slot`; they are only handed to the kernel, never
 // dereferenced by Rust code, so moving them to the worker thread is sound.
-unsafe impl Send for IovecSet {}
+unsafe impl Send for Iovecs {}
 
-struct InFlight {
-    head: u16,
+/// The state of one request in flight, indexed by its head index (a head is in flight at most
+/// once, so a queue of size N never has more than N requests in flight). Slots are allocated
+/// once when the worker starts and reused: their buffers keep their capacity, so a steady
+/// state does not allocate.
+struct Slot {
+    /// A request with this head is in flight.
+    busy: bool,
     status_addr: GuestAddress,
     used_len_ok: u32,
+    /// One entry per SQE (the sub index of the token).
     ops: Vec<OpKind>,
     pending: u32,
     failed: bool,
-    /// The iovec arrays SQEs point to; must live until completion.
-    iovecs: Vec<IovecSet>,
-    /// The snapshot the iovecs point into; keeps the mappings mapped.
-    _mem: Arc<IotlbMemory>,
+    /// The iovec array the readv/writev SQEs point into. Not touched while `busy`, so its heap
+    /// buffer stays at the address the SQEs hold until the last completion.
+    iovecs: Iovecs,
+    /// The snapshot the iovecs point into; keeps the mappings mapped while `busy`.
+    mem: Option<Arc<IotlbMemory>>,
 }
+
+impl Slot {
+    fn new(iovecs: usize) -> Self {
+        Slot {
+            busy: false,
+            status_addr: GuestAddress(0),
+            used_len_ok: 0,
+            ops: Vec::with_capacity(4),
+            pending: 0,
+            failed: false,
+            iovecs: Iovecs(Vec::with_capacity(iovecs)),
+            mem: None,
+        }
+    }
+}
+
+/// How often one chain is popped again after mapping what it points to (an indirect table
+/// first, then the buffers it lists).
+const MAX_FAULT_RETRIES: u32 = 4;
 
 struct Worker {
     q: Queue,
@@ -436,9 +462,16 @@ struct Worker {
     irq: Arc<dyn Interrupt>,
     stats: Arc<QueueStats>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
-    slots: Vec<Option<InFlight>>,
-    free: Vec<u32>,
-    in_flight_heads: Vec<bool>,
+    /// One per head index.
+    slots: Vec<Slot>,
+    /// Requests in flight (busy slots).
+    busy: usize,
+    /// Scratch for the descriptors of the chain being parsed.
+    descs: Vec<virtio_queue::desc::split::Descriptor>,
+    /// The request being parsed.
+    req: Request,
+    /// Scratch for the SQEs of the request being started.
+    sqes: Vec<io_uring::squeue::Entry>,
     next_avail: Arc<AtomicU16>,
     used_since_notify: bool,
     capacity: Option<Arc<AtomicU64>>,
@@ -498,9 +531,13 @@ impl Worker {
             irq: p.irq,
             stats: p.stats,
             id: p.id,
-            slots: Vec::new(),
-            free: Vec::new(),
-            in_flight_heads: vec![false; usize::from(p.queue.size)],
+            slots: (0..p.queue.size)
+                .map(|_| Slot::new(usize::from(p.queue.size)))
+                .collect(),
+            busy: 0,
+            descs: Vec::with_capacity(usize::from(p.queue.size)),
+            req: Request::with_capacity(usize::from(p.queue.size), 16),
+            sqes: Vec::with_capacity(16),
             next_avail,
             used_since_notify: false,
             capacity: p.capacity,
@@ -556,7 +593,7 @@ impl Worker {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
+        self.busy
     }
 
     fn run(&mut self) -> Result<u16, WorkerError> {
@@ -565,7 +602,9 @@ impl Worker {
         // Requests may already be waiting (resume after a reset or a VM start).
         let mut kicked = true;
         let mut stopping = false;
-        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        // Room for a full completion queue: reaping never grows it.
+        let cq_entries = self.ring.params().cq_entries() as usize;
+        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(cq_entries);
         loop {
             if kicked && !stopping {
                 self.process_available();
@@ -584,6 +623,8 @@ impl Worker {
             }
             cqes.clear();
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            // One snapshot for every status byte and used entry of this wake-up.
+            let mem = self.iotlb.snapshot();
             for &(ud, res) in &cqes {
                 match ud {
                     KICK_TOKEN => {
@@ -597,7 +638,7 @@ impl Worker {
                         }
                     }
                     STOP_TOKEN => stopping = true,
-                    _ => self.complete_op(ud, res),
+                    _ => self.complete_op(&mem, ud, res),
                 }
             }
         }
@@ -648,15 +689,13 @@ impl Worker {
                 }
             }
             let mut popped = 0u32;
+            // Times the chain at the current next-avail index was popped again after a
+            // fault-in.
+            let mut retries = 0u32;
             while let Some(chain) = self.q.pop_descriptor_chain(&*mem) {
                 popped += 1;
                 let head = chain.head_index();
-                if self
-                    .in_flight_heads
-                    .get(usize::from(head))
-                    .copied()
-                    .unwrap_or(true)
-                {
+                if self.slots.get(usize::from(head)).is_none_or(|s| s.busy) {
                     // A head already in flight (or out of range): the driver is confused or
                     // hostile. Never complete it twice.
                     tracing::debug!(
@@ -666,25 +705,38 @@ impl Worker {
                     );
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    retries = 0;
                     continue;
                 }
-                // The VDUSE bounce region (virtio_vdpa) appears on the driver's first DMA
-                // mapping and is announced by no message: map on demand whatever this chain
-                // (including an indirect table) points to that we have not mapped yet, then
-                // pop the same chain again with the new snapshot.
-                if let Some(src) = self.fault.clone() {
-                    if self.fault_in_chain(&mem, &*src, head) > 0 {
-                        // Un-pop: the chain is read again below with the new snapshot.
-                        self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
-                        popped -= 1;
-                        mem = self.iotlb.snapshot();
-                        continue;
+                // The same parse path the fuzz target (vdpa-blk/fuzz) drives, into buffers
+                // reused across requests.
+                let mut req = std::mem::take(&mut self.req);
+                let parsed = parse_into(chain, &self.parse, &mut self.descs, &mut req);
+                match parsed {
+                    Ok(()) => {
+                        retries = 0;
+                        self.start_request(&mem, &req);
                     }
-                }
-                // The same parse path the fuzz target (vdpa-blk/fuzz) drives.
-                match parse(chain, &self.parse) {
-                    Ok(req) => self.start_request(&mem, req),
                     Err(rej) => {
+                        // The VDUSE bounce region (virtio_vdpa) appears on the driver's first
+                        // DMA mapping and is announced by no message: when a chain does not
+                        // parse, map on demand whatever it (including an indirect table)
+                        // points to that we have not mapped yet, then pop the same chain again
+                        // with the new snapshot. Only rejected chains pay for this walk.
+                        if retries < MAX_FAULT_RETRIES {
+                            if let Some(src) = self.fault.clone() {
+                                if self.fault_in_chain(&mem, &*src, head) > 0 {
+                                    // Un-pop: the chain is read again with the new snapshot.
+                                    self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
+                                    popped -= 1;
+                                    retries += 1;
+                                    mem = self.iotlb.snapshot();
+                                    self.req = req;
+                                    continue;
+                                }
+                            }
+                        }
+                        retries = 0;
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         self.stats.requests.fetch_add(1, Ordering::Relaxed);
                         let used = answer_rejected(&*mem, &rej);
@@ -707,6 +759,7 @@ impl Worker {
                         self.add_used(&mem, rej.head_index, used);
                     }
                 }
+                self.req = req;
                 if popped >= u32::from(self.q.size()) {
                     break;
                 }
@@ -808,34 +861,54 @@ impl Worker {
         self.add_used(mem, req.head_index, used);
     }
 
-    fn iovecs(mem: &IotlbMemory, req: &Request, access: Permissions) -> Option<Vec<libc::iovec>> {
-        let mut v = Vec::with_capacity(req.data.len());
+    /// Fills `out` with host iovecs for the request's data buffers. False when a buffer is not
+    /// (or no longer) mapped with `access`.
+    fn fill_iovecs(
+        mem: &IotlbMemory,
+        req: &Request,
+        access: Permissions,
+        out: &mut Vec<libc::iovec>,
+    ) -> bool {
+        out.clear();
         for &(addr, len) in &req.data {
-            let slices = mem.get_slices(addr, len as usize, access).ok()?;
+            let Ok(slices) = mem.get_slices(addr, len as usize, access) else {
+                return false;
+            };
             for s in slices {
-                let s = s.ok()?;
-                v.push(libc::iovec {
+                let Ok(s) = s else {
+                    return false;
+                };
+                out.push(libc::iovec {
                     iov_base: s.ptr_guard_mut().as_ptr().cast(),
                     iov_len: s.len(),
                 });
             }
         }
-        Some(v)
+        true
     }
 
-    fn start_request(&mut self, mem: &Arc<IotlbMemory>, req: Request) {
+    fn start_request(&mut self, mem: &Arc<IotlbMemory>, req: &Request) {
         let fd = types::Fd(self.backing.fd());
-        let mut ops: Vec<(OpKind, io_uring::squeue::Entry)> = Vec::new();
-        let mut iovec_sets: Vec<IovecSet> = Vec::new();
+        let Some(slot) = self.slots.get_mut(usize::from(req.head_index)) else {
+            // Unreachable: the caller checked the head against the slots.
+            self.finish_now(mem, req, false);
+            return;
+        };
+        debug_assert!(!slot.busy);
+        let mut sqes = std::mem::take(&mut self.sqes);
+        sqes.clear();
+        slot.ops.clear();
         match req.request_type {
             RequestType::GetId => {
-                let ok = write_id(&**mem, &req, &self.id);
-                self.finish_now(mem, &req, ok);
+                let ok = write_id(&**mem, req, &self.id);
+                self.sqes = sqes;
+                self.finish_now(mem, req, ok);
                 return;
             }
             RequestType::In | RequestType::Out => {
                 if req.data_len == 0 {
-                    self.finish_now(mem, &req, true);
+                    self.sqes = sqes;
+                    self.finish_now(mem, req, true);
                     return;
                 }
                 let read = req.request_type == RequestType::In;
@@ -844,43 +917,45 @@ impl Worker {
                 } else {
                     Permissions::Read
                 };
-                let Some(all) = Self::iovecs(mem, &req, access) else {
-                    // Parsing checked the ranges; a concurrent unmap is the only way here.
-                    self.finish_now(mem, &req, false);
+                if !Self::fill_iovecs(mem, req, access, &mut slot.iovecs.0) {
+                    // Parsing checked the ranges in this snapshot; unreachable in practice.
+                    self.sqes = sqes;
+                    self.finish_now(mem, req, false);
                     return;
-                };
+                }
                 let mut offset = req.offset();
-                for chunk in all.chunks(MAX_IOVECS) {
+                // The SQEs point into the slot's iovec buffer, which is not touched again
+                // until the slot's last completion.
+                for chunk in slot.iovecs.0.chunks(MAX_IOVECS) {
                     let bytes: u64 = chunk.iter().map(|i| i.iov_len as u64).sum();
-                    iovec_sets.push(IovecSet(chunk.to_vec()));
-                    let Some(IovecSet(set)) = iovec_sets.last() else {
-                        continue;
-                    };
                     let (kind, sqe) = if read {
                         (
                             OpKind::Read { expected: bytes },
-                            opcode::Readv::new(fd, set.as_ptr(), set.len() as u32)
+                            opcode::Readv::new(fd, chunk.as_ptr(), chunk.len() as u32)
                                 .offset(offset)
                                 .build(),
                         )
                     } else {
                         (
                             OpKind::Write { expected: bytes },
-                            opcode::Writev::new(fd, set.as_ptr(), set.len() as u32)
+                            opcode::Writev::new(fd, chunk.as_ptr(), chunk.len() as u32)
                                 .offset(offset)
                                 .build(),
                         )
                     };
-                    ops.push((kind, sqe));
+                    slot.ops.push(kind);
+                    sqes.push(sqe);
                     offset += bytes;
                 }
             }
-            RequestType::Flush => ops.push((
-                OpKind::Flush,
-                opcode::Fsync::new(fd)
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build(),
-            )),
+            RequestType::Flush => {
+                slot.ops.push(OpKind::Flush);
+                sqes.push(
+                    opcode::Fsync::new(fd)
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build(),
+                );
+            }
             RequestType::Discard | RequestType::WriteZeroes => {
                 for s in &req.segments {
                     let offset = s.sector * SECTOR_SIZE;
@@ -897,57 +972,46 @@ impl Worker {
                         _ if s.unmap => (OpKind::ZeroPunch { offset, len }, punch),
                         _ => (OpKind::Zero, zero),
                     };
-                    ops.push((
-                        kind,
+                    slot.ops.push(kind);
+                    sqes.push(
                         opcode::Fallocate::new(fd, len)
                             .offset(offset)
                             .mode(mode)
                             .build(),
-                    ));
+                    );
                 }
-                if ops.is_empty() {
-                    self.finish_now(mem, &req, true);
+                if sqes.is_empty() {
+                    self.sqes = sqes;
+                    self.finish_now(mem, req, true);
                     return;
                 }
             }
         }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let n = ops.len() as u32;
-        let kinds: Vec<OpKind> = ops.iter().map(|(k, _)| *k).collect();
-        self.slots[slot as usize] = Some(InFlight {
-            head: req.head_index,
-            status_addr: req.status_addr,
-            used_len_ok: req.used_len_ok(),
-            ops: kinds,
-            pending: n,
-            failed: false,
-            iovecs: iovec_sets,
-            _mem: mem.clone(),
-        });
-        if let Some(h) = self.in_flight_heads.get_mut(usize::from(req.head_index)) {
-            *h = true;
-        }
+        slot.busy = true;
+        slot.status_addr = req.status_addr;
+        slot.used_len_ok = req.used_len_ok();
+        slot.pending = sqes.len() as u32;
+        slot.failed = false;
+        slot.mem = Some(mem.clone());
+        self.busy += 1;
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        for (sub, (_, sqe)) in ops.into_iter().enumerate() {
-            if let Err(e) = self.push(sqe.user_data(token(slot, sub as u32))) {
+        let head = u32::from(req.head_index);
+        for (sub, sqe) in sqes.drain(..).enumerate() {
+            let ud = token(head, sub as u32);
+            if let Err(e) = self.push(sqe.user_data(ud)) {
                 tracing::warn!(queue = self.index, "cannot queue I/O: {e}");
                 // The SQE never reached the kernel: account it as a failed completion.
-                self.complete_op(token(slot, sub as u32), -libc::EIO);
+                self.complete_op(mem, ud, -libc::EIO);
             }
         }
+        self.sqes = sqes;
     }
 
-    fn complete_op(&mut self, ud: u64, res: i32) {
+    fn complete_op(&mut self, mem: &IotlbMemory, ud: u64, res: i32) {
         let slot = (ud & 0xffff_ffff) as usize;
         let sub = (ud >> 32) as usize;
         let fd = types::Fd(self.backing.fd());
-        let Some(Some(inf)) = self.slots.get_mut(slot) else {
+        let Some(inf) = self.slots.get_mut(slot).filter(|s| s.busy) else {
             tracing::warn!(queue = self.index, ud, "completion for an unknown request");
             return;
         };
@@ -992,7 +1056,7 @@ impl Worker {
             if self.push(sqe).is_ok() {
                 return;
             }
-            if let Some(Some(inf)) = self.slots.get_mut(slot) {
+            if let Some(inf) = self.slots.get_mut(slot) {
                 inf.failed = true;
             }
         } else if !ok {
@@ -1004,41 +1068,38 @@ impl Worker {
             );
             inf.failed = true;
         }
-        let Some(Some(inf)) = self.slots.get_mut(slot) else {
+        let Some(inf) = self.slots.get_mut(slot) else {
             return;
         };
         inf.pending = inf.pending.saturating_sub(1);
         if inf.pending > 0 {
             return;
         }
-        let Some(inf) = self.slots[slot].take() else {
-            return;
-        };
-        self.free.push(slot as u32);
-        drop(inf.iovecs);
-        if let Some(h) = self.in_flight_heads.get_mut(usize::from(inf.head)) {
-            *h = false;
-        }
+        // Last completion: the kernel is done with the iovecs and the mappings.
+        inf.busy = false;
+        inf.mem = None;
+        let (failed, status_addr, used_len_ok) = (inf.failed, inf.status_addr, inf.used_len_ok);
+        let head = slot as u16;
+        self.busy = self.busy.saturating_sub(1);
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let mem = self.iotlb.snapshot();
-        let status = if inf.failed {
+        let status = if failed {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             VIRTIO_BLK_S_IOERR
         } else {
             VIRTIO_BLK_S_OK
         };
-        let used = if write_status(&*mem, inf.status_addr, status) {
-            if inf.failed {
+        let used = if write_status(mem, status_addr, status) {
+            if failed {
                 1
             } else {
-                inf.used_len_ok
+                used_len_ok
             }
         } else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             0
         };
-        self.add_used(&mem, inf.head, used);
+        self.add_used(mem, head, used);
     }
 }
 

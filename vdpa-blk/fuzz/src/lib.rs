@@ -14,8 +14,9 @@
 //!
 //! [`run`] then drains the queue the way `worker.rs` does (at most the queue size per round,
 //! a head already in flight or out of range dropped without a used entry, EVENT_IDX
-//! disable/enable rounds) and sends each chain through `blk::request::parse`, the function
-//! the worker calls. Accepted requests run on the reference executor (`blk::exec::execute`,
+//! disable/enable rounds) and sends each chain through `blk::request::parse_into`, the
+//! function the worker calls, into descriptor and request buffers reused across chains as the
+//! worker reuses them. Accepted requests run on the reference executor (`blk::exec::execute`,
 //! in-memory backend) which shares the status/id writers with the worker; rejected ones go to
 //! `blk::exec::answer_rejected`, as in the worker.
 //!
@@ -49,8 +50,8 @@ use std::os::unix::fs::FileExt;
 use arbitrary::Arbitrary;
 use vdpa_blk::blk::exec::{answer_rejected, execute, MemBackend};
 use vdpa_blk::blk::request::{
-    parse, ParseContext, Rejected, Request, RequestType, HEADER_SIZE, SECTOR_SIZE, SEGMENT_SIZE,
-    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    parse_into, ParseContext, Rejected, Request, RequestType, HEADER_SIZE, SECTOR_SIZE,
+    SEGMENT_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
@@ -1179,6 +1180,8 @@ fn process<A: Arena>(
     let mut allowed: Vec<(u128, u128)> = vec![(used.into(), used_end.into())];
     let span = |addr: u64, len: u32| (u128::from(addr), u128::from(addr) + u128::from(len));
 
+    let mut descs = Vec::new();
+    let mut reused = Request::default();
     let mut rounds = 0;
     loop {
         rounds += 1;
@@ -1198,9 +1201,11 @@ fn process<A: Arena>(
                 .clone()
                 .take(usize::from(ctx.queue_size) + 1)
                 .collect();
-            let used_len = match parse(chain, ctx) {
+            // The worker parses into buffers reused across chains: so does the harness.
+            let parsed = parse_into(chain, ctx, &mut descs, &mut reused).map(|()| &reused);
+            let used_len = match parsed {
                 Ok(req) => {
-                    check_accepted(mem, ctx, head, &walk, &req);
+                    check_accepted(mem, ctx, head, &walk, req);
                     outcome.executed[type_index(req.request_type)] += 1;
                     let status_addr = req.status_addr.0;
                     if matches!(req.request_type, RequestType::In | RequestType::GetId) {
@@ -1210,7 +1215,7 @@ fn process<A: Arena>(
                     }
                     allowed.push(span(status_addr, 1));
                     // The status byte was checked writable: the answer cannot fail.
-                    let c = execute(mem, &req, &mut backend, &id)
+                    let c = execute(mem, req, &mut backend, &id)
                         .expect("status byte of an accepted request not writable");
                     assert!(
                         c.status == VIRTIO_BLK_S_OK || c.status == VIRTIO_BLK_S_IOERR,

@@ -121,7 +121,32 @@ pub struct Request {
     pub status_addr: GuestAddress,
 }
 
+impl Default for Request {
+    /// An empty FLUSH-typed request without buffers (storage for [`parse_into`]).
+    fn default() -> Self {
+        Request {
+            head_index: 0,
+            request_type: RequestType::Flush,
+            sector: 0,
+            data: Vec::new(),
+            data_len: 0,
+            segments: Vec::new(),
+            status_addr: GuestAddress(0),
+        }
+    }
+}
+
 impl Request {
+    /// An empty request whose buffers hold `data` buffers and `segments` ranges without
+    /// growing.
+    pub fn with_capacity(data: usize, segments: usize) -> Self {
+        Request {
+            data: Vec::with_capacity(data),
+            segments: Vec::with_capacity(segments),
+            ..Request::default()
+        }
+    }
+
     /// Byte offset on the backing device.
     pub fn offset(&self) -> u64 {
         self.sector * SECTOR_SIZE
@@ -359,7 +384,28 @@ fn read_data<M: GuestMemory + ?Sized>(
 }
 
 /// Parses one chain. `chain` is consumed; at most `queue_size` descriptors are read.
+///
+/// Allocates a fresh [`Request`]; the worker uses [`parse_into`], which reuses its buffers.
 pub fn parse<M>(chain: DescriptorChain<M>, ctx: &ParseContext) -> Result<Request, Rejected>
+where
+    M: std::ops::Deref,
+    M::Target: GuestMemory,
+{
+    let mut descs = Vec::new();
+    let mut req = Request::default();
+    parse_into(chain, ctx, &mut descs, &mut req)?;
+    Ok(req)
+}
+
+/// [`parse`] into caller-owned storage: `descs` is scratch space for the chain's descriptors
+/// and `req` receives the request; both keep their capacity across calls, so parsing in a
+/// steady state does not allocate. On error `req` holds unspecified contents.
+pub fn parse_into<M>(
+    chain: DescriptorChain<M>,
+    ctx: &ParseContext,
+    descs: &mut Vec<Descriptor>,
+    req: &mut Request,
+) -> Result<(), Rejected>
 where
     M: std::ops::Deref,
     M::Target: GuestMemory,
@@ -371,7 +417,7 @@ where
         status_addr,
     };
     let mut chain = chain;
-    let mut descs: Vec<Descriptor> = Vec::new();
+    descs.clear();
     for d in chain.by_ref() {
         if descs.len() >= usize::from(ctx.queue_size) {
             return Err(reject(Error::ChainTooLong(ctx.queue_size), None));
@@ -379,7 +425,7 @@ where
         descs.push(d);
     }
     let mem = chain.memory();
-    parse_descriptors(mem, head_index, &descs, ctx).map_err(|(e, s)| reject(e, s))
+    parse_descriptors_into(mem, head_index, descs, ctx, req).map_err(|(e, s)| reject(e, s))
 }
 
 /// The second half of [`parse`], on already collected descriptors.
@@ -389,6 +435,22 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
     descs: &[Descriptor],
     ctx: &ParseContext,
 ) -> Result<Request, (Error, Option<GuestAddress>)> {
+    let mut req = Request::default();
+    parse_descriptors_into(mem, head_index, descs, ctx, &mut req)?;
+    Ok(req)
+}
+
+/// [`parse_descriptors`] into a reused [`Request`] (its `data` and `segments` keep their
+/// capacity). On error `req` holds unspecified contents.
+pub fn parse_descriptors_into<M: GuestMemory + ?Sized>(
+    mem: &M,
+    head_index: u16,
+    descs: &[Descriptor],
+    ctx: &ParseContext,
+    req: &mut Request,
+) -> Result<(), (Error, Option<GuestAddress>)> {
+    req.data.clear();
+    req.segments.clear();
     let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
         return Err((Error::EmptyChain, None));
     };
@@ -441,7 +503,7 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
     };
     let device_writes = matches!(request_type, RequestType::In | RequestType::GetId);
 
-    let mut data = Vec::with_capacity(descs.len() - 2);
+    let data = &mut req.data;
     let mut total: u32 = 0;
     for d in &descs[1..descs.len() - 1] {
         if request_type == RequestType::Flush {
@@ -462,7 +524,7 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
         }
     }
 
-    let mut segments = Vec::new();
+    let segments = &mut req.segments;
     match request_type {
         RequestType::In | RequestType::Out => {
             if u64::from(total) % SECTOR_SIZE != 0 {
@@ -500,7 +562,7 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
             }
             for i in 0..count {
                 let mut raw = RawSegment::default();
-                read_data(mem, &data, u64::from(i * SEGMENT_SIZE), raw.as_mut_slice())
+                read_data(mem, data, u64::from(i * SEGMENT_SIZE), raw.as_mut_slice())
                     .map_err(|e| (e, st))?;
                 let flags = raw.flags.to_native();
                 let allowed = if discard {
@@ -532,13 +594,10 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
         }
     }
 
-    Ok(Request {
-        head_index,
-        request_type,
-        sector,
-        data,
-        data_len: total,
-        segments,
-        status_addr,
-    })
+    req.head_index = head_index;
+    req.request_type = request_type;
+    req.sector = sector;
+    req.data_len = total;
+    req.status_addr = status_addr;
+    Ok(())
 }
