@@ -56,10 +56,6 @@ pub struct Report {
     pub virtio_dev: String,
 }
 
-fn script(body: &str) -> String {
-    body.to_string()
-}
-
 /// Runs the scenario in a new bed with `params` and tears the bed down, whatever happens.
 pub fn run(prepared: &Prepared, params: &BedParams, opts: &Options) -> Result<Report> {
     let mut params = params.clone();
@@ -110,7 +106,7 @@ fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
         Role::Compute,
         "publish",
         "qemu-storage-daemon vduse-blk export, vdpa dev add",
-        &script(&format!(
+        &format!(
             r#"qemu-storage-daemon --daemonize --pidfile /run/qsd-{VDPA_NAME}.pid \
   --blockdev driver=host_device,node-name=vol,filename=/dev/{fabric_dev},cache.direct=on \
   --export type=vduse-blk,id=exp0,node-name=vol,name={VDPA_NAME},writable=on,num-queues=1
@@ -123,7 +119,7 @@ wait_for 10 /dev/$vd test -b /dev/$vd
 vdpa dev show
 result vd "$vd"
 "#
-        )),
+        ),
         secs(120),
     )?;
     let virtio_dev = required(&publish, "vd", "virtio block device")?;
@@ -133,13 +129,13 @@ result vd "$vd"
         Role::Compute,
         "io",
         "fio randwrite 4k with crc32c verify on the virtio disk",
-        &script(&format!(
+        &format!(
             r#"fio --name=verify --filename=/dev/{virtio_dev} --direct=1 --ioengine=libaio \
   --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
   --verify_fatal=1 --randrepeat=0 --output-format=json --output=/tmp/fio-verify.json
 fio_result /tmp/fio-verify.json
 "#
-        )),
+        ),
         secs(600),
     )?;
     let verify = fio_of(&verify, "verify")?;
@@ -149,24 +145,24 @@ fio_result /tmp/fio-verify.json
         Role::Compute,
         "check",
         "write a pattern through the virtio disk, checksum",
-        &script(&format!(
+        &format!(
             r#"head -c 4194304 /dev/urandom > /tmp/pattern
 dd if=/tmp/pattern of=/dev/{virtio_dev} bs=1M seek=40 oflag=direct conv=fsync 2>/dev/null
 result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
        fio_region "$(dd if=/dev/{virtio_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 "#
-        )),
+        ),
         secs(120),
     )?;
     let landed = bed.step(
         Role::Storage,
         "check",
         "checksum the same ranges on the VF namespace",
-        &script(&format!(
+        &format!(
             r#"result pattern "$(dd if=/dev/{storage_dev} bs=1M skip=40 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)" \
        fio_region "$(dd if=/dev/{storage_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 "#
-        )),
+        ),
         secs(120),
     )?;
     for key in ["pattern", "fio_region"] {
@@ -187,13 +183,13 @@ result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
     let mut table = Vec::new();
     if opts.measure {
         let job = |dev: &str| {
-            script(&format!(
+            format!(
                 r#"fio --name=randread-4k-qd16 --filename=/dev/{dev} --direct=1 --ioengine=libaio \
   --rw=randread --bs=4k --iodepth=16 --size=32M --time_based --runtime=8 --ramp_time=1 \
   --readonly --output-format=json --output=/tmp/fio-{dev}.json
 fio_result /tmp/fio-{dev}.json
 "#
-            ))
+            )
         };
         let layers = [
             (Role::Storage, storage_dev.clone(), "VF namespace (PCIe)"),
@@ -221,7 +217,7 @@ fio_result /tmp/fio-{dev}.json
         Role::Compute,
         "teardown",
         "remove the vdpa device, stop the export, disconnect",
-        &script(&format!(
+        &format!(
             r#"vdpa dev del {VDPA_NAME}
 kill $(cat /run/qsd-{VDPA_NAME}.pid)
 wait_for 30 "VDUSE device removal" sh -c "! test -e /dev/vduse/{VDPA_NAME}"
@@ -229,7 +225,7 @@ nvme disconnect -n {SUBSYSTEM_NQN}
 left=$(vdpa dev show)
 [ -z "$left" ] || {{ echo "vdpa devices left: $left"; exit 1; }}
 "#
-        )),
+        ),
         secs(60),
     )?;
     steps::unexport(bed, SUBSYSTEM_NQN, &hostnqn)?;
