@@ -546,10 +546,35 @@ fn wait_for(path: &std::path::Path, timeout: Duration) -> bool {
     }
 }
 
+/// The device name becomes `/dev/vduse/NAME`, a vdpa bus device and a netlink attribute:
+/// 1 to 63 characters from `[A-Za-z0-9._-]`, not starting with a dot or a dash.
+pub fn validate_name(name: &str) -> Result<(), DeviceError> {
+    let bad = |why: &str| Err(DeviceError::Option(format!("--name {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > 63 {
+        return bad("must be at most 63 characters");
+    }
+    if name.starts_with(['.', '-']) {
+        return bad("must not start with '.' or '-'");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(&format!(
+            "character {c:?} is not allowed (use A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
 impl Device {
     /// Creates the VDUSE device, starts the control loop, adds the vdpa device and binds the
     /// driver. On failure everything created so far is removed again.
     pub fn start(cfg: DeviceConfig) -> Result<Self, DeviceError> {
+        validate_name(&cfg.name)?;
         if cfg.queues == 0 {
             return Err(DeviceError::Option("--queues must be at least 1".into()));
         }

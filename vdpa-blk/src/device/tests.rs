@@ -386,3 +386,24 @@ fn request_kicked_during_an_iotlb_update_completes_after_the_remap() {
         VIRTIO_BLK_S_OK
     );
 }
+
+#[test]
+fn device_names_are_validated_before_anything_is_created() {
+    assert!(validate_name("vol-1_a.b").is_ok());
+    assert!(validate_name(&"a".repeat(63)).is_ok());
+    for (name, why) in [
+        ("", "empty"),
+        ("a/b", "'/'"),
+        ("a b", "' '"),
+        ("-x", "start"),
+        (".x", "start"),
+        ("é", "'é'"),
+    ] {
+        let e = validate_name(name).expect_err(name).to_string();
+        assert!(e.contains(why), "{name:?}: {e}");
+    }
+    assert!(validate_name(&"a".repeat(64))
+        .expect_err("64")
+        .to_string()
+        .contains("63"));
+}
