@@ -112,22 +112,12 @@ impl NvmeSysfs {
 
     /// Names of all controllers (`nvmeN`), by instance.
     pub fn controller_names(&self) -> Result<Vec<String>, SysfsError> {
-        let mut names: Vec<String> = attr::list(&self.root.sys_class_nvme())?
-            .into_iter()
-            .filter(|n| attr::instance(n, "nvme").is_some())
-            .collect();
-        names.sort_by_key(|n| attr::instance(n, "nvme"));
-        Ok(names)
+        instance_names(&self.root.sys_class_nvme(), "nvme")
     }
 
     /// Names of all subsystems (`nvme-subsysX`), by instance.
     pub fn subsystem_names(&self) -> Result<Vec<String>, SysfsError> {
-        let mut names: Vec<String> = attr::list(&self.root.sys_class_nvme_subsystem())?
-            .into_iter()
-            .filter(|n| attr::instance(n, "nvme-subsys").is_some())
-            .collect();
-        names.sort_by_key(|n| attr::instance(n, "nvme-subsys"));
-        Ok(names)
+        instance_names(&self.root.sys_class_nvme_subsystem(), "nvme-subsys")
     }
 
     /// Every subsystem.
@@ -291,6 +281,16 @@ impl NvmeSysfs {
         devs.dedup();
         Ok(devs)
     }
+}
+
+/// Entries of `dir` named `<prefix><N>`, ordered by N.
+fn instance_names(dir: &std::path::Path, prefix: &str) -> Result<Vec<String>, SysfsError> {
+    let mut names: Vec<String> = attr::list(dir)?
+        .into_iter()
+        .filter(|n| attr::instance(n, prefix).is_some())
+        .collect();
+    names.sort_by_key(|n| attr::instance(n, prefix));
+    Ok(names)
 }
 
 #[cfg(test)]
