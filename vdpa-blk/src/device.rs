@@ -126,6 +126,7 @@ pub struct Controller<O: VduseOps> {
     status: u8,
     stop_timeout: Duration,
     warn_unmapped: bool,
+    poll: Duration,
 }
 
 /// Work to do after the response was written.
@@ -166,7 +167,14 @@ impl<O: VduseOps> Controller<O> {
             status: 0,
             stop_timeout: STOP_TIMEOUT,
             warn_unmapped,
+            poll: Duration::ZERO,
         }
+    }
+
+    /// Workers busy-poll for `poll` after activity (zero: they never poll).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// Shared per-queue counters.
@@ -321,6 +329,7 @@ impl<O: VduseOps> Controller<O> {
                 id: self.id,
                 capacity: Some(self.capacity.clone()),
                 fault: Some(self.ops.clone()),
+                poll: self.poll,
             })?;
             tracing::info!(queue = i, size, event_idx, next_avail, "queue started");
             self.workers[i] = Some(h);
@@ -480,6 +489,8 @@ pub struct DeviceConfig {
     pub bounce_size: Option<u64>,
     /// Open the backing device with O_DIRECT.
     pub direct: bool,
+    /// Busy-poll window of the queue workers after activity (zero: no polling).
+    pub poll: Duration,
     /// Root for /sys and /dev.
     pub root: SysRoot,
 }
@@ -667,7 +678,8 @@ impl Device {
             backing,
             &self.cfg.serial,
             self.cfg.driver == VdpaDriver::VhostVdpa,
-        );
+        )
+        .with_poll(self.cfg.poll);
         self.stats = ctrl.stats();
         let stop = EventFd::new().map_err(DeviceError::Thread)?;
         let stop2 = stop.try_clone().map_err(DeviceError::Thread)?;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::iter::FusedIterator;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_memory::bitmap::BS;
@@ -329,9 +330,33 @@ impl IotlbSource for crate::uapi::vduse::VduseDevFd {
 #[derive(Debug, Default)]
 pub struct IotlbTable {
     current: Mutex<Arc<IotlbMemory>>,
+    /// Bumped after every store, so a reader that holds a snapshot can tell with one atomic
+    /// load whether it is still current (see [`SnapshotCache`]).
+    generation: AtomicU64,
     /// Serialises writers (control thread updates, worker fault-ins) so that none of them
     /// overwrites another's change.
     writer: Mutex<()>,
+}
+
+/// One reader's copy of the current snapshot, refreshed only when the table changed: the
+/// datapath checks it on every wake-up (and every poll iteration) with one atomic load instead
+/// of a lock and a reference-count update.
+#[derive(Debug)]
+pub struct SnapshotCache {
+    generation: u64,
+    mem: Arc<IotlbMemory>,
+}
+
+impl SnapshotCache {
+    /// The current snapshot of `table`.
+    pub fn current(&mut self, table: &IotlbTable) -> &Arc<IotlbMemory> {
+        let g = table.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.generation = g;
+            self.mem = table.snapshot();
+        }
+        &self.mem
+    }
 }
 
 impl IotlbTable {
@@ -353,6 +378,18 @@ impl IotlbTable {
         match self.current.lock() {
             Ok(mut g) => *g = next,
             Err(p) => *p.into_inner() = next,
+        }
+        // After the swap: a reader that sees the new generation takes the lock and gets the
+        // new snapshot (or a newer one).
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// A cache of the current snapshot for one reader (a worker thread).
+    pub fn cache(&self) -> SnapshotCache {
+        let generation = self.generation.load(Ordering::Acquire);
+        SnapshotCache {
+            generation,
+            mem: self.snapshot(),
         }
     }
 

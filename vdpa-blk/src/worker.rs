@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
@@ -31,12 +32,16 @@ use crate::blk::request::{
     parse_into, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
+use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable, SnapshotCache};
 
 const KICK_TOKEN: u64 = u64::MAX;
 const STOP_TOKEN: u64 = u64::MAX - 1;
 /// Most iovecs per readv/writev SQE (`IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
+/// `BLOCK_URING_CMD_DISCARD` (`linux/blkdev.h`, 6.12+): `_IO(0x12, 0)`, an asynchronous
+/// BLKDISCARD through `IORING_OP_URING_CMD`; the range is `sqe->addr` (start) and
+/// `sqe->addr3` (length), in bytes.
+const BLOCK_URING_CMD_DISCARD: u32 = 0x1200;
 
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +224,9 @@ pub struct QueueStats {
     pub in_flight: AtomicU64,
     /// Interrupts injected.
     pub interrupts: AtomicU64,
+    /// Kicks (driver notifications) read from the kick eventfd. While the worker polls, the
+    /// driver is told not to kick, so requests outnumber kicks.
+    pub kicks: AtomicU64,
     /// Payload bytes the daemon copied. The datapath has no copy: this stays 0.
     pub copied_bytes: AtomicU64,
 }
@@ -243,6 +251,8 @@ pub struct QueueStatsSnapshot {
     /// See [`QueueStats`].
     pub interrupts: u64,
     /// See [`QueueStats`].
+    pub kicks: u64,
+    /// See [`QueueStats`].
     pub copied_bytes: u64,
 }
 
@@ -259,6 +269,7 @@ impl QueueStats {
             dropped: l(&self.dropped),
             in_flight: l(&self.in_flight),
             interrupts: l(&self.interrupts),
+            kicks: l(&self.kicks),
             copied_bytes: l(&self.copied_bytes),
         }
     }
@@ -307,6 +318,10 @@ pub struct WorkerParams {
     pub capacity: Option<Arc<AtomicU64>>,
     /// Where to map IOVA ranges the snapshot lacks (VDUSE_IOTLB_GET_FD); None: never fault in.
     pub fault: Option<Arc<dyn IotlbSource + Send + Sync>>,
+    /// Busy-poll window: after activity, keep checking the available ring and the completion
+    /// queue for this long, with driver notifications off, before sleeping again. Zero: never
+    /// poll (sleep in `io_uring_enter` as soon as there is nothing to do).
+    pub poll: Duration,
 }
 
 /// A running worker.
@@ -392,7 +407,14 @@ enum OpKind {
         expected: u64,
     },
     Flush,
+    /// Discard as a hole punched with fallocate (regular files; block devices whose kernel
+    /// has no discard command).
     Discard,
+    /// Discard as the block layer's discard command; on EOPNOTSUPP retried as [`Discard`].
+    DiscardCmd {
+        offset: u64,
+        len: u64,
+    },
     /// Write zeroes by punching a hole; on EOPNOTSUPP retried as ZERO_RANGE.
     ZeroPunch {
         offset: u64,
@@ -455,6 +477,8 @@ struct Worker {
     parse: ParseContext,
     backing: Arc<Backing>,
     iotlb: Arc<IotlbTable>,
+    /// This thread's copy of the current IOTLB snapshot.
+    mem: SnapshotCache,
     kick: EventFd,
     stop: EventFd,
     kick_buf: Box<u64>,
@@ -476,6 +500,41 @@ struct Worker {
     used_since_notify: bool,
     capacity: Option<Arc<AtomicU64>>,
     fault: Option<Arc<dyn IotlbSource + Send + Sync>>,
+    poll: Duration,
+    /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
+    /// EOPNOTSUPP (before 6.12, or a device without discard).
+    discard_cmd: bool,
+}
+
+/// What the completions of one reap said besides finished I/O.
+#[derive(Debug, Default, Clone, Copy)]
+struct Events {
+    /// The driver kicked (or requests may be waiting): pop the available ring.
+    kicked: bool,
+    /// Stop requested: take no new requests, exit once in-flight I/O completed.
+    stopping: bool,
+}
+
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// An fallocate SQE with `mode` over `[offset, offset + len)`.
+fn fallocate(fd: types::Fd, offset: u64, len: u64, mode: i32) -> io_uring::squeue::Entry {
+    opcode::Fallocate::new(fd, len)
+        .offset(offset)
+        .mode(mode)
+        .build()
+}
+
+/// A `BLOCK_URING_CMD_DISCARD` SQE for `[offset, offset + len)` of the block device `fd`.
+fn discard_cmd(fd: types::Fd, offset: u64, len: u64) -> io_uring::squeue::Entry {
+    // addr3 is the first 8 bytes of the command area.
+    let mut cmd = [0u8; 16];
+    cmd[..8].copy_from_slice(&len.to_ne_bytes());
+    opcode::UringCmd16::new(fd, BLOCK_URING_CMD_DISCARD)
+        .addr(Some(offset))
+        .cmd(cmd)
+        .build()
 }
 
 fn token(slot: u32, sub: u32) -> u64 {
@@ -522,7 +581,9 @@ impl Worker {
             index,
             ring,
             parse: p.parse,
+            discard_cmd: p.backing.is_block,
             backing: p.backing,
+            mem: p.iotlb.cache(),
             iotlb: p.iotlb,
             kick: p.kick,
             stop,
@@ -542,6 +603,7 @@ impl Worker {
             used_since_notify: false,
             capacity: p.capacity,
             fault: p.fault,
+            poll: p.poll,
         })
     }
 
@@ -596,23 +658,40 @@ impl Worker {
         self.busy
     }
 
+    /// The current IOTLB snapshot (one atomic load unless it changed).
+    fn mem(&mut self) -> Arc<IotlbMemory> {
+        self.mem.current(&self.iotlb).clone()
+    }
+
     fn run(&mut self) -> Result<u16, WorkerError> {
         self.arm_kick()?;
         self.arm_stop()?;
         // Requests may already be waiting (resume after a reset or a VM start).
-        let mut kicked = true;
-        let mut stopping = false;
+        let mut ev = Events {
+            kicked: true,
+            stopping: false,
+        };
+        // Whether the last wake-up found work: only then is polling worth its CPU time.
+        let mut busy = false;
         // Room for a full completion queue: reaping never grows it.
         let cq_entries = self.ring.params().cq_entries() as usize;
         let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(cq_entries);
         loop {
-            if kicked && !stopping {
-                self.process_available();
-                kicked = false;
+            if ev.kicked && !ev.stopping {
+                busy |= self.process_available(true) > 0;
+                ev.kicked = false;
             }
             self.notify_if_needed();
-            if stopping && self.in_flight() == 0 {
+            if ev.stopping && self.in_flight() == 0 {
                 break;
+            }
+            if busy && !self.poll.is_zero() && !ev.stopping {
+                busy = false;
+                self.poll_for_work(&mut cqes, &mut ev)?;
+                // Idle for a whole window (or stopping): notifications back on, and what
+                // arrived meanwhile is popped before sleeping.
+                ev.kicked = true;
+                continue;
             }
             // One system call: submit everything queued, wait for at least one completion.
             match self.ring.submit_and_wait(1) {
@@ -621,30 +700,82 @@ impl Worker {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(self.io_err("io_uring_enter", e)),
             }
-            cqes.clear();
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            // One snapshot for every status byte and used entry of this wake-up.
-            let mem = self.iotlb.snapshot();
-            for &(ud, res) in &cqes {
-                match ud {
-                    KICK_TOKEN => {
-                        kicked = true;
-                        if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
-                            return Err(self
-                                .io_err("read kick eventfd", io::Error::from_raw_os_error(-res)));
-                        }
-                        if !stopping {
-                            self.arm_kick()?;
-                        }
-                    }
-                    STOP_TOKEN => stopping = true,
-                    _ => self.complete_op(&mem, ud, res),
-                }
-            }
+            busy = self.reap(&mut cqes, &mut ev)? > 0;
         }
         let na = self.q.next_avail();
         self.next_avail.store(na, Ordering::Release);
         Ok(na)
+    }
+
+    /// Handles every completion in the CQ (no system call). Returns how many there were.
+    fn reap(&mut self, cqes: &mut Vec<(u64, i32)>, ev: &mut Events) -> Result<usize, WorkerError> {
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        if cqes.is_empty() {
+            return Ok(0);
+        }
+        // One snapshot for every status byte and used entry of this reap.
+        let mem = self.mem();
+        for &(ud, res) in cqes.iter() {
+            match ud {
+                KICK_TOKEN => {
+                    ev.kicked = true;
+                    self.stats.kicks.fetch_add(1, Ordering::Relaxed);
+                    if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
+                        return Err(
+                            self.io_err("read kick eventfd", io::Error::from_raw_os_error(-res))
+                        );
+                    }
+                    if !ev.stopping {
+                        self.arm_kick()?;
+                    }
+                }
+                STOP_TOKEN => ev.stopping = true,
+                _ => self.complete_op(&mem, ud, res),
+            }
+        }
+        Ok(cqes.len())
+    }
+
+    /// Busy-polls the available ring and the completion queue with driver notifications off
+    /// (a stale EVENT_IDX avail event, or `VRING_USED_F_NO_NOTIFY`), so neither a kick nor a
+    /// completion costs a sleep and a wake-up. Returns once nothing happened for a whole
+    /// window, or on stop; the caller then turns notifications back on.
+    fn poll_for_work(
+        &mut self,
+        cqes: &mut Vec<(u64, i32)>,
+        ev: &mut Events,
+    ) -> Result<(), WorkerError> {
+        let mem = self.mem();
+        if let Err(e) = self.q.disable_notification(&*mem) {
+            tracing::debug!(queue = self.index, "disable_notification: {e}");
+        }
+        drop(mem);
+        let mut deadline = Instant::now() + self.poll;
+        loop {
+            if !self.ring.submission().is_empty() {
+                match self.ring.submit() {
+                    Ok(_) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {
+                    }
+                    Err(e) => return Err(self.io_err("io_uring_enter (submit)", e)),
+                }
+            }
+            let mut active = self.reap(cqes, ev)? > 0;
+            if ev.stopping {
+                return Ok(());
+            }
+            ev.kicked = false;
+            active |= self.process_available(false) > 0;
+            self.notify_if_needed();
+            let now = Instant::now();
+            if active {
+                deadline = now + self.poll;
+            } else if now >= deadline {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn notify_if_needed(&mut self) {
@@ -652,7 +783,7 @@ impl Worker {
             return;
         }
         self.used_since_notify = false;
-        let mem = self.iotlb.snapshot();
+        let mem = self.mem();
         let needed = match self.q.needs_notification(&*mem) {
             Ok(n) => n,
             Err(e) => {
@@ -677,13 +808,20 @@ impl Worker {
         self.used_since_notify = true;
     }
 
-    fn process_available(&mut self) {
+    /// Pops, parses and starts every available chain. With `rearm`, notifications are turned
+    /// back on at the end and the ring checked once more (so a request that raced with the
+    /// re-enable is not left waiting for a kick); without it (polling) they stay off.
+    /// Returns the number of chains popped.
+    fn process_available(&mut self, rearm: bool) -> u32 {
         if let Some(c) = &self.capacity {
             self.parse.capacity = c.load(Ordering::Acquire);
         }
-        let mut mem = self.iotlb.snapshot();
+        let mut mem = self.mem();
+        let mut total = 0u32;
         loop {
-            if self.q.event_idx_enabled() {
+            // A no-op with EVENT_IDX (the avail event is only moved by the re-enable);
+            // VRING_USED_F_NO_NOTIFY otherwise. A polling caller disabled them already.
+            if rearm {
                 if let Err(e) = self.q.disable_notification(&*mem) {
                     tracing::debug!(queue = self.index, "disable_notification: {e}");
                 }
@@ -730,7 +868,7 @@ impl Worker {
                                     self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
                                     popped -= 1;
                                     retries += 1;
-                                    mem = self.iotlb.snapshot();
+                                    mem = self.mem();
                                     self.req = req;
                                     continue;
                                 }
@@ -766,7 +904,8 @@ impl Worker {
             }
             self.next_avail
                 .store(self.q.next_avail(), Ordering::Release);
-            if !self.q.event_idx_enabled() {
+            total += popped;
+            if !rearm {
                 break;
             }
             match self.q.enable_notification(&*mem) {
@@ -780,6 +919,7 @@ impl Worker {
                 }
             }
         }
+        total
     }
 
     /// Walks the chain at `head` with raw reads and maps every range it needs that the
@@ -963,22 +1103,20 @@ impl Worker {
                     if len == 0 {
                         continue;
                     }
-                    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+                    if req.request_type == RequestType::Discard && self.discard_cmd {
+                        slot.ops.push(OpKind::DiscardCmd { offset, len });
+                        sqes.push(discard_cmd(fd, offset, len));
+                        continue;
+                    }
                     let (kind, mode) = match req.request_type {
-                        RequestType::Discard => (OpKind::Discard, punch),
+                        RequestType::Discard => (OpKind::Discard, PUNCH),
                         // Regular files: a punched hole reads back as zeroes.
-                        _ if !self.backing.is_block => (OpKind::Zero, punch),
-                        _ if s.unmap => (OpKind::ZeroPunch { offset, len }, punch),
-                        _ => (OpKind::Zero, zero),
+                        _ if !self.backing.is_block => (OpKind::Zero, PUNCH),
+                        _ if s.unmap => (OpKind::ZeroPunch { offset, len }, PUNCH),
+                        _ => (OpKind::Zero, ZERO),
                     };
                     slot.ops.push(kind);
-                    sqes.push(
-                        opcode::Fallocate::new(fd, len)
-                            .offset(offset)
-                            .mode(mode)
-                            .build(),
-                    );
+                    sqes.push(fallocate(fd, offset, len, mode));
                 }
                 if sqes.is_empty() {
                     self.sqes = sqes;
@@ -1016,7 +1154,7 @@ impl Worker {
             return;
         };
         let kind = inf.ops.get(sub).copied();
-        let mut retry = None;
+        let mut fallback = None;
         let ok = match kind {
             Some(OpKind::Read { expected }) => {
                 let ok = res >= 0 && res as u64 == expected;
@@ -1036,24 +1174,28 @@ impl Worker {
             }
             // Discard is advisory: a device that cannot do it still answers OK.
             Some(OpKind::Discard) => res >= 0 || res == -libc::EOPNOTSUPP,
+            Some(OpKind::DiscardCmd { offset, len }) if res == -libc::EOPNOTSUPP => {
+                // No discard command on this kernel or device: punch holes from now on.
+                if self.discard_cmd {
+                    tracing::debug!(queue = self.index, "no BLOCK_URING_CMD_DISCARD: fallocate");
+                }
+                self.discard_cmd = false;
+                fallback = Some((OpKind::Discard, fallocate(fd, offset, len, PUNCH)));
+                true
+            }
+            Some(OpKind::DiscardCmd { .. }) => res >= 0,
             Some(OpKind::ZeroPunch { offset, len }) if res == -libc::EOPNOTSUPP => {
-                retry = Some(
-                    opcode::Fallocate::new(fd, len)
-                        .offset(offset)
-                        .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
-                        .build()
-                        .user_data(ud),
-                );
+                fallback = Some((OpKind::Zero, fallocate(fd, offset, len, ZERO)));
                 true
             }
             Some(OpKind::Flush | OpKind::Zero | OpKind::ZeroPunch { .. }) => res >= 0,
             None => false,
         };
-        if let Some(sqe) = retry {
+        if let Some((next, sqe)) = fallback {
             if let Some(op) = inf.ops.get_mut(sub) {
-                *op = OpKind::Zero;
+                *op = next;
             }
-            if self.push(sqe).is_ok() {
+            if self.push(sqe.user_data(ud)).is_ok() {
                 return;
             }
             if let Some(inf) = self.slots.get_mut(slot) {

@@ -76,9 +76,12 @@ enum Cmd {
         /// Virtqueues of both VDUSE devices.
         #[arg(long, default_value_t = 2)]
         queues: u16,
-        /// Rounds in which the three targets take turns; the table shows medians.
+        /// Rounds in which the targets take turns; the table shows medians.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// vdpa-blk `--poll-us` settings: one vdpa-blk target per value (e.g. `0,50`).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        poll_us: Vec<u32>,
     },
     /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
     /// `--compute`, on the compute guest), printing their output: for exploring the stack.
@@ -193,13 +196,7 @@ fn reference_run(args: &BedArgs, opts: &reference::Options) -> anyhow::Result<()
     Ok(())
 }
 
-fn bench(
-    args: &BedArgs,
-    vdpa_blk: Option<PathBuf>,
-    runtime: u32,
-    queues: u16,
-    rounds: u32,
-) -> anyhow::Result<()> {
+fn bench(args: &BedArgs, vdpa_blk: Option<PathBuf>, bp: &bench::BenchParams) -> anyhow::Result<()> {
     let p = params(args)?;
     let bin = match vdpa_blk {
         Some(b) => b,
@@ -215,7 +212,7 @@ fn bench(
     }
     let progress = Progress::new("testbed");
     let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
-    let report = bench::run(&prepared, &p, &bin, runtime, queues, rounds)?;
+    let report = bench::run(&prepared, &p, &bin, bp)?;
     println!();
     println!(
         "fio libaio direct, {} s per job after a 2 s ramp, medians of {} rounds, {} virtqueues, backing /dev/{} (VF namespace, emulated PCIe), binary {}",
@@ -229,10 +226,10 @@ fn bench(
     for (i, round) in report.per_round_iops.iter().enumerate() {
         let cells: Vec<String> = round
             .iter()
-            .zip(bench::TARGETS)
+            .zip(&report.targets)
             .map(|(jobs, t)| {
                 let iops: Vec<String> = jobs.iter().map(|x| format!("{x:.0}")).collect();
-                format!("{t}: {}", iops.join("/"))
+                format!("{}: {}", t.name(), iops.join("/"))
             })
             .collect();
         println!("round {} IOPS: {}", i + 1, cells.join("; "));
@@ -358,7 +355,17 @@ fn main() -> ExitCode {
             runtime,
             queues,
             rounds,
-        } => bench(&bed, vdpa_blk, runtime, queues, rounds),
+            poll_us,
+        } => bench(
+            &bed,
+            vdpa_blk,
+            &bench::BenchParams {
+                runtime_s: runtime,
+                queues,
+                rounds,
+                poll_us,
+            },
+        ),
         Cmd::Script {
             files,
             bed,

@@ -19,16 +19,58 @@ pub const JOBS: &[(&str, &str, &str, u32)] = &[
     ("seqread-128k-qd8", "read", "128k", 8),
 ];
 
-/// The devices measured, in table order.
-pub const TARGETS: &[&str] = &["raw device", "vdpa-blk", "qemu-storage-daemon"];
+/// One device measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The backing device itself.
+    Raw,
+    /// `vdpa-blk --driver virtio-vdpa` over it, with this `--poll-us`.
+    VdpaBlk { poll_us: u32 },
+    /// `qemu-storage-daemon --export type=vduse-blk` over it.
+    Qsd,
+}
 
-/// Figures per target, in [`TARGETS`] order, each in [`JOBS`] order.
+impl Target {
+    /// The name in the table.
+    pub fn name(&self) -> String {
+        match self {
+            Target::Raw => "raw device".into(),
+            Target::VdpaBlk { poll_us: 0 } => "vdpa-blk".into(),
+            Target::VdpaBlk { poll_us } => format!("vdpa-blk --poll-us {poll_us}"),
+            Target::Qsd => "qemu-storage-daemon".into(),
+        }
+    }
+
+    /// The targets of one run: the raw device, one vdpa-blk per poll setting, the daemon.
+    pub fn all(poll_us: &[u32]) -> Vec<Target> {
+        let mut t = vec![Target::Raw];
+        t.extend(poll_us.iter().map(|&poll_us| Target::VdpaBlk { poll_us }));
+        t.push(Target::Qsd);
+        t
+    }
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchParams {
+    /// Seconds per fio job (after a 2 s ramp).
+    pub runtime_s: u32,
+    /// Virtqueues of both VDUSE devices.
+    pub queues: u16,
+    /// Rounds in which the targets take turns.
+    pub rounds: u32,
+    /// One vdpa-blk target per `--poll-us` value.
+    pub poll_us: Vec<u32>,
+}
+
+/// Figures per target, in `targets` order, each in [`JOBS`] order.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub device: String,
     pub runtime_s: u32,
     pub queues: u16,
     pub rounds: u32,
+    pub targets: Vec<Target>,
     /// Medians over the rounds.
     pub figures: Vec<Vec<FioFigures>>,
     /// IOPS of each round: [round][target][job].
@@ -83,10 +125,25 @@ pub fn run(
     prepared: &Prepared,
     params: &BedParams,
     vdpa_blk: &Path,
-    runtime_s: u32,
-    queues: u16,
-    rounds: u32,
+    bench: &BenchParams,
 ) -> Result<Report> {
+    let BenchParams {
+        runtime_s,
+        queues,
+        rounds,
+        ref poll_us,
+    } = *bench;
+    if poll_us.is_empty() || poll_us.len() > 4 {
+        return Err(Error::Invalid(format!(
+            "{} vdpa-blk poll settings: expected 1 to 4",
+            poll_us.len()
+        )));
+    }
+    if let Some(p) = poll_us.iter().find(|&&p| p > 1_000_000) {
+        return Err(Error::Invalid(format!(
+            "poll {p} us: expected at most 1000000"
+        )));
+    }
     if !(1..=9).contains(&rounds) {
         return Err(Error::Invalid(format!("rounds {rounds}: expected 1..=9")));
     }
@@ -101,7 +158,8 @@ pub fn run(
     let mut params = params.clone();
     params.topology = Topology::Single;
     let mut bed = Bed::start(prepared, &params, "bench")?;
-    let report = steps_of(&mut bed, vdpa_blk, runtime_s, queues, rounds);
+    let targets = Target::all(poll_us);
+    let report = steps_of(&mut bed, vdpa_blk, &targets, runtime_s, queues, rounds);
     bed.shutdown();
     report
 }
@@ -109,6 +167,7 @@ pub fn run(
 fn steps_of(
     bed: &mut Bed,
     vdpa_blk: &Path,
+    targets: &[Target],
     runtime_s: u32,
     queues: u16,
     rounds_n: u32,
@@ -128,16 +187,27 @@ fn steps_of(
     for round in 1..=rounds_n {
         bed.progress().note(&format!("round {round} of {rounds_n}"));
         let mut figures = Vec::new();
-        figures.push(measure(bed, TARGETS[0], &dev, runtime_s)?);
-        let vd = start_vdpa_blk(bed, vdpa_blk, &dev, queues)?;
-        figures.push(measure(bed, TARGETS[1], &vd, runtime_s)?);
-        stop_vdpa_blk(bed)?;
-        let qvd = start_qsd(bed, &dev, queues)?;
-        figures.push(measure(bed, TARGETS[2], &qvd, runtime_s)?);
-        stop_qsd(bed)?;
+        for t in targets {
+            let name = t.name();
+            figures.push(match *t {
+                Target::Raw => measure(bed, &name, &dev, runtime_s)?,
+                Target::VdpaBlk { poll_us } => {
+                    let vd = start_vdpa_blk(bed, vdpa_blk, &dev, queues, poll_us)?;
+                    let f = measure(bed, &name, &vd, runtime_s)?;
+                    stop_vdpa_blk(bed)?;
+                    f
+                }
+                Target::Qsd => {
+                    let qvd = start_qsd(bed, &dev, queues)?;
+                    let f = measure(bed, &name, &qvd, runtime_s)?;
+                    stop_qsd(bed)?;
+                    f
+                }
+            });
+        }
         rounds.push(figures);
     }
-    let figures = (0..TARGETS.len())
+    let figures = (0..targets.len())
         .map(|t| {
             (0..JOBS.len())
                 .map(|j| median_figures(rounds.iter().map(|r| &r[t][j])))
@@ -149,6 +219,7 @@ fn steps_of(
         runtime_s,
         queues,
         rounds: rounds_n,
+        targets: targets.to_vec(),
         figures,
         per_round_iops: rounds
             .iter()
@@ -182,14 +253,20 @@ fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures 
     }
 }
 
-fn start_vdpa_blk(bed: &mut Bed, vdpa_blk: &Path, dev: &str, queues: u16) -> Result<String> {
+fn start_vdpa_blk(
+    bed: &mut Bed,
+    vdpa_blk: &Path,
+    dev: &str,
+    queues: u16,
+    poll_us: u32,
+) -> Result<String> {
     let bin = vdpa_blk.display();
     let vd = bed.step(
         Role::Compute,
         "publish",
-        "start vdpa-blk (virtio-vdpa)",
+        &format!("start vdpa-blk (virtio-vdpa, poll {poll_us} us)"),
         &format!(
-            r#"{bin} --name bench0 --backing /dev/{dev} --driver virtio-vdpa --queues {queues} > /run/bench0.out 2> /run/bench0.err &
+            r#"{bin} --name bench0 --backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us} > /run/bench0.out 2> /run/bench0.err &
 echo $! > /run/bench0.pid
 wait_for 60 "the ready line" grep -q '"event":"ready"' /run/bench0.out || {{ cat /run/bench0.err; exit 1; }}
 result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench0.out | head -n1)"
@@ -246,40 +323,46 @@ fn stop_qsd(bed: &mut Bed) -> Result<()> {
     Ok(())
 }
 
-/// The report as a Markdown table: IOPS and p50/p99 per target and job, and the ratios
-/// vdpa-blk / raw, qemu-storage-daemon / raw and vdpa-blk / qemu-storage-daemon.
+/// The report as a Markdown table: per job, one row per target with IOPS, the ratios to the
+/// raw device and to qemu-storage-daemon, and p50/p99 latency.
 pub fn table(r: &Report) -> String {
     let mut s = String::from(
-        "| job | raw IOPS | vdpa-blk IOPS | qsd IOPS | vdpa-blk/raw | qsd/raw | vdpa-blk/qsd | p50/p99 us raw | p50/p99 us vdpa-blk | p50/p99 us qsd |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| job | target | IOPS | / raw | / qsd | p50 us | p99 us |\n|---|---|---|---|---|---|---|\n",
     );
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}x", a / b)
-        } else {
-            "-".into()
-        }
+    let ratio = |a: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
     };
-    for (i, (name, ..)) in JOBS.iter().enumerate() {
-        let f = |t: usize| r.figures.get(t).and_then(|v| v.get(i));
-        let (Some(raw), Some(vb), Some(q)) = (f(0), f(1), f(2)) else {
-            continue;
-        };
-        s.push_str(&format!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0}/{:.0} | {:.0}/{:.0} | {:.0}/{:.0} |\n",
-            raw.iops,
-            vb.iops,
-            q.iops,
-            ratio(vb.iops, raw.iops),
-            ratio(q.iops, raw.iops),
-            ratio(vb.iops, q.iops),
-            raw.p50_us,
-            raw.p99_us,
-            vb.p50_us,
-            vb.p99_us,
-            q.p50_us,
-            q.p99_us
-        ));
+    let find = |want: Target, job: usize| {
+        r.targets
+            .iter()
+            .position(|t| *t == want)
+            .and_then(|t| r.figures.get(t))
+            .and_then(|v| v.get(job))
+            .map(|f| f.iops)
+    };
+    for (j, (name, ..)) in JOBS.iter().enumerate() {
+        for (t, target) in r.targets.iter().enumerate() {
+            let Some(f) = r.figures.get(t).and_then(|v| v.get(j)) else {
+                continue;
+            };
+            let vs = |other: Target| {
+                if *target == other {
+                    "-".to_string()
+                } else {
+                    ratio(f.iops, find(other, j))
+                }
+            };
+            s.push_str(&format!(
+                "| {name} | {} | {:.0} | {} | {} | {:.0} | {:.0} |\n",
+                target.name(),
+                f.iops,
+                vs(Target::Raw),
+                vs(Target::Qsd),
+                f.p50_us,
+                f.p99_us
+            ));
+        }
     }
     s
 }
@@ -306,18 +389,33 @@ mod tests {
             queues: 2,
             rounds: 1,
             per_round_iops: vec![],
+            targets: Target::all(&[0, 50]),
             figures: vec![
                 vec![fig(1000.0); JOBS.len()],
                 vec![fig(900.0); JOBS.len()],
+                vec![fig(950.0); JOBS.len()],
                 vec![fig(450.0); JOBS.len()],
             ],
         };
         let t = table(&r);
-        assert_eq!(t.lines().count(), 2 + JOBS.len());
-        assert!(
-            t.contains("| randread-4k-qd1 | 1000 | 900 | 450 | 0.90x | 0.45x | 2.00x |"),
-            "{t}"
+        assert_eq!(t.lines().count(), 2 + 4 * JOBS.len());
+        for row in [
+            "| randread-4k-qd1 | raw device | 1000 | - | 2.22x | 10 | 20 |",
+            "| randread-4k-qd1 | vdpa-blk | 900 | 0.90x | 2.00x | 10 | 20 |",
+            "| randread-4k-qd1 | vdpa-blk --poll-us 50 | 950 | 0.95x | 2.11x | 10 | 20 |",
+            "| randread-4k-qd1 | qemu-storage-daemon | 450 | 0.45x | - | 10 | 20 |",
+        ] {
+            assert!(t.contains(row), "{row} missing from\n{t}");
+        }
+    }
+
+    #[test]
+    fn targets_are_raw_then_each_vdpa_blk_then_the_daemon() {
+        assert_eq!(
+            Target::all(&[0]),
+            vec![Target::Raw, Target::VdpaBlk { poll_us: 0 }, Target::Qsd]
         );
+        assert_eq!(Target::VdpaBlk { poll_us: 0 }.name(), "vdpa-blk");
     }
 
     #[test]

@@ -302,7 +302,11 @@ fio --name=verify --filename=/dev/{vd} --direct=1 --ioengine=libaio --rw=randwri
   --iodepth=16 --numjobs=2 --size=16M --offset_increment=16M --verify=crc32c --do_verify=1 \
   --verify_fatal=1 --group_reporting --output-format=json --output=/tmp/vb-verify.json
 fio_result /tmp/vb-verify.json
+d0=$(awk '{{print $12}}' /sys/block/{backing_dev}/stat)
 blkdiscard -o 33554432 -l 1048576 /dev/{vd}
+d1=$(awk '{{print $12}}' /sys/block/{backing_dev}/stat)
+[ "$d1" -gt "$d0" ] || {{ echo "blkdiscard through /dev/{vd} reached /dev/{backing_dev} as no discard ($d0 -> $d1 completed, discard_max_bytes $(cat /sys/block/{backing_dev}/queue/discard_max_bytes))"; exit 1; }}
+result backing_discards "$((d1 - d0))"
 head -c 1048576 /dev/urandom > /tmp/ones
 dd if=/tmp/ones of=/dev/{vd} bs=1M seek=34 oflag=direct conv=fsync 2>/dev/null
 blkdiscard -z -o 35651584 -l 1048576 /dev/{vd}

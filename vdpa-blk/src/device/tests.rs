@@ -315,6 +315,7 @@ fn missing_vduse_module_is_named() {
         serial: String::new(),
         bounce_size: None,
         direct: false,
+        poll: Duration::ZERO,
         root: SysRoot::new(root.path()),
     }) else {
         panic!("no vduse here");
@@ -336,6 +337,7 @@ fn bad_options_are_refused_before_anything_is_created() {
         serial: String::new(),
         bounce_size: None,
         direct: false,
+        poll: Duration::ZERO,
         root: SysRoot::new(root.path()),
     };
     let e = Device::start(cfg.clone()).err().expect("bad queue size");

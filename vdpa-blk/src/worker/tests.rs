@@ -1,5 +1,9 @@
 //! The worker driven through virtio-queue's mock driver: guest memory is a memfd reached
 //! through fake IOTLB mappings, the backing device a regular temporary file.
+//!
+//! virtio-queue 0.18's `MockSplitQueue` puts the used ring 20 bytes after the available ring
+//! of a 16-entry queue (it adds the entry count, not the byte size): available entries 8 and up
+//! share memory with the used ring, so every test here offers at most 8 chains per queue.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +72,16 @@ impl Rig {
         event_idx: bool,
         direct: bool,
     ) -> (WorkerHandle, EventFd) {
+        self.start_polling(vq, event_idx, direct, Duration::ZERO)
+    }
+
+    fn start_polling(
+        &self,
+        vq: &MockSplitQueue<'_, IotlbMemory>,
+        event_idx: bool,
+        direct: bool,
+        poll: Duration,
+    ) -> (WorkerHandle, EventFd) {
         let kick = EventFd::new().expect("kick");
         let backing = Arc::new(Backing::open(self.disk.path(), false, direct).expect("backing"));
         let h = spawn(WorkerParams {
@@ -100,6 +114,7 @@ impl Rig {
             id: id_bytes("serial-7"),
             capacity: None,
             fault: None,
+            poll,
         })
         .expect("spawn worker");
         (h, kick)
@@ -439,6 +454,7 @@ fn invalid_ring_address_is_refused_at_start() {
         id: id_bytes(""),
         capacity: None,
         fault: None,
+        poll: Duration::ZERO,
     })
     .err()
     .expect("must refuse");
@@ -514,6 +530,7 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         id: id_bytes(""),
         capacity: None,
         fault: Some(src.clone()),
+        poll: Duration::ZERO,
     })
     .expect("spawn");
     kick.signal().expect("kick");
@@ -540,4 +557,123 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         "the second region was faulted in"
     );
     assert_eq!(stats.snapshot(0).dropped, 0);
+}
+
+/// The avail event the device publishes with EVENT_IDX (after the used ring).
+fn avail_event(r: &Rig, vq: &MockSplitQueue<'_, IotlbMemory>) -> u16 {
+    r.mem
+        .read_obj::<u16>(vq.used_addr().unchecked_add(4 + 8 * 16))
+        .map(u16::from_le)
+        .expect("avail event")
+}
+
+fn flush_chain(r: &Rig, vq: &MockSplitQueue<'_, IotlbMemory>, i: u16) {
+    let hdr = HDR + 0x100 * u64::from(i);
+    r.hdr(hdr, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(
+        &[
+            d(hdr, 16, 1, i * 2 + 1),
+            d(STATUS + u64::from(i), 1, F_WRITE, 0),
+        ],
+        i * 2,
+    )
+    .expect("chain");
+}
+
+#[test]
+fn a_sleeping_worker_needs_a_kick_for_each_batch() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    flush_chain(&r, &vq, 0);
+    let (h, kick) = r.start(&vq, true, false);
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 1);
+    flush_chain(&r, &vq, 1);
+    // Without polling nothing looks at the ring until the next kick.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        r.used_idx(&vq),
+        1,
+        "served without a kick while not polling"
+    );
+    assert_eq!(
+        avail_event(&r, &vq),
+        1,
+        "notifications re-enabled after the batch"
+    );
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 2);
+    h.stop().expect("stop");
+    assert_eq!(r.stats.kicks.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_polling_worker_serves_requests_that_come_without_a_kick() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    flush_chain(&r, &vq, 0);
+    // A window far longer than the test: the worker is still polling when the next requests
+    // come, and a stop must end the window at once.
+    let (h, kick) = r.start_polling(&vq, true, false, Duration::from_secs(60));
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 1);
+    for i in 1..4 {
+        flush_chain(&r, &vq, i);
+        r.wait_used(&vq, i + 1);
+    }
+    // The avail event still says 1: the driver was told not to kick for requests 2 to 4.
+    assert_eq!(
+        avail_event(&r, &vq),
+        1,
+        "notifications stayed off while polling"
+    );
+    let t = Instant::now();
+    h.stop().expect("stop");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "stop waited for the poll window"
+    );
+    assert_eq!(r.stats.kicks.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats.requests.load(Ordering::Relaxed), 4);
+    for i in 0..4 {
+        assert_eq!(r.status(STATUS + i), VIRTIO_BLK_S_OK, "request {i}");
+    }
+}
+
+#[test]
+fn a_polling_worker_turns_notifications_back_on_when_idle() {
+    for event_idx in [true, false] {
+        let r = Rig::new();
+        let vq = MockSplitQueue::new(&*r.mem, 16);
+        flush_chain(&r, &vq, 0);
+        let (h, kick) = r.start_polling(&vq, event_idx, false, Duration::from_millis(20));
+        kick.signal().expect("kick");
+        r.wait_used(&vq, 1);
+        flush_chain(&r, &vq, 1);
+        r.wait_used(&vq, 2);
+        // Idle for a window: back to sleep, with notifications on at the current index.
+        let used_flags = vq.used_addr();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let on = if event_idx {
+                avail_event(&r, &vq) == 2
+            } else {
+                r.mem.read_obj::<u16>(used_flags).expect("flags") == 0
+            };
+            if on {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "notifications still off (event_idx {event_idx})"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let kicks = r.stats.kicks.load(Ordering::Relaxed);
+        flush_chain(&r, &vq, 2);
+        kick.signal().expect("kick");
+        r.wait_used(&vq, 3);
+        h.stop().expect("stop");
+        assert!(r.stats.kicks.load(Ordering::Relaxed) > kicks);
+    }
 }
