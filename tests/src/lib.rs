@@ -21,5 +21,6 @@ pub mod progress;
 pub mod qemu;
 pub mod scenarios;
 pub mod setup;
+pub mod vhost_driver;
 
 pub use error::{Error, Result};

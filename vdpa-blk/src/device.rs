@@ -232,13 +232,6 @@ impl<O: VduseOps> Controller<O> {
     pub fn after_reply(&mut self, a: AfterReply) {
         if let AfterReply::Remap { start, last } = a {
             match self.iotlb.update(&*self.ops, start, last) {
-                Ok(0) if self.warn_unmapped && start == 0 => tracing::warn!(
-                    start,
-                    last,
-                    "no IOVA region of the update could be mapped: a vhost-vdpa user whose guest \
-                     memory is private anonymous memory cannot be served without copies; give \
-                     the VMM shared memory (memfd or hugetlbfs)"
-                ),
                 Ok(n) => tracing::debug!(start, last, mapped = n, "IOTLB remapped"),
                 Err(e) => tracing::warn!(start, last, "IOTLB remap failed: {e}"),
             }
@@ -263,6 +256,18 @@ impl<O: VduseOps> Controller<O> {
         if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
             if let Err(e) = self.start_workers() {
                 tracing::error!("DRIVER_OK: cannot start the queues: {e}");
+                if self.warn_unmapped
+                    && matches!(e, DeviceError::Worker(WorkerError::InvalidRing { .. }))
+                {
+                    // vhost-vdpa passes VDUSE only shared, file-backed user memory: private
+                    // anonymous memory never shows up in the IOTLB, so the rings are missing.
+                    tracing::warn!(
+                        "the driver's rings are in no memory the kernel lets us map: a vhost-vdpa \
+                         user (VMM) whose guest memory is private anonymous memory cannot be \
+                         served; give it shared memory (memfd or hugetlbfs, e.g. QEMU \
+                         memory-backend-memfd with share=on)"
+                    );
+                }
                 self.stop_workers();
                 return false;
             }

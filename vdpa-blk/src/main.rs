@@ -3,7 +3,7 @@
 //! stdout carries JSON lines only: one `{"event":"ready",...}` line once the device is bound,
 //! and one `{"event":"stats",...}` line per SIGUSR1. Logs go to stderr (`RUST_LOG`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -88,6 +88,7 @@ fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

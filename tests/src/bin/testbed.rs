@@ -117,6 +117,20 @@ enum Cmd {
         #[arg(long, default_value_t = 1 << 20)]
         len: usize,
     },
+    /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
+    /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
+    #[command(hide = true)]
+    VhostDriver {
+        /// The vhost-vdpa character device.
+        #[arg(long)]
+        path: String,
+        /// The "guest memory" handed to vhost-vdpa.
+        #[arg(long, value_enum)]
+        memory: testbed::vhost_driver::Memory,
+        /// Milliseconds to stay at DRIVER_OK before resetting.
+        #[arg(long, default_value_t = 500)]
+        hold_ms: u64,
+    },
     /// Inside a guest: serve the host's requests on the agent port.
     #[command(hide = true)]
     GuestAgent,
@@ -305,6 +319,21 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Cmd::VhostDriver {
+        path,
+        memory,
+        hold_ms,
+    } = &cli.command
+    {
+        let hold = std::time::Duration::from_millis(*hold_ms);
+        return match testbed::vhost_driver::run(path, *memory, hold) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("testbed vhost-driver: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Ctrl-C or SIGTERM: no QEMU may outlive us.
     if let Err(e) = ctrlc::set_handler(|| {
         guest::kill_all();
@@ -372,7 +401,10 @@ fn main() -> ExitCode {
             compute,
             timeout,
         } => run_scripts(&files, &bed, compute, timeout),
-        Cmd::GuestAgent | Cmd::ProbeFabric { .. } | Cmd::BlkioClient { .. } => Ok(()),
+        Cmd::GuestAgent
+        | Cmd::ProbeFabric { .. }
+        | Cmd::BlkioClient { .. }
+        | Cmd::VhostDriver { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

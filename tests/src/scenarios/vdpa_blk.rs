@@ -117,6 +117,48 @@ grep '"event":"ready"' /run/{name}.out | head -n1 | sed 's/^/RESULT /'
     result_with(&step, "event", "the ready line")
 }
 
+/// A VMM whose guest memory is private anonymous memory gets a warning that names the cause
+/// (vhost-vdpa passes VDUSE only shared file-backed memory); one with a memfd gets its queue
+/// started and no warning.
+fn vmm_memory(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -> Result<()> {
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb3",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+    )?;
+    let path = ready["path"].as_str().unwrap_or_default().to_string();
+    let step = bed.step(
+        Role::Compute,
+        "io",
+        "a VMM with private anonymous memory, then one with a memfd",
+        &format!(
+            r#"count() {{ grep -c "$1" /run/vb3.err || true; }}
+w0=$(count 'private anonymous'); s0=$(count 'queue started')
+{agent} vhost-driver --path {path} --memory anon
+w1=$(count 'private anonymous'); s1=$(count 'queue started')
+{agent} vhost-driver --path {path} --memory memfd
+w2=$(count 'private anonymous'); s2=$(count 'queue started')
+result anon_warnings "$((w1 - w0))" anon_queues "$((s1 - s0))" memfd_warnings "$((w2 - w1))" memfd_queues "$((s2 - s1))"
+"#
+        ),
+        secs(120),
+    )?;
+    let r = result_with(&step, "anon_warnings", "VMM memory checks")?;
+    let n = |k: &str| r[k].as_str().and_then(|v| v.parse::<u64>().ok());
+    check(
+        n("anon_warnings") == Some(1) && n("anon_queues") == Some(0),
+        "warning for a VMM's private anonymous memory",
+        || r.to_string(),
+    )?;
+    check(
+        n("memfd_warnings") == Some(0) && n("memfd_queues") == Some(1),
+        "a VMM's memfd memory is mapped",
+        || r.to_string(),
+    )?;
+    stop_daemon(bed, "vb3", None)
+}
+
 /// Asks a daemon for its statistics (SIGUSR1) and returns the stats line.
 fn stats(bed: &mut Bed, name: &str) -> Result<Value> {
     let step = bed.step(
@@ -400,6 +442,7 @@ result pattern "$a"
     stop_daemon(bed, "vb1", None)?;
 
     if backing == Backing::Local {
+        vmm_memory(bed, &bin, &agent, &backing_dev)?;
         resize_and_redrive(bed, &bin)?;
     }
 

@@ -1,0 +1,309 @@
+//! `testbed vhost-driver`: brings a `/dev/vhost-vdpa-N` device up the way a VMM does, with the
+//! vhost and vhost-vdpa ioctls and one IOTLB update, with its "guest memory" either shared
+//! (a memfd, as QEMU's `memory-backend-memfd,share=on`) or private anonymous memory (QEMU's
+//! default `memory-backend-ram`). It then waits and prints a `RESULT {json}` line; the test
+//! reads the device daemon's log to see what the daemon made of that memory.
+//!
+//! vhost-vdpa hands VDUSE only shared, file-backed mappings (the daemon maps them through
+//! `VDUSE_IOTLB_GET_FD`); private anonymous memory reaches the daemon as no mapping at all.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+const VHOST: u64 = 0xAF;
+
+const fn ioc(dir: u64, nr: u64, size: u64) -> u64 {
+    (dir << 30) | (size << 16) | (VHOST << 8) | nr
+}
+const fn iow(nr: u64, size: usize) -> u64 {
+    ioc(1, nr, size as u64)
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    ioc(2, nr, size as u64)
+}
+
+// linux/vhost.h (6.12).
+const VHOST_GET_FEATURES: u64 = ior(0x00, 8);
+const VHOST_SET_FEATURES: u64 = iow(0x00, 8);
+const VHOST_SET_OWNER: u64 = ioc(0, 0x01, 0);
+const VHOST_SET_VRING_NUM: u64 = iow(0x10, 8);
+const VHOST_SET_VRING_ADDR: u64 = iow(0x11, 40);
+const VHOST_SET_VRING_BASE: u64 = iow(0x12, 8);
+const VHOST_SET_VRING_KICK: u64 = iow(0x20, 8);
+const VHOST_SET_VRING_CALL: u64 = iow(0x21, 8);
+const VHOST_VDPA_GET_STATUS: u64 = ior(0x71, 1);
+const VHOST_VDPA_SET_STATUS: u64 = iow(0x72, 1);
+const VHOST_VDPA_SET_VRING_ENABLE: u64 = iow(0x75, 8);
+
+const VHOST_IOTLB_MSG: u32 = 1;
+const VHOST_IOTLB_UPDATE: u8 = 2;
+const VHOST_ACCESS_RW: u8 = 3;
+
+const S_ACKNOWLEDGE: u8 = 1;
+const S_DRIVER: u8 = 2;
+const S_DRIVER_OK: u8 = 4;
+const S_FEATURES_OK: u8 = 8;
+
+const F_VERSION_1: u64 = 1 << 32;
+const F_ACCESS_PLATFORM: u64 = 1 << 33;
+
+const QUEUE_SIZE: u32 = 16;
+/// IOVA of the memory region.
+const IOVA: u64 = 0x10_0000;
+const REGION: usize = 2 << 20;
+
+#[repr(C)]
+struct VringState {
+    index: u32,
+    num: u32,
+}
+
+#[repr(C)]
+struct VringAddr {
+    index: u32,
+    flags: u32,
+    desc: u64,
+    used: u64,
+    avail: u64,
+    log: u64,
+}
+
+#[repr(C)]
+struct VringFile {
+    index: u32,
+    fd: i32,
+}
+
+/// `struct vhost_msg` with a `vhost_iotlb_msg` (72 bytes).
+#[repr(C)]
+struct IotlbMsg {
+    type_: u32,
+    _pad: u32,
+    iova: u64,
+    size: u64,
+    uaddr: u64,
+    perm: u8,
+    kind: u8,
+    _rest: [u8; 38],
+}
+
+/// The memory the "VMM" gives its guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Memory {
+    /// MAP_SHARED memfd (what vhost-vdpa can pass to VDUSE).
+    Memfd,
+    /// MAP_PRIVATE | MAP_ANONYMOUS.
+    Anon,
+}
+
+fn ioctl<T>(f: &File, what: &str, req: u64, arg: *mut T) -> anyhow::Result<()> {
+    // SAFETY: every request number above is paired by the callers with a pointer to the
+    // #[repr(C)] struct of the size encoded in it, live for the duration of the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), req as _, arg) };
+    if r < 0 {
+        bail!("{what}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_status(f: &File, status: u8) -> anyhow::Result<()> {
+    let mut s = status;
+    ioctl(f, "VHOST_VDPA_SET_STATUS", VHOST_VDPA_SET_STATUS, &mut s)
+}
+
+fn eventfd() -> anyhow::Result<File> {
+    // SAFETY: plain eventfd(2); the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        bail!("eventfd: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The region: its address, and the memfd keeping it (None for anonymous memory).
+fn alloc(memory: Memory) -> anyhow::Result<(*mut u8, Option<File>)> {
+    let (flags, fd, file) = match memory {
+        Memory::Anon => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, None),
+        Memory::Memfd => {
+            // SAFETY: valid C string; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                bail!("memfd_create: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd we own.
+            let f = unsafe { File::from_raw_fd(fd) };
+            f.set_len(REGION as u64).context("size the memfd")?;
+            (libc::MAP_SHARED, f.as_raw_fd(), Some(f))
+        }
+    };
+    // SAFETY: a new mapping of REGION bytes; the result is checked. It is never unmapped: the
+    // process exits after the run.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            REGION,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is REGION bytes, readable and writable; nothing else uses it yet.
+    unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0, REGION) };
+    Ok((p.cast(), file))
+}
+
+/// Sets up queue 0 in a region of `memory`, sets DRIVER_OK, waits `hold`, resets.
+pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {path}"))?;
+    ioctl::<u8>(
+        &dev,
+        "VHOST_SET_OWNER",
+        VHOST_SET_OWNER,
+        std::ptr::null_mut(),
+    )?;
+    let mut features = 0u64;
+    ioctl(
+        &dev,
+        "VHOST_GET_FEATURES",
+        VHOST_GET_FEATURES,
+        &mut features,
+    )?;
+    let wanted = F_VERSION_1 | F_ACCESS_PLATFORM;
+    if features & wanted != wanted {
+        bail!("device features {features:#x} lack VERSION_1 or ACCESS_PLATFORM");
+    }
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER)?;
+    let mut f = wanted;
+    ioctl(&dev, "VHOST_SET_FEATURES", VHOST_SET_FEATURES, &mut f)?;
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK)?;
+
+    let (mem, _keep) = alloc(memory)?;
+    let msg = IotlbMsg {
+        type_: VHOST_IOTLB_MSG,
+        _pad: 0,
+        iova: IOVA,
+        size: REGION as u64,
+        uaddr: mem as u64,
+        perm: VHOST_ACCESS_RW,
+        kind: VHOST_IOTLB_UPDATE,
+        _rest: [0; 38],
+    };
+    // SAFETY: `msg` is a #[repr(C)] plain-data struct of exactly this size.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&msg as *const IotlbMsg).cast::<u8>(),
+            std::mem::size_of::<IotlbMsg>(),
+        )
+    };
+    (&dev)
+        .write_all(bytes)
+        .context("VHOST_IOTLB_UPDATE (write)")?;
+
+    // Queue 0: descriptors at the region's start, the available ring after them, the used
+    // ring on the next page.
+    let mut num = VringState {
+        index: 0,
+        num: QUEUE_SIZE,
+    };
+    ioctl(&dev, "VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM, &mut num)?;
+    let mut addr = VringAddr {
+        index: 0,
+        flags: 0,
+        desc: IOVA,
+        avail: IOVA + 16 * u64::from(QUEUE_SIZE),
+        used: IOVA + 4096,
+        log: 0,
+    };
+    ioctl(
+        &dev,
+        "VHOST_SET_VRING_ADDR",
+        VHOST_SET_VRING_ADDR,
+        &mut addr,
+    )?;
+    let mut base = VringState { index: 0, num: 0 };
+    ioctl(
+        &dev,
+        "VHOST_SET_VRING_BASE",
+        VHOST_SET_VRING_BASE,
+        &mut base,
+    )?;
+    let (kick, call) = (eventfd()?, eventfd()?);
+    let mut kf = VringFile {
+        index: 0,
+        fd: kick.as_raw_fd(),
+    };
+    ioctl(&dev, "VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK, &mut kf)?;
+    let mut cf = VringFile {
+        index: 0,
+        fd: call.as_raw_fd(),
+    };
+    ioctl(&dev, "VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL, &mut cf)?;
+    let mut en = VringState { index: 0, num: 1 };
+    ioctl(
+        &dev,
+        "VHOST_VDPA_SET_VRING_ENABLE",
+        VHOST_VDPA_SET_VRING_ENABLE,
+        &mut en,
+    )?;
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)?;
+    std::thread::sleep(hold);
+    let mut status = 0u8;
+    ioctl(
+        &dev,
+        "VHOST_VDPA_GET_STATUS",
+        VHOST_VDPA_GET_STATUS,
+        &mut status,
+    )?;
+    set_status(&dev, 0)?;
+    println!(
+        "RESULT {}",
+        json!({"vhost_driver": {"memory": format!("{memory:?}").to_lowercase(), "status": status}})
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_linux_vhost_h() {
+        // Printed by a C program built against linux/vhost.h (stable uapi).
+        assert_eq!(VHOST_GET_FEATURES, 0x8008_af00);
+        assert_eq!(VHOST_SET_FEATURES, 0x4008_af00);
+        assert_eq!(VHOST_SET_OWNER, 0xaf01);
+        assert_eq!(VHOST_SET_VRING_NUM, 0x4008_af10);
+        assert_eq!(VHOST_SET_VRING_ADDR, 0x4028_af11);
+        assert_eq!(VHOST_SET_VRING_BASE, 0x4008_af12);
+        assert_eq!(VHOST_SET_VRING_KICK, 0x4008_af20);
+        assert_eq!(VHOST_SET_VRING_CALL, 0x4008_af21);
+        assert_eq!(VHOST_VDPA_GET_STATUS, 0x8001_af71);
+        assert_eq!(VHOST_VDPA_SET_STATUS, 0x4001_af72);
+        assert_eq!(VHOST_VDPA_SET_VRING_ENABLE, 0x4008_af75);
+    }
+
+    #[test]
+    fn struct_sizes_match_linux_vhost_h() {
+        assert_eq!(std::mem::size_of::<VringState>(), 8);
+        assert_eq!(std::mem::size_of::<VringAddr>(), 40);
+        assert_eq!(std::mem::size_of::<VringFile>(), 8);
+        assert_eq!(std::mem::size_of::<IotlbMsg>(), 72);
+        assert_eq!(std::mem::offset_of!(IotlbMsg, iova), 8);
+        assert_eq!(std::mem::offset_of!(IotlbMsg, perm), 32);
+        assert_eq!(std::mem::offset_of!(IotlbMsg, kind), 33);
+    }
+}
