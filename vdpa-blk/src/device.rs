@@ -702,6 +702,8 @@ impl Device {
 
         // The kernel talks to the control thread while these run (status, config reads).
         let mut nl = VdpaNetlink::connect()?;
+        // No driver may take the device before ours is bound.
+        let autoprobe = driver::AutoprobeOff::acquire(&self.cfg.root)?;
         nl.dev_add("vduse", &self.cfg.name)?;
         self.vdpa_added = true;
         let node: BoundNode = driver::bind(
@@ -710,6 +712,7 @@ impl Device {
             self.cfg.driver,
             Duration::from_secs(10),
         )?;
+        drop(autoprobe);
         self.ready.path = node.path;
         Ok(())
     }

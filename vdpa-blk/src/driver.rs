@@ -3,7 +3,9 @@
 //!
 //! Every path goes through a [`SysRoot`] ("/" in production, a temporary tree in tests).
 
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -153,6 +155,77 @@ pub fn current_driver(root: &SysRoot, name: &str) -> Result<Option<String>, Driv
     }
 }
 
+/// While held, the vdpa bus probes no new device by itself (`drivers_autoprobe` = 0), so a
+/// device added for `vhost_vdpa` is never first taken by `virtio_vdpa` (which would show the
+/// host a short-lived `/dev/vdX` of the VM's volume for udev, LVM or multipath to scan); the
+/// daemon binds its device explicitly. Daemons serialise on an flock of
+/// `/run/vdpa-blk-autoprobe.lock`, so the value found by the first is the one restored by the
+/// last. Devices other programs add meanwhile are not probed automatically either.
+#[derive(Debug)]
+pub struct AutoprobeOff {
+    path: PathBuf,
+    /// The value to restore; None when there was nothing to change.
+    previous: Option<String>,
+    _lock: File,
+}
+
+impl AutoprobeOff {
+    /// Takes the lock (waiting for other daemons) and turns autoprobe off. A bus without the
+    /// attribute (no vdpa module) is left alone: adding the device reports that.
+    pub fn acquire(root: &SysRoot) -> Result<Self, DriverError> {
+        let lock_path = root.join("run/vdpa-blk-autoprobe.lock");
+        let io_err = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DriverError::Io { op, path, source }
+        };
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        loop {
+            // SAFETY: flock on an fd we own; no memory is passed.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err("flock", &lock_path)(e));
+            }
+        }
+        let path = root.join("sys/bus/vdpa/drivers_autoprobe");
+        let previous = match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() != "0" => {
+                write_attr(&path, "0", "write")?;
+                Some(v.trim().to_string())
+            }
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        Ok(AutoprobeOff {
+            path,
+            previous,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for AutoprobeOff {
+    fn drop(&mut self) {
+        if let Some(v) = &self.previous {
+            if let Err(e) = write_attr(&self.path, v, "restore") {
+                tracing::warn!("vdpa bus autoprobe left off: {e}");
+            }
+        }
+        // The lock goes with the file.
+    }
+}
+
 /// Binds vdpa device `name` to `driver` (driver_override, unbind from another driver, bind),
 /// then waits up to `timeout` for its node.
 pub fn bind(
@@ -292,6 +365,53 @@ mod tests {
             std::fs::write(r.join("sys/bus/vdpa/drivers").join(drv).join("unbind"), "").expect("w");
         }
         (d, r)
+    }
+
+    #[test]
+    fn autoprobe_is_off_while_held_and_restored_after() {
+        let (_d, r) = tree();
+        std::fs::create_dir_all(r.join("run")).expect("mkdir");
+        let attr = r.join("sys/bus/vdpa/drivers_autoprobe");
+        std::fs::write(&attr, "1\n").expect("write");
+        let read = || std::fs::read_to_string(&attr).expect("read");
+        {
+            let _off = AutoprobeOff::acquire(&r).expect("acquire");
+            assert_eq!(read(), "0");
+        }
+        assert_eq!(read(), "1");
+        // Already off (an administrator's choice): left off.
+        std::fs::write(&attr, "0").expect("write");
+        drop(AutoprobeOff::acquire(&r).expect("acquire"));
+        assert_eq!(read(), "0");
+        // No attribute (no vdpa bus): nothing to do, nothing created.
+        std::fs::remove_file(&attr).expect("rm");
+        drop(AutoprobeOff::acquire(&r).expect("acquire"));
+        assert!(!attr.exists());
+    }
+
+    #[test]
+    fn a_second_daemon_waits_for_the_first() {
+        let (_d, r) = tree();
+        std::fs::create_dir_all(r.join("run")).expect("mkdir");
+        let attr = r.join("sys/bus/vdpa/drivers_autoprobe");
+        std::fs::write(&attr, "1").expect("write");
+        let first = AutoprobeOff::acquire(&r).expect("first");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || {
+            let second = AutoprobeOff::acquire(&r2).expect("second");
+            tx.send(()).expect("send");
+            drop(second);
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the second acquired the lock while the first held it"
+        );
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("second acquires");
+        t.join().expect("join");
+        assert_eq!(std::fs::read_to_string(&attr).expect("read"), "1");
     }
 
     #[test]

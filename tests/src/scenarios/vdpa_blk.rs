@@ -119,7 +119,7 @@ grep '"event":"ready"' /run/{name}.out | head -n1 | sed 's/^/RESULT /'
 
 /// A VMM whose guest memory is private anonymous memory gets a warning that names the cause
 /// (vhost-vdpa passes VDUSE only shared file-backed memory); one with a memfd gets its queue
-/// started and no warning.
+/// started and no warning. Before either, no driver (virtio_vdpa is loaded) drove the device.
 fn vmm_memory(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -> Result<()> {
     let ready = start_daemon(
         bed,
@@ -139,13 +139,20 @@ w0=$(count 'private anonymous'); s0=$(count 'queue started')
 w1=$(count 'private anonymous'); s1=$(count 'queue started')
 {agent} vhost-driver --path {path} --memory memfd
 w2=$(count 'private anonymous'); s2=$(count 'queue started')
-result anon_warnings "$((w1 - w0))" anon_queues "$((s1 - s0))" memfd_warnings "$((w2 - w1))" memfd_queues "$((s2 - s1))"
+result queues_before "$s0" anon_warnings "$((w1 - w0))" anon_queues "$((s1 - s0))" memfd_warnings "$((w2 - w1))" memfd_queues "$((s2 - s1))"
 "#
         ),
         secs(120),
     )?;
     let r = result_with(&step, "anon_warnings", "VMM memory checks")?;
     let n = |k: &str| r[k].as_str().and_then(|v| v.parse::<u64>().ok());
+    // virtio_vdpa is loaded (the virtio-vdpa daemon ran before): it must not have taken the
+    // device between `vdpa dev add` and the daemon's bind to vhost_vdpa.
+    check(
+        n("queues_before") == Some(0),
+        "no other driver drove the vhost-vdpa device first",
+        || r.to_string(),
+    )?;
     check(
         n("anon_warnings") == Some(1) && n("anon_queues") == Some(0),
         "warning for a VMM's private anonymous memory",
