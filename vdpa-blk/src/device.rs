@@ -530,6 +530,8 @@ pub struct ReadyInfo {
     pub copy_mode: &'static str,
     /// Bounce buffer size requested, if any.
     pub bounce_size: Option<u64>,
+    /// Busy-poll window of the queue workers, microseconds (0: no polling).
+    pub poll_us: u64,
     /// Offered feature bits.
     pub features: u64,
     /// Daemon pid.
@@ -645,6 +647,7 @@ impl Device {
                 VdpaDriver::VirtioVdpa => "bounce",
             },
             bounce_size: cfg.bounce_size,
+            poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
             features: model.features,
             pid: std::process::id(),
         };

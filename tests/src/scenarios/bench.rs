@@ -75,6 +75,9 @@ pub struct Report {
     pub figures: Vec<Vec<FioFigures>>,
     /// IOPS of each round: [round][target][job].
     pub per_round_iops: Vec<Vec<Vec<f64>>>,
+    /// CPU seconds (user + system, all threads) each daemon used over its fio jobs, median
+    /// over the rounds, per target (None for the raw device).
+    pub daemon_cpu_s: Vec<Option<f64>>,
 }
 
 fn fio_script(dev: &str, runtime_s: u32) -> String {
@@ -184,29 +187,45 @@ fn steps_of(
     let (_vf, dev) = steps::carve(bed, 1, 1)?;
     // Targets take turns, round after round, so drift in the emulator's speed hits them alike.
     let mut rounds: Vec<Vec<Vec<FioFigures>>> = Vec::new();
+    let mut cpu: Vec<Vec<Option<f64>>> = Vec::new();
     for round in 1..=rounds_n {
         bed.progress().note(&format!("round {round} of {rounds_n}"));
         let mut figures = Vec::new();
+        let mut round_cpu = Vec::new();
         for t in targets {
             let name = t.name();
-            figures.push(match *t {
-                Target::Raw => measure(bed, &name, &dev, runtime_s)?,
+            let (f, c) = match *t {
+                Target::Raw => (measure(bed, &name, &dev, runtime_s)?, None),
                 Target::VdpaBlk { poll_us } => {
                     let vd = start_vdpa_blk(bed, vdpa_blk, &dev, queues, poll_us)?;
                     let f = measure(bed, &name, &vd, runtime_s)?;
+                    let c = daemon_cpu_s(bed, &name, "/run/bench0.pid")?;
                     stop_vdpa_blk(bed)?;
-                    f
+                    (f, Some(c))
                 }
                 Target::Qsd => {
                     let qvd = start_qsd(bed, &dev, queues)?;
                     let f = measure(bed, &name, &qvd, runtime_s)?;
+                    let c = daemon_cpu_s(bed, &name, "/run/bench-qsd.pid")?;
                     stop_qsd(bed)?;
-                    f
+                    (f, Some(c))
                 }
-            });
+            };
+            figures.push(f);
+            round_cpu.push(c);
         }
         rounds.push(figures);
+        cpu.push(round_cpu);
     }
+    let daemon_cpu_s = (0..targets.len())
+        .map(|t| {
+            let v: Vec<f64> = cpu
+                .iter()
+                .filter_map(|r| r.get(t).copied().flatten())
+                .collect();
+            (!v.is_empty()).then(|| median(v))
+        })
+        .collect();
     let figures = (0..targets.len())
         .map(|t| {
             (0..JOBS.len())
@@ -229,21 +248,42 @@ fn steps_of(
                     .collect()
             })
             .collect(),
+        daemon_cpu_s,
     })
+}
+
+/// CPU seconds (user + system, every thread) the daemon whose pid is in `pidfile` has used.
+fn daemon_cpu_s(bed: &mut Bed, what: &str, pidfile: &str) -> Result<f64> {
+    let step = bed.step(
+        Role::Compute,
+        "measure",
+        &format!("CPU time of {what}"),
+        &format!(
+            "result cpu_s \"$(awk -v hz=$(getconf CLK_TCK) '{{printf \"%.2f\", ($14 + $15) / hz}}' /proc/$(cat {pidfile})/stat)\""
+        ),
+        secs(30),
+    )?;
+    let v = steps::required(&step, "cpu_s", "daemon CPU seconds")?;
+    v.parse().map_err(|e| Error::Check {
+        check: format!("CPU time of {what}"),
+        reason: format!("{v:?}: {e}"),
+    })
+}
+
+/// The median (the mean of the middle two for an even count); 0 for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The median of each figure over the rounds (the mean of the middle two for an even count).
 fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures {
     let figs: Vec<&FioFigures> = figs.collect();
-    let med = |get: fn(&FioFigures) -> f64| {
-        let mut v: Vec<f64> = figs.iter().map(|f| get(f)).collect();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
+    let med = |get: fn(&FioFigures) -> f64| median(figs.iter().map(|f| get(f)).collect());
     FioFigures {
         job: figs.first().map(|f| f.job.clone()).unwrap_or_default(),
         iops: med(|f| f.iops),
@@ -364,6 +404,18 @@ pub fn table(r: &Report) -> String {
             ));
         }
     }
+    // Wall time of one target's fio jobs: each runs after a 2 s ramp.
+    let wall = (JOBS.len() as u32 * (r.runtime_s + 2)) as f64;
+    s.push_str("\n| target | daemon CPU s over its jobs | of one CPU |\n|---|---|---|\n");
+    for (t, target) in r.targets.iter().enumerate() {
+        if let Some(Some(c)) = r.daemon_cpu_s.get(t) {
+            s.push_str(&format!(
+                "| {} | {c:.1} | {:.0}% |\n",
+                target.name(),
+                100.0 * c / wall
+            ));
+        }
+    }
     s
 }
 
@@ -389,6 +441,7 @@ mod tests {
             queues: 2,
             rounds: 1,
             per_round_iops: vec![],
+            daemon_cpu_s: vec![None, Some(12.0), Some(48.0), Some(6.0)],
             targets: Target::all(&[0, 50]),
             figures: vec![
                 vec![fig(1000.0); JOBS.len()],
@@ -398,7 +451,7 @@ mod tests {
             ],
         };
         let t = table(&r);
-        assert_eq!(t.lines().count(), 2 + 4 * JOBS.len());
+        assert_eq!(t.lines().count(), 2 + 4 * JOBS.len() + 3 + 3);
         for row in [
             "| randread-4k-qd1 | raw device | 1000 | - | 2.22x | 10 | 20 |",
             "| randread-4k-qd1 | vdpa-blk | 900 | 0.90x | 2.00x | 10 | 20 |",
@@ -407,6 +460,9 @@ mod tests {
         ] {
             assert!(t.contains(row), "{row} missing from\n{t}");
         }
+        // 4 jobs x (5 + 2) s = 28 s of fio per target.
+        assert!(t.contains("| vdpa-blk --poll-us 50 | 48.0 | 171% |"), "{t}");
+        assert!(!t.lines().any(|l| l.starts_with("| raw device |")), "{t}");
     }
 
     #[test]
