@@ -1,7 +1,10 @@
 //! The datapath benchmark: in one guest and one run, fio on the raw backing device (the
 //! carved VF's namespace), on `vdpa-blk` serving it through virtio_vdpa, and on
 //! `qemu-storage-daemon --export type=vduse-blk` serving the same device; IOPS, p50/p99
-//! latency and the ratios between them. Figures, not a test: nothing here has a threshold.
+//! latency and the ratios between them, and each daemon's CPU time. Every daemon runs for a
+//! whole round and each job runs on all targets back to back, because the emulated machine's
+//! speed drifts by tens of percent over minutes. Figures, not a test: nothing here has a
+//! threshold.
 
 use std::path::Path;
 
@@ -80,47 +83,40 @@ pub struct Report {
     pub daemon_cpu_s: Vec<Option<f64>>,
 }
 
-fn fio_script(dev: &str, runtime_s: u32) -> String {
-    let mut s = String::new();
-    for (name, rw, bs, qd) in JOBS {
-        s.push_str(&format!(
-            "fio --name={name} --filename=/dev/{dev} --direct=1 --ioengine=libaio --rw={rw} \
-             --bs={bs} --iodepth={qd} --size=256M --time_based --runtime={runtime_s} \
-             --ramp_time=2 --norandommap --randrepeat=0 --output-format=json \
-             --output=/tmp/bench-{name}.json\nfio_result /tmp/bench-{name}.json\n"
-        ));
-    }
-    s
+/// The fio command of job `j` on `/dev/{dev}`, and the line that returns its figures.
+fn fio_script(dev: &str, j: usize, runtime_s: u32) -> String {
+    let (name, rw, bs, qd) = JOBS[j];
+    format!(
+        "fio --name={name} --filename=/dev/{dev} --direct=1 --ioengine=libaio --rw={rw} \
+         --bs={bs} --iodepth={qd} --size=256M --time_based --runtime={runtime_s} \
+         --ramp_time=2 --norandommap --randrepeat=0 --output-format=json \
+         --output=/tmp/bench-{name}.json\nfio_result /tmp/bench-{name}.json\n"
+    )
 }
 
-fn measure(bed: &mut Bed, what: &str, dev: &str, runtime_s: u32) -> Result<Vec<FioFigures>> {
+fn measure(bed: &mut Bed, what: &str, dev: &str, j: usize, runtime_s: u32) -> Result<FioFigures> {
     let step = bed.step(
         Role::Compute,
         "measure",
-        &format!("fio on {what} (/dev/{dev})"),
-        &fio_script(dev, runtime_s),
-        secs(u64::from(runtime_s + 30) * JOBS.len() as u64),
+        &format!("fio {} on {what} (/dev/{dev})", JOBS[j].0),
+        &fio_script(dev, j, runtime_s),
+        secs(u64::from(runtime_s) + 60),
     )?;
-    let figures = step
+    let check = || format!("fio {} figures of {what}", JOBS[j].0);
+    let v = step
         .results
         .iter()
-        .filter_map(|r| r.get("fio"))
-        .map(|v| {
-            fio::from_value(v)
-                .and_then(|mut f| f.pop().ok_or_else(|| "no job".to_string()))
-                .map_err(|reason| Error::Check {
-                    check: format!("fio figures of {what}"),
-                    reason,
-                })
+        .find_map(|r| r.get("fio"))
+        .ok_or_else(|| Error::Check {
+            check: check(),
+            reason: "no fio result".into(),
+        })?;
+    fio::from_value(v)
+        .and_then(|mut f| f.pop().ok_or_else(|| "no job".to_string()))
+        .map_err(|reason| Error::Check {
+            check: check(),
+            reason,
         })
-        .collect::<Result<Vec<_>>>()?;
-    if figures.len() != JOBS.len() {
-        return Err(Error::Check {
-            check: format!("fio figures of {what}"),
-            reason: format!("{} results for {} jobs", figures.len(), JOBS.len()),
-        });
-    }
-    Ok(figures)
 }
 
 /// Boots one guest, carves a VF, and measures the three targets in turn, `rounds` times.
@@ -185,36 +181,57 @@ fn steps_of(
         ),
     )?;
     let (_vf, dev) = steps::carve(bed, 1, 1)?;
-    // Targets take turns, round after round, so drift in the emulator's speed hits them alike.
+    // Every daemon runs for the whole round; each job is measured on every target back to back
+    // (in an order that rotates), so the emulator's drift, which is large over minutes, hits
+    // the targets of one comparison alike.
     let mut rounds: Vec<Vec<Vec<FioFigures>>> = Vec::new();
     let mut cpu: Vec<Vec<Option<f64>>> = Vec::new();
-    for round in 1..=rounds_n {
-        bed.progress().note(&format!("round {round} of {rounds_n}"));
-        let mut figures = Vec::new();
-        let mut round_cpu = Vec::new();
-        for t in targets {
-            let name = t.name();
-            let (f, c) = match *t {
-                Target::Raw => (measure(bed, &name, &dev, runtime_s)?, None),
+    for round in 0..rounds_n as usize {
+        bed.progress()
+            .note(&format!("round {} of {rounds_n}", round + 1));
+        let mut devs = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            devs.push(match *t {
+                Target::Raw => dev.clone(),
                 Target::VdpaBlk { poll_us } => {
-                    let vd = start_vdpa_blk(bed, vdpa_blk, &dev, queues, poll_us)?;
-                    let f = measure(bed, &name, &vd, runtime_s)?;
-                    let c = daemon_cpu_s(bed, &name, "/run/bench0.pid")?;
-                    stop_vdpa_blk(bed)?;
-                    (f, Some(c))
+                    start_vdpa_blk(bed, vdpa_blk, i, &dev, queues, poll_us)?
                 }
-                Target::Qsd => {
-                    let qvd = start_qsd(bed, &dev, queues)?;
-                    let f = measure(bed, &name, &qvd, runtime_s)?;
-                    let c = daemon_cpu_s(bed, &name, "/run/bench-qsd.pid")?;
-                    stop_qsd(bed)?;
-                    (f, Some(c))
-                }
-            };
-            figures.push(f);
-            round_cpu.push(c);
+                Target::Qsd => start_qsd(bed, &dev, queues)?,
+            });
         }
-        rounds.push(figures);
+        let mut figures: Vec<Vec<Option<FioFigures>>> = vec![vec![None; JOBS.len()]; targets.len()];
+        for j in 0..JOBS.len() {
+            for k in 0..targets.len() {
+                let t = (k + round + j) % targets.len();
+                let f = measure(bed, &targets[t].name(), &devs[t], j, runtime_s)?;
+                if let Some(cell) = figures.get_mut(t).and_then(|v| v.get_mut(j)) {
+                    *cell = Some(f);
+                }
+            }
+        }
+        let mut round_cpu = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            round_cpu.push(match t {
+                Target::Raw => None,
+                Target::VdpaBlk { .. } => {
+                    Some(daemon_cpu_s(bed, &t.name(), &format!("/run/bench{i}.pid"))?)
+                }
+                Target::Qsd => Some(daemon_cpu_s(bed, &t.name(), "/run/bench-qsd.pid")?),
+            });
+        }
+        for (i, t) in targets.iter().enumerate() {
+            match t {
+                Target::Raw => {}
+                Target::VdpaBlk { .. } => stop_vdpa_blk(bed, i)?,
+                Target::Qsd => stop_qsd(bed)?,
+            }
+        }
+        rounds.push(
+            figures
+                .into_iter()
+                .map(|jobs| jobs.into_iter().flatten().collect())
+                .collect(),
+        );
         cpu.push(round_cpu);
     }
     let daemon_cpu_s = (0..targets.len())
@@ -293,9 +310,11 @@ fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures 
     }
 }
 
+/// Starts vdpa-blk `bench{i}` over `/dev/{dev}`; returns its disk's name.
 fn start_vdpa_blk(
     bed: &mut Bed,
     vdpa_blk: &Path,
+    i: usize,
     dev: &str,
     queues: u16,
     poll_us: u32,
@@ -304,12 +323,12 @@ fn start_vdpa_blk(
     let vd = bed.step(
         Role::Compute,
         "publish",
-        &format!("start vdpa-blk (virtio-vdpa, poll {poll_us} us)"),
+        &format!("start vdpa-blk bench{i} (virtio-vdpa, poll {poll_us} us)"),
         &format!(
-            r#"{bin} --name bench0 --backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us} > /run/bench0.out 2> /run/bench0.err &
-echo $! > /run/bench0.pid
-wait_for 60 "the ready line" grep -q '"event":"ready"' /run/bench0.out || {{ cat /run/bench0.err; exit 1; }}
-result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench0.out | head -n1)"
+            r#"{bin} --name bench{i} --backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us} > /run/bench{i}.out 2> /run/bench{i}.err &
+echo $! > /run/bench{i}.pid
+wait_for 60 "the ready line" grep -q '"event":"ready"' /run/bench{i}.out || {{ cat /run/bench{i}.err; exit 1; }}
+result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench{i}.out | head -n1)"
 "#
         ),
         secs(90),
@@ -317,14 +336,16 @@ result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench0.out | hea
     steps::required(&vd, "vd", "vdpa-blk virtio disk")
 }
 
-fn stop_vdpa_blk(bed: &mut Bed) -> Result<()> {
+fn stop_vdpa_blk(bed: &mut Bed, i: usize) -> Result<()> {
     bed.step(
         Role::Compute,
         "teardown",
-        "stop vdpa-blk",
-        "pid=$(cat /run/bench0.pid); kill -TERM $pid\n\
-         wait_for 30 'vdpa-blk to exit' sh -c \"! kill -0 $pid\"\n\
-         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench0'",
+        &format!("stop vdpa-blk bench{i}"),
+        &format!(
+            "pid=$(cat /run/bench{i}.pid); kill -TERM $pid\n\
+             wait_for 30 'vdpa-blk to exit' sh -c \"! kill -0 $pid\"\n\
+             wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench{i}'"
+        ),
         secs(90),
     )?;
     Ok(())
@@ -338,11 +359,11 @@ fn start_qsd(bed: &mut Bed, dev: &str, queues: u16) -> Result<String> {
         &format!(
             r#"qemu-storage-daemon --daemonize --pidfile /run/bench-qsd.pid \
   --blockdev driver=host_device,node-name=b0,filename=/dev/{dev},cache.direct=on,aio=io_uring \
-  --export type=vduse-blk,id=e0,node-name=b0,name=bench1,writable=on,num-queues={queues}
-wait_for 30 /dev/vduse/bench1 test -e /dev/vduse/bench1
-vdpa dev add name bench1 mgmtdev vduse
-wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/bench1/virtio*/block/ | grep -q vd"
-result vd "$(ls /sys/bus/vdpa/devices/bench1/virtio*/block/)"
+  --export type=vduse-blk,id=e0,node-name=b0,name=bench-qsd,writable=on,num-queues={queues}
+wait_for 30 /dev/vduse/bench-qsd test -e /dev/vduse/bench-qsd
+vdpa dev add name bench-qsd mgmtdev vduse
+wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/bench-qsd/virtio*/block/ | grep -q vd"
+result vd "$(ls /sys/bus/vdpa/devices/bench-qsd/virtio*/block/)"
 "#
         ),
         secs(90),
@@ -355,12 +376,32 @@ fn stop_qsd(bed: &mut Bed) -> Result<()> {
         Role::Compute,
         "teardown",
         "stop qemu-storage-daemon",
-        "vdpa dev del bench1\npid=$(cat /run/bench-qsd.pid)\nkill $pid\n\
+        "vdpa dev del bench-qsd\npid=$(cat /run/bench-qsd.pid)\nkill $pid\n\
          wait_for 30 'qemu-storage-daemon to exit' sh -c \"! kill -0 $pid\"\n\
-         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench1'",
+         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench-qsd'",
         secs(90),
     )?;
     Ok(())
+}
+
+/// IOPS of target `a` over target `b` for job `j`: the median of the rounds' ratios (the two
+/// were measured back to back in each round), or the ratio of the medians without rounds.
+fn ratio(r: &Report, a: usize, b: usize, j: usize) -> Option<f64> {
+    let per_round: Vec<f64> = r
+        .per_round_iops
+        .iter()
+        .filter_map(|round| {
+            let x = *round.get(a)?.get(j)?;
+            let y = *round.get(b)?.get(j)?;
+            (y > 0.0).then(|| x / y)
+        })
+        .collect();
+    if !per_round.is_empty() {
+        return Some(median(per_round));
+    }
+    let x = r.figures.get(a)?.get(j)?.iops;
+    let y = r.figures.get(b)?.get(j)?.iops;
+    (y > 0.0).then(|| x / y)
 }
 
 /// The report as a Markdown table: per job, one row per target with IOPS, the ratios to the
@@ -369,29 +410,16 @@ pub fn table(r: &Report) -> String {
     let mut s = String::from(
         "| job | target | IOPS | / raw | / qsd | p50 us | p99 us |\n|---|---|---|---|---|---|---|\n",
     );
-    let ratio = |a: f64, b: Option<f64>| match b {
-        Some(b) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "-".into(),
-    };
-    let find = |want: Target, job: usize| {
-        r.targets
-            .iter()
-            .position(|t| *t == want)
-            .and_then(|t| r.figures.get(t))
-            .and_then(|v| v.get(job))
-            .map(|f| f.iops)
-    };
     for (j, (name, ..)) in JOBS.iter().enumerate() {
         for (t, target) in r.targets.iter().enumerate() {
             let Some(f) = r.figures.get(t).and_then(|v| v.get(j)) else {
                 continue;
             };
-            let vs = |other: Target| {
-                if *target == other {
-                    "-".to_string()
-                } else {
-                    ratio(f.iops, find(other, j))
-                }
+            let vs = |other: Target| match r.targets.iter().position(|o| *o == other) {
+                Some(o) if o != t => ratio(r, t, o, j)
+                    .map(|x| format!("{x:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+                _ => "-".to_string(),
             };
             s.push_str(&format!(
                 "| {name} | {} | {:.0} | {} | {} | {:.0} | {:.0} |\n",
@@ -484,11 +512,39 @@ mod tests {
 
     #[test]
     fn every_job_writes_its_own_json_and_result() {
-        let s = fio_script("vda", 5);
-        for (name, ..) in JOBS {
+        for (j, (name, ..)) in JOBS.iter().enumerate() {
+            let s = fio_script("vda", j, 5);
             assert!(s.contains(&format!("--output=/tmp/bench-{name}.json")));
             assert!(s.contains(&format!("fio_result /tmp/bench-{name}.json")));
         }
-        assert!(s.contains("--iodepth=32") && s.contains("--bs=128k"));
+        assert!(fio_script("vda", 1, 5).contains("--iodepth=32"));
+        assert!(fio_script("vda", 3, 5).contains("--bs=128k"));
+    }
+
+    #[test]
+    fn ratios_are_medians_of_the_rounds_ratios() {
+        // Two targets, one job, three rounds in which the machine's speed drifts: the pairs
+        // keep a 0.5x ratio, which the medians of the IOPS (400 / 1000) would miss.
+        let r = Report {
+            device: "nvme0n1".into(),
+            runtime_s: 5,
+            queues: 1,
+            rounds: 3,
+            targets: vec![Target::Raw, Target::Qsd],
+            figures: vec![vec![fig(1000.0)], vec![fig(400.0)]],
+            per_round_iops: vec![
+                vec![vec![2000.0], vec![1000.0]],
+                vec![vec![1000.0], vec![500.0]],
+                vec![vec![400.0], vec![200.0]],
+            ],
+            daemon_cpu_s: vec![None, None],
+        };
+        assert_eq!(ratio(&r, 1, 0, 0), Some(0.5));
+        assert_eq!(ratio(&r, 0, 1, 0), Some(2.0));
+        let no_rounds = Report {
+            per_round_iops: vec![],
+            ..r
+        };
+        assert_eq!(ratio(&no_rounds, 1, 0, 0), Some(0.4));
     }
 }
