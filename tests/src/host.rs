@@ -60,6 +60,11 @@ pub const TOOLS: &[Tool] = &[
         why: "NVMe admin commands and fabrics connect",
     },
     Tool {
+        binary: "socat",
+        package: "socat",
+        why: "talks to vdpa-blk's control socket",
+    },
+    Tool {
         binary: "rdma",
         package: "iproute2",
         why: "creates the soft-RoCE link",

@@ -725,13 +725,14 @@ impl Device {
         &self.ready
     }
 
+    /// The live per-queue counters, for readers on other threads (the control socket).
+    pub fn stats_source(&self) -> Arc<Vec<Arc<QueueStats>>> {
+        self.stats.clone()
+    }
+
     /// Per-queue counters now.
     pub fn stats(&self) -> Vec<QueueStatsSnapshot> {
-        self.stats
-            .iter()
-            .enumerate()
-            .map(|(i, s)| s.snapshot(i as u16))
-            .collect()
+        worker::snapshot_all(&self.stats)
     }
 
     /// Whether the control loop is still running.

@@ -6,9 +6,11 @@
 //! - [`blk`]: the virtio-blk device model (config space, features, request parsing, backends);
 //! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings;
 //! - [`worker`]: one thread and one io_uring per virtqueue;
-//! - [`device`]: the VDUSE control loop tying them together.
+//! - [`device`]: the VDUSE control loop tying them together;
+//! - [`control`]: the daemon's control socket (stats on request).
 
 pub mod blk;
+pub mod control;
 pub mod device;
 pub mod driver;
 pub mod iotlb;

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use vdpa_blk::control::ControlSocket;
 use vdpa_blk::device::{Device, DeviceConfig};
 use vdpa_blk::driver::{SysRoot, VdpaDriver};
+use vdpa_blk::worker::{snapshot_all, QueueStatsSnapshot};
 
 /// Serve a block device to a VM (vhost-vdpa) or to the host (virtio-vdpa) through VDUSE.
 #[derive(Debug, Parser)]
@@ -46,6 +48,10 @@ struct Args {
     /// many microseconds before sleeping: lower latency for a CPU per busy queue (0: never).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     poll_us: u32,
+    /// Also answer `stats` on this Unix socket (one command line per connection, one JSON line
+    /// back); the file is removed at exit.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
     /// Root under which /sys and /dev are found.
     #[arg(long, default_value = "/", hide = true)]
     sys_root: PathBuf,
@@ -83,6 +89,22 @@ fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer(&mut out, v).context("encode JSON")?;
     out.write_all(b"\n").context("write stdout")?;
     out.flush().context("flush stdout")
+}
+
+/// The stats line (SIGUSR1 on stdout, `stats` on the control socket).
+#[derive(serde::Serialize)]
+struct StatsLine<'a> {
+    event: &'static str,
+    name: &'a str,
+    queues: Vec<QueueStatsSnapshot>,
+}
+
+fn stats_line(name: &str, queues: Vec<QueueStatsSnapshot>) -> StatsLine<'_> {
+    StatsLine {
+        event: "stats",
+        name,
+        queues,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,6 +146,13 @@ fn run(a: Args) -> anyhow::Result<()> {
     // thread sees these signals.
     let set = block_signals()?;
     let name = a.name.clone();
+    // Bound before the device exists, so a taken path fails with nothing created.
+    let control = a
+        .control_socket
+        .as_deref()
+        .map(ControlSocket::bind)
+        .transpose()
+        .context("control socket")?;
     let dev = Device::start(DeviceConfig {
         serial: a.serial.unwrap_or_else(|| a.name.clone()),
         name: a.name,
@@ -138,23 +167,23 @@ fn run(a: Args) -> anyhow::Result<()> {
         root: SysRoot::new(a.sys_root),
     })
     .with_context(|| format!("starting device {name}"))?;
+    if let Some(c) = &control {
+        let (name, stats) = (name.clone(), dev.stats_source());
+        c.serve(move |cmd| match cmd {
+            "stats" => serde_json::to_string(&stats_line(&name, snapshot_all(&stats)))
+                .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
+            other => {
+                serde_json::json!({ "error": format!("unknown command {other:?}; try stats") })
+                    .to_string()
+            }
+        })
+        .context("control socket")?;
+    }
     print_line(dev.ready())?;
     tracing::info!(path = %dev.ready().path.display(), "serving");
     let failure = loop {
         match wait_signal(&set) {
-            Some(libc::SIGUSR1) => {
-                #[derive(serde::Serialize)]
-                struct Stats {
-                    event: &'static str,
-                    name: String,
-                    queues: Vec<vdpa_blk::worker::QueueStatsSnapshot>,
-                }
-                print_line(&Stats {
-                    event: "stats",
-                    name: name.clone(),
-                    queues: dev.stats(),
-                })?;
-            }
+            Some(libc::SIGUSR1) => print_line(&stats_line(&name, dev.stats()))?,
             Some(s) => {
                 tracing::info!(signal = s, "shutting down");
                 break None;

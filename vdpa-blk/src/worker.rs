@@ -275,6 +275,15 @@ impl QueueStats {
     }
 }
 
+/// Every queue's counters, queue `i` at index `i`.
+pub fn snapshot_all(stats: &[Arc<QueueStats>]) -> Vec<QueueStatsSnapshot> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.snapshot(i as u16))
+        .collect()
+}
+
 /// Where the driver put the rings and where to resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {

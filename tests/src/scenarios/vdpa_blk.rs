@@ -411,7 +411,7 @@ result pattern "$a"
         bed,
         &bin,
         "vb1",
-        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa --control-socket /run/vb1.sock"),
     )?;
     check(
         vhost_ready["copy_mode"] == "zero-copy",
@@ -436,6 +436,20 @@ result pattern "$a"
         || blkio.to_string(),
     )?;
     let vhost_stats = stats(bed, "vb1")?;
+    // The same counters through the control socket (nothing ran in between).
+    let sock = bed.step(
+        Role::Compute,
+        "stats",
+        "statistics of vb1 through its control socket",
+        "echo stats | socat -t 10 - UNIX-CONNECT:/run/vb1.sock | sed 's/^/RESULT /'",
+        secs(30),
+    )?;
+    let via_socket = result_with(&sock, "queues", "control socket stats")?;
+    check(
+        via_socket["queues"] == vhost_stats["queues"],
+        "control socket stats equal the SIGUSR1 stats",
+        || format!("socket {via_socket}, SIGUSR1 {vhost_stats}"),
+    )?;
     check(
         stat_sum(&vhost_stats, "errors") == 0,
         "vhost-vdpa I/O errors",
@@ -447,6 +461,13 @@ result pattern "$a"
         || vhost_stats.to_string(),
     )?;
     stop_daemon(bed, "vb1", None)?;
+    bed.step(
+        Role::Compute,
+        "check",
+        "vb1's control socket is gone",
+        "[ ! -e /run/vb1.sock ] || { echo '/run/vb1.sock left behind'; exit 1; }",
+        secs(30),
+    )?;
 
     if backing == Backing::Local {
         vmm_memory(bed, &bin, &agent, &backing_dev)?;
