@@ -125,6 +125,8 @@ pub struct Controller<O: VduseOps> {
     last_avail: Vec<Option<u16>>,
     status: u8,
     stop_timeout: Duration,
+    /// The driver is vhost-vdpa: unmapped rings at DRIVER_OK most likely mean the VMM's memory
+    /// is private anonymous memory, and the warning says so.
     warn_unmapped: bool,
     poll: Duration,
 }
@@ -144,7 +146,8 @@ pub enum AfterReply {
 }
 
 impl<O: VduseOps> Controller<O> {
-    /// A controller for a device with `model`, serving `backing`.
+    /// A controller for a device with `model`, serving `backing`; `warn_unmapped` for a
+    /// vhost-vdpa device (see the field).
     pub fn new(
         ops: Arc<O>,
         model: DeviceModel,
