@@ -227,6 +227,8 @@ pub struct QueueStats {
     /// Kicks (driver notifications) read from the kick eventfd. While the worker polls, the
     /// driver is told not to kick, so requests outnumber kicks.
     pub kicks: AtomicU64,
+    /// Requests found by busy-polling the ring (`--poll-us`), with no kick.
+    pub polled: AtomicU64,
     /// Payload bytes the daemon copied. The datapath has no copy: this stays 0.
     pub copied_bytes: AtomicU64,
 }
@@ -253,6 +255,8 @@ pub struct QueueStatsSnapshot {
     /// See [`QueueStats`].
     pub kicks: u64,
     /// See [`QueueStats`].
+    pub polled: u64,
+    /// See [`QueueStats`].
     pub copied_bytes: u64,
 }
 
@@ -270,6 +274,7 @@ impl QueueStats {
             in_flight: l(&self.in_flight),
             interrupts: l(&self.interrupts),
             kicks: l(&self.kicks),
+            polled: l(&self.polled),
             copied_bytes: l(&self.copied_bytes),
         }
     }
@@ -775,7 +780,13 @@ impl Worker {
                 return Ok(());
             }
             ev.kicked = false;
-            active |= self.process_available(false) > 0;
+            let popped = self.process_available(false);
+            if popped > 0 {
+                self.stats
+                    .polled
+                    .fetch_add(u64::from(popped), Ordering::Relaxed);
+                active = true;
+            }
             self.notify_if_needed();
             let now = Instant::now();
             if active {

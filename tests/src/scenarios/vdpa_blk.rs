@@ -321,12 +321,16 @@ fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) 
         }
     };
 
-    // virtio_vdpa.
+    // virtio_vdpa; over the local namespace with busy-polling workers, over the fabric without.
+    let poll_us = if backing == Backing::Local { 500 } else { 0 };
     let virtio_ready = start_daemon(
         bed,
         &bin,
         "vb0",
-        &format!("--backing /dev/{backing_dev} --driver virtio-vdpa --queues 2 --serial {SERIAL}"),
+        &format!(
+            "--backing /dev/{backing_dev} --driver virtio-vdpa --queues 2 --serial {SERIAL} \
+             --poll-us {poll_us}"
+        ),
     )?;
     check(
         virtio_ready["copy_mode"] == "bounce",
@@ -399,6 +403,20 @@ result pattern "$a"
         "daemon copies",
         || virtio_stats.to_string(),
     )?;
+    if poll_us > 0 {
+        // fio kept the queues busy: the workers found requests by polling, without a kick.
+        check(
+            stat_sum(&virtio_stats, "polled") > 0,
+            "requests found by polling",
+            || virtio_stats.to_string(),
+        )?;
+    } else {
+        check(
+            stat_sum(&virtio_stats, "polled") == 0,
+            "no polling when not asked for",
+            || virtio_stats.to_string(),
+        )?;
+    }
     check(
         stat_sum(&virtio_stats, "requests") > 0,
         "requests served",

@@ -605,6 +605,7 @@ fn a_sleeping_worker_needs_a_kick_for_each_batch() {
     r.wait_used(&vq, 2);
     h.stop().expect("stop");
     assert_eq!(r.stats.kicks.load(Ordering::Relaxed), 2);
+    assert_eq!(r.stats.polled.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -634,6 +635,7 @@ fn a_polling_worker_serves_requests_that_come_without_a_kick() {
         "stop waited for the poll window"
     );
     assert_eq!(r.stats.kicks.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats.polled.load(Ordering::Relaxed), 3);
     assert_eq!(r.stats.requests.load(Ordering::Relaxed), 4);
     for i in 0..4 {
         assert_eq!(r.status(STATUS + i), VIRTIO_BLK_S_OK, "request {i}");
