@@ -19,7 +19,7 @@ use crate::blk::config::{
     feature, BlkConfig, DeviceModel, DeviceOptions, LimitsError, QueueLimits, VIRTIO_ID_BLOCK,
 };
 use crate::blk::exec::id_bytes;
-use crate::blk::request::{ParseContext, VIRTIO_BLK_ID_BYTES};
+use crate::blk::request::{max_chain, ParseContext, VIRTIO_BLK_ID_BYTES};
 use crate::driver::{self, BoundNode, DriverError, SysRoot, VdpaDriver};
 use crate::iotlb::{IotlbError, IotlbSource, IotlbTable};
 use crate::netlink::{NetlinkError, VdpaNetlink};
@@ -326,7 +326,7 @@ impl<O: VduseOps> Controller<O> {
                     next_used,
                 },
                 parse: ParseContext {
-                    queue_size: size,
+                    max_chain: max_chain(size, self.model.config.seg_max),
                     ..ctx
                 },
                 backing: self.backing.clone(),

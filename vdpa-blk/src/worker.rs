@@ -231,6 +231,9 @@ pub struct QueueStats {
     pub polled: AtomicU64,
     /// Payload bytes the daemon copied. The datapath has no copy: this stays 0.
     pub copied_bytes: AtomicU64,
+    /// 1 once the driver broke the queue (an impossible available index, a head already in
+    /// flight, a chain with no status byte): the worker stops taking requests until a reset.
+    pub broken: AtomicU64,
 }
 
 /// A snapshot of [`QueueStats`].
@@ -258,6 +261,8 @@ pub struct QueueStatsSnapshot {
     pub polled: u64,
     /// See [`QueueStats`].
     pub copied_bytes: u64,
+    /// See [`QueueStats::broken`].
+    pub broken: bool,
 }
 
 impl QueueStats {
@@ -276,6 +281,7 @@ impl QueueStats {
             kicks: l(&self.kicks),
             polled: l(&self.polled),
             copied_bytes: l(&self.copied_bytes),
+            broken: l(&self.broken) != 0,
         }
     }
 }
@@ -518,6 +524,9 @@ struct Worker {
     /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
     /// EOPNOTSUPP (before 6.12, or a device without discard).
     discard_cmd: bool,
+    /// The driver broke the queue: no request is taken until the reset (in-flight I/O still
+    /// completes).
+    broken: bool,
 }
 
 /// What the completions of one reap said besides finished I/O.
@@ -607,17 +616,18 @@ impl Worker {
             stats: p.stats,
             id: p.id,
             slots: (0..p.queue.size)
-                .map(|_| Slot::new(usize::from(p.queue.size)))
+                .map(|_| Slot::new(usize::from(p.parse.max_chain)))
                 .collect(),
             busy: 0,
-            descs: Vec::with_capacity(usize::from(p.queue.size)),
-            req: Request::with_capacity(usize::from(p.queue.size), 16),
+            descs: Vec::with_capacity(usize::from(p.parse.max_chain)),
+            req: Request::with_capacity(usize::from(p.parse.max_chain), 16),
             sqes: Vec::with_capacity(16),
             next_avail,
             used_since_notify: false,
             capacity: p.capacity,
             fault: p.fault,
             poll: p.poll,
+            broken: false,
         })
     }
 
@@ -806,6 +816,9 @@ impl Worker {
 
     /// Whether the driver made chains available that were not popped yet.
     fn has_available(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
         let mem = self.mem.current(&self.iotlb);
         self.q
             .avail_idx(&**mem, Ordering::Acquire)
@@ -847,6 +860,9 @@ impl Worker {
     /// re-enable is not left waiting for a kick); without it (polling) they stay off.
     /// Returns the number of chains popped.
     fn process_available(&mut self, rearm: bool) -> u32 {
+        if self.broken {
+            return 0;
+        }
         if let Some(c) = &self.capacity {
             self.parse.capacity = c.load(Ordering::Acquire);
         }
@@ -860,91 +876,38 @@ impl Worker {
                     tracing::debug!(queue = self.index, "disable_notification: {e}");
                 }
             }
-            let mut popped = 0u32;
-            // Times the chain at the current next-avail index was popped again after a
-            // fault-in.
-            let mut retries = 0u32;
-            while let Some(chain) = self.q.pop_descriptor_chain(&*mem) {
-                popped += 1;
-                let head = chain.head_index();
-                if self.slots.get(usize::from(head)).is_none_or(|s| s.busy) {
-                    // A head already in flight (or out of range): the driver is confused or
-                    // hostile. Never complete it twice.
-                    tracing::debug!(
-                        queue = self.index,
-                        head,
-                        "dropping chain whose head is already in flight"
-                    );
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    retries = 0;
-                    continue;
+            // The driver cannot have more chains available than the queue has entries: such
+            // an index is a broken (or hostile) driver, and popping would find nothing forever.
+            match self.q.avail_idx(&*mem, Ordering::Acquire) {
+                Ok(idx) if idx.0.wrapping_sub(self.q.next_avail()) > self.q.size() => {
+                    self.mark_broken(format_args!(
+                        "available index {} is more than the queue size {} ahead of {}",
+                        idx.0,
+                        self.q.size(),
+                        self.q.next_avail()
+                    ));
+                    break;
                 }
-                // The same parse path the fuzz target (vdpa-blk/fuzz) drives, into buffers
-                // reused across requests.
-                let mut req = std::mem::take(&mut self.req);
-                let parsed = parse_into(chain, &self.parse, &mut self.descs, &mut req);
-                match parsed {
-                    Ok(()) => {
-                        retries = 0;
-                        self.start_request(&mem, &req);
-                    }
-                    Err(rej) => {
-                        // The VDUSE bounce region (virtio_vdpa) appears on the driver's first
-                        // DMA mapping and is announced by no message: when a chain does not
-                        // parse, map on demand whatever it (including an indirect table)
-                        // points to that we have not mapped yet, then pop the same chain again
-                        // with the new snapshot. Only rejected chains pay for this walk.
-                        if retries < MAX_FAULT_RETRIES {
-                            if let Some(src) = self.fault.clone() {
-                                if self.fault_in_chain(&mem, &*src, head) > 0 {
-                                    // Un-pop: the chain is read again with the new snapshot.
-                                    self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
-                                    popped -= 1;
-                                    retries += 1;
-                                    mem = self.mem();
-                                    self.req = req;
-                                    continue;
-                                }
-                            }
-                        }
-                        retries = 0;
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                        let used = answer_rejected(&*mem, &rej);
-                        if used > 0 {
-                            tracing::debug!(
-                                queue = self.index,
-                                head = rej.head_index,
-                                "request failed: {}",
-                                rej.error
-                            );
-                        } else {
-                            tracing::debug!(
-                                queue = self.index,
-                                head = rej.head_index,
-                                "dropping chain: {}",
-                                rej.error
-                            );
-                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        self.add_used(&mem, rej.head_index, used);
-                    }
-                }
-                self.req = req;
-                if popped >= u32::from(self.q.size()) {
+                Ok(_) => {}
+                Err(e) => {
+                    // The ring is not mapped right now; the control loop kicks the queue
+                    // again once it is.
+                    tracing::debug!(queue = self.index, "available index: {e}");
                     break;
                 }
             }
+            let popped = self.pop_round(&mut mem);
             self.next_avail
                 .store(self.q.next_avail(), Ordering::Release);
             total += popped;
-            if !rearm {
+            if !rearm || self.broken {
                 break;
             }
             match self.q.enable_notification(&*mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
+                // More arrived while popping. A round that popped nothing ends the loop
+                // (an unreadable available entry): the next kick tries again.
+                Ok(true) if popped > 0 => continue,
+                Ok(_) => break,
                 Err(e) => {
                     // Typically the ring is not mapped right now (IOTLB update in progress);
                     // the control loop kicks the queue again after remapping.
@@ -954,6 +917,100 @@ impl Worker {
             }
         }
         total
+    }
+
+    /// Stops taking requests from a queue the driver broke, until the reset; said once.
+    fn mark_broken(&mut self, why: std::fmt::Arguments<'_>) {
+        if !self.broken {
+            self.broken = true;
+            self.stats.broken.store(1, Ordering::Relaxed);
+            tracing::error!(
+                queue = self.index,
+                "the driver broke the queue ({why}); serving no more requests until it resets \
+                 the device"
+            );
+        }
+    }
+
+    /// One round: pops, parses and starts at most a queue's worth of available chains.
+    /// Returns the number popped.
+    fn pop_round(&mut self, mem: &mut Arc<IotlbMemory>) -> u32 {
+        let mut popped = 0u32;
+        // Times the chain at the current next-avail index was popped again after a fault-in.
+        let mut retries = 0u32;
+        while let Some(chain) = self.q.pop_descriptor_chain(&**mem) {
+            popped += 1;
+            let head = chain.head_index();
+            if self.slots.get(usize::from(head)).is_none_or(|s| s.busy) {
+                // A head already in flight (or out of range): the driver is confused or
+                // hostile. Never complete it twice, and take nothing more from it.
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.mark_broken(format_args!(
+                    "head {head} is already in flight or out of range"
+                ));
+                break;
+            }
+            // The same parse path the fuzz target (vdpa-blk/fuzz) drives, into buffers
+            // reused across requests.
+            let mut req = std::mem::take(&mut self.req);
+            let parsed = parse_into(chain, &self.parse, &mut self.descs, &mut req);
+            match parsed {
+                Ok(()) => {
+                    retries = 0;
+                    self.start_request(mem, &req);
+                }
+                Err(rej) => {
+                    // The VDUSE bounce region (virtio_vdpa) appears on the driver's first
+                    // DMA mapping and is announced by no message: when a chain does not
+                    // parse, map on demand whatever it (including an indirect table)
+                    // points to that we have not mapped yet, then pop the same chain again
+                    // with the new snapshot. Only rejected chains pay for this walk.
+                    if retries < MAX_FAULT_RETRIES {
+                        if let Some(src) = self.fault.clone() {
+                            if self.fault_in_chain(mem, &*src, head) > 0 {
+                                // Un-pop: the chain is read again with the new snapshot.
+                                self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
+                                popped -= 1;
+                                retries += 1;
+                                *mem = self.mem();
+                                self.req = req;
+                                continue;
+                            }
+                        }
+                    }
+                    retries = 0;
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let used = answer_rejected(&**mem, &rej);
+                    if used > 0 {
+                        tracing::debug!(
+                            queue = self.index,
+                            head = rej.head_index,
+                            "request failed: {}",
+                            rej.error
+                        );
+                        self.add_used(mem, rej.head_index, used);
+                    } else {
+                        // No status byte to answer: completing it with a zero length would
+                        // let the driver read a status it wrote itself (often 0, OK). Fail
+                        // the queue instead, loudly.
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.req = req;
+                        self.mark_broken(format_args!(
+                            "chain at head {} has no usable status byte: {}",
+                            rej.head_index, rej.error
+                        ));
+                        break;
+                    }
+                }
+            }
+            self.req = req;
+            if popped >= u32::from(self.q.size()) {
+                break;
+            }
+        }
+        popped
     }
 
     /// Walks the chain at `head` with raw reads and maps every range it needs that the

@@ -250,7 +250,7 @@ fn steady_state(poll: Duration) {
         parse: ParseContext {
             capacity: DISK / 512,
             read_only: false,
-            queue_size: QSIZE,
+            max_chain: QSIZE,
             discard: true,
             write_zeroes: true,
             max_discard_sectors: 1 << 20,

@@ -169,8 +169,11 @@ pub struct ParseContext {
     pub capacity: u64,
     /// Read-only device.
     pub read_only: bool,
-    /// Queue size (longest acceptable chain).
-    pub queue_size: u16,
+    /// Longest chain accepted, in descriptors: what the device promises the driver (`seg_max`
+    /// data segments plus header and status) or the queue size, whichever is larger. Linux
+    /// sends up to `seg_max + 2` descriptors through an indirect table whatever queue size it
+    /// chose.
+    pub max_chain: u16,
     /// DISCARD offered.
     pub discard: bool,
     /// WRITE_ZEROES offered.
@@ -185,13 +188,20 @@ pub struct ParseContext {
     pub max_write_zeroes_seg: u32,
 }
 
+/// The longest chain a driver may send: `seg_max` data descriptors plus header and status, or
+/// the queue size, whichever is larger.
+pub fn max_chain(queue_size: u16, seg_max: u32) -> u16 {
+    let promised = u16::try_from(seg_max.saturating_add(2)).unwrap_or(u16::MAX);
+    queue_size.max(promised)
+}
+
 impl ParseContext {
     /// From the device model.
     pub fn from_model(m: &DeviceModel) -> Self {
         ParseContext {
             capacity: m.config.capacity,
             read_only: m.read_only,
-            queue_size: m.queue_size,
+            max_chain: max_chain(m.queue_size, m.config.seg_max),
             discard: m.has(feature::DISCARD),
             write_zeroes: m.has(feature::WRITE_ZEROES),
             max_discard_sectors: m.config.max_discard_sectors,
@@ -212,24 +222,24 @@ pub enum Error {
     /// descriptor.
     #[error("descriptor chain is cut short (loop, bad next index or unreadable descriptor)")]
     ChainTruncated,
-    /// More descriptors than the queue size.
-    #[error("descriptor chain longer than the queue size {0}")]
+    /// More descriptors than the device accepts (see [`ParseContext::max_chain`]).
+    #[error("descriptor chain longer than {0} descriptors")]
     ChainTooLong(u16),
-    /// Only one descriptor: no room for a status byte.
-    #[error("descriptor chain has no status descriptor")]
-    NoStatusDescriptor,
-    /// The last descriptor is not device-writable.
-    #[error("status descriptor is not writable")]
+    /// The last descriptor is not device-writable: there is no status byte.
+    #[error("last descriptor is not device-writable: no status byte")]
     StatusNotWritable,
     /// The last descriptor has length 0.
-    #[error("status descriptor is too short")]
+    #[error("last descriptor is empty: no status byte")]
     StatusTooShort,
-    /// The header descriptor is device-writable.
-    #[error("request header descriptor is write-only")]
+    /// The chain starts with a device-writable descriptor: no header.
+    #[error("chain starts with a device-writable descriptor: no request header")]
     WriteOnlyHeader,
-    /// The header descriptor is shorter than 16 bytes.
-    #[error("request header descriptor has {0} bytes, need 16")]
+    /// Fewer than 16 device-readable bytes.
+    #[error("request header has {0} device-readable bytes, need 16")]
     HeaderTooShort(u32),
+    /// A device-readable descriptor after a device-writable one.
+    #[error("device-readable descriptor after a device-writable one")]
+    ReadableAfterWritable,
     /// A buffer lies (partly) outside the mappings or lacks the needed permission.
     #[error("buffer {addr:#x}+{len} is outside guest memory or not accessible")]
     InvalidAddress {
@@ -294,8 +304,6 @@ impl Error {
         match self {
             Error::EmptyChain
             | Error::ChainTruncated
-            | Error::ChainTooLong(_)
-            | Error::NoStatusDescriptor
             | Error::StatusNotWritable
             | Error::StatusTooShort => None,
             Error::Unsupported(_) | Error::UnsupportedFlags(_) => Some(VIRTIO_BLK_S_UNSUPP),
@@ -383,7 +391,8 @@ fn read_data<M: GuestMemory + ?Sized>(
     }
 }
 
-/// Parses one chain. `chain` is consumed; at most `queue_size` descriptors are read.
+/// Parses one chain. `chain` is consumed; at most `max_chain` descriptors are kept (the rest
+/// of a longer chain is only walked to find its status byte).
 ///
 /// Allocates a fresh [`Request`]; the worker uses [`parse_into`], which reuses its buffers.
 pub fn parse<M>(chain: DescriptorChain<M>, ctx: &ParseContext) -> Result<Request, Rejected>
@@ -418,13 +427,22 @@ where
     };
     let mut chain = chain;
     descs.clear();
+    // Past the limit the chain is still walked (virtio-queue bounds the walk by the table
+    // size) so that its status byte can be answered: a longer chain the driver thinks valid
+    // must fail loudly, not complete with nothing done.
+    let mut overflow: Option<Descriptor> = None;
     for d in chain.by_ref() {
-        if descs.len() >= usize::from(ctx.queue_size) {
-            return Err(reject(Error::ChainTooLong(ctx.queue_size), None));
+        if descs.len() >= usize::from(ctx.max_chain) {
+            overflow = Some(d);
+            continue;
         }
         descs.push(d);
     }
     let mem = chain.memory();
+    if let Some(last) = overflow {
+        let st = status_address(mem, &last);
+        return Err(reject(Error::ChainTooLong(ctx.max_chain), st));
+    }
     parse_descriptors_into(mem, head_index, descs, ctx, req).map_err(|(e, s)| reject(e, s))
 }
 
@@ -440,8 +458,55 @@ pub fn parse_descriptors<M: GuestMemory + ?Sized>(
     Ok(req)
 }
 
+/// The status byte of a chain whose last descriptor is `last`: the descriptor's last byte,
+/// when the descriptor ends the chain, is device-writable, and that byte is writable memory.
+pub fn status_address<M: GuestMemory + ?Sized>(mem: &M, last: &Descriptor) -> Option<GuestAddress> {
+    if last.has_next() || !last.is_write_only() || last.len() == 0 {
+        return None;
+    }
+    let addr = last.addr().checked_add(u64::from(last.len()) - 1)?;
+    check(mem, addr, 1, Permissions::Write).ok()?;
+    Some(addr)
+}
+
+/// Calls `f` with the byte ranges of `descs` left after skipping the first `skip_front` and
+/// the last `skip_back` bytes of their concatenation (empty ranges are not reported).
+fn for_each_range(
+    descs: &[Descriptor],
+    mut skip_front: u64,
+    skip_back: u64,
+    mut f: impl FnMut(GuestAddress, u32) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let total: u64 = descs.iter().map(|d| u64::from(d.len())).sum();
+    let mut remaining = total.saturating_sub(skip_front).saturating_sub(skip_back);
+    for d in descs {
+        if remaining == 0 {
+            break;
+        }
+        let len = u64::from(d.len());
+        if skip_front >= len {
+            skip_front -= len;
+            continue;
+        }
+        let n = (len - skip_front).min(remaining);
+        // Cannot overflow: the descriptor's own range was checked to end inside the IOVA space
+        // before any call, and `skip_front + n <= len`.
+        let addr = GuestAddress(d.addr().0.wrapping_add(skip_front));
+        f(addr, n as u32)?;
+        remaining -= n;
+        skip_front = 0;
+    }
+    Ok(())
+}
+
 /// [`parse_descriptors`] into a reused [`Request`] (its `data` and `segments` keep their
 /// capacity). On error `req` holds unspecified contents.
+///
+/// The request is parsed by byte offset, not by descriptor (virtio 1.2, 2.6.4.1: a device
+/// must not assume a particular arrangement of descriptors): the header is the first 16
+/// device-readable bytes, the status the last byte of the chain (which must be
+/// device-writable), and the data whatever lies between, however the driver split it. A
+/// header and its data in one descriptor, or data and status in one, are served as such.
 pub fn parse_descriptors_into<M: GuestMemory + ?Sized>(
     mem: &M,
     head_index: u16,
@@ -451,17 +516,11 @@ pub fn parse_descriptors_into<M: GuestMemory + ?Sized>(
 ) -> Result<(), (Error, Option<GuestAddress>)> {
     req.data.clear();
     req.segments.clear();
-    let (Some(first), Some(last)) = (descs.first(), descs.last()) else {
+    let Some(last) = descs.last() else {
         return Err((Error::EmptyChain, None));
     };
-    if descs.len() > usize::from(ctx.queue_size) {
-        return Err((Error::ChainTooLong(ctx.queue_size), None));
-    }
     if last.has_next() {
         return Err((Error::ChainTruncated, None));
-    }
-    if descs.len() < 2 {
-        return Err((Error::NoStatusDescriptor, None));
     }
     if !last.is_write_only() {
         return Err((Error::StatusNotWritable, None));
@@ -469,26 +528,67 @@ pub fn parse_descriptors_into<M: GuestMemory + ?Sized>(
     if last.len() < 1 {
         return Err((Error::StatusTooShort, None));
     }
-    let status_addr = last.addr();
-    check(mem, status_addr, 1, Permissions::Write).map_err(|e| (e, None))?;
+    let Some(status_addr) = status_address(mem, last) else {
+        return Err((
+            Error::InvalidAddress {
+                addr: last.addr().raw_value(),
+                len: last.len(),
+            },
+            None,
+        ));
+    };
     let st = Some(status_addr);
-
-    if first.is_write_only() {
+    if descs.len() > usize::from(ctx.max_chain) {
+        return Err((Error::ChainTooLong(ctx.max_chain), st));
+    }
+    // Every descriptor must lie in the IOVA space (its permissions are checked per use).
+    for d in descs {
+        if d.len() > 0 && d.addr().checked_add(u64::from(d.len()) - 1).is_none() {
+            return Err((
+                Error::InvalidAddress {
+                    addr: d.addr().raw_value(),
+                    len: d.len(),
+                },
+                st,
+            ));
+        }
+    }
+    // Device-readable descriptors come first, device-writable ones after (2.7.4.2).
+    let split = descs
+        .iter()
+        .position(|d| d.is_write_only())
+        .unwrap_or(descs.len());
+    let (readable, writable) = descs.split_at(split);
+    if writable.iter().any(|d| !d.is_write_only()) {
+        return Err((Error::ReadableAfterWritable, st));
+    }
+    if readable.is_empty() {
         return Err((Error::WriteOnlyHeader, st));
     }
-    if first.len() < HEADER_SIZE {
-        return Err((Error::HeaderTooShort(first.len()), st));
+    let readable_len: u64 = readable.iter().map(|d| u64::from(d.len())).sum();
+    if readable_len < u64::from(HEADER_SIZE) {
+        return Err((Error::HeaderTooShort(readable_len as u32), st));
     }
-    check(mem, first.addr(), HEADER_SIZE, Permissions::Read).map_err(|e| (e, st))?;
-    let hdr: RequestHeader = mem.read_obj(first.addr()).map_err(|_| {
-        (
-            Error::InvalidAddress {
-                addr: first.addr().raw_value(),
-                len: HEADER_SIZE,
-            },
-            st,
-        )
-    })?;
+    let mut hdr = RequestHeader::default();
+    let mut at = 0usize;
+    let hbuf = hdr.as_mut_slice();
+    for_each_range(
+        readable,
+        0,
+        readable_len - u64::from(HEADER_SIZE),
+        |addr, len| {
+            check(mem, addr, len, Permissions::Read)?;
+            let n = len as usize;
+            mem.read_slice(&mut hbuf[at..at + n], addr)
+                .map_err(|_| Error::InvalidAddress {
+                    addr: addr.raw_value(),
+                    len,
+                })?;
+            at += n;
+            Ok(())
+        },
+    )
+    .map_err(|e| (e, st))?;
     let type_ = hdr.type_.to_native();
     let sector = hdr.sector.to_native();
 
@@ -504,25 +604,31 @@ pub fn parse_descriptors_into<M: GuestMemory + ?Sized>(
     let device_writes = matches!(request_type, RequestType::In | RequestType::GetId);
 
     let data = &mut req.data;
-    let mut total: u32 = 0;
-    for d in &descs[1..descs.len() - 1] {
-        if request_type == RequestType::Flush {
-            continue;
-        }
-        if d.is_write_only() != device_writes {
-            return Err((Error::WrongDirection, st));
-        }
+    let mut total: u64 = 0;
+    if request_type != RequestType::Flush {
         let access = if device_writes {
             Permissions::Write
         } else {
             Permissions::Read
         };
-        check(mem, d.addr(), d.len(), access).map_err(|e| (e, st))?;
-        total = total.checked_add(d.len()).ok_or((Error::DataTooLong, st))?;
-        if d.len() > 0 {
-            data.push((d.addr(), d.len()));
-        }
+        // Bytes of the wrong direction between header and status make a malformed request.
+        let mut add = |in_writable_part: bool, addr: GuestAddress, len: u32| {
+            if in_writable_part != device_writes {
+                return Err(Error::WrongDirection);
+            }
+            check(mem, addr, len, access)?;
+            total += u64::from(len);
+            if total > u64::from(u32::MAX) {
+                return Err(Error::DataTooLong);
+            }
+            data.push((addr, len));
+            Ok(())
+        };
+        for_each_range(readable, u64::from(HEADER_SIZE), 0, |a, l| add(false, a, l))
+            .map_err(|e| (e, st))?;
+        for_each_range(writable, 0, 1, |a, l| add(true, a, l)).map_err(|e| (e, st))?;
     }
+    let total = total as u32;
 
     let segments = &mut req.segments;
     match request_type {

@@ -49,7 +49,7 @@ fn ctx() -> ParseContext {
     ParseContext {
         capacity: 2048,
         read_only: false,
-        queue_size: 16,
+        max_chain: 16,
         discard: true,
         write_zeroes: true,
         max_discard_sectors: 1024,
@@ -482,7 +482,8 @@ fn empty_status_descriptor_is_dropped() {
 fn single_descriptor_chain_is_dropped() {
     let m = mem();
     let r = rejected(parse_chain(&m, &[d(HDR, 16, 0)], &ctx()));
-    assert_eq!(r.error, Error::NoStatusDescriptor);
+    assert_eq!(r.error, Error::StatusNotWritable);
+    assert_eq!(r.status_addr, None);
 }
 
 #[test]
@@ -573,21 +574,131 @@ fn wrong_data_direction_returns_ioerr() {
 }
 
 #[test]
-fn chain_longer_than_queue_size_is_dropped() {
+fn chain_longer_than_the_limit_is_answered_with_ioerr() {
+    // A longer chain must never complete with nothing done (Linux would read its own
+    // never-written status byte, 0 = OK): its status byte is reachable, so it gets IOERR.
     let m = mem();
-    hdr(&m, VIRTIO_BLK_T_IN, 0);
+    hdr(&m, VIRTIO_BLK_T_OUT, 0);
     let c = ParseContext {
-        queue_size: 4,
+        max_chain: 4,
         ..ctx()
     };
     let mut descs = vec![d(HDR, 16, 0)];
     for i in 0..4 {
-        descs.push(d(DATA + i * 512, 512, F_WRITE));
+        descs.push(d(DATA + i * 512, 512, 0));
     }
     descs.push(d(STATUS, 1, F_WRITE));
     let r = rejected(parse_chain(&m, &descs, &c));
     assert_eq!(r.error, Error::ChainTooLong(4));
-    assert_eq!(r.error.status(), None);
+    assert_eq!(r.error.status(), Some(VIRTIO_BLK_S_IOERR));
+    assert_eq!(r.status_addr, Some(GuestAddress(STATUS)));
+}
+
+#[test]
+fn the_chain_limit_is_what_seg_max_promises_not_the_chosen_queue_size() {
+    // Offered 256 entries and seg_max 254; the driver chose 64 entries but may still send
+    // 256-descriptor chains through an indirect table (Linux sizes requests by seg_max).
+    assert_eq!(max_chain(64, 254), 256);
+    assert_eq!(max_chain(256, 6), 256);
+    assert_eq!(max_chain(16, u32::MAX), u16::MAX);
+    let m = mem();
+    hdr(&m, VIRTIO_BLK_T_OUT, 0);
+    let c = ParseContext {
+        max_chain: max_chain(4, 6),
+        ..ctx()
+    };
+    let mut descs = vec![d(HDR, 16, 0)];
+    for i in 0..6 {
+        descs.push(d(DATA + i * 512, 512, 0));
+    }
+    descs.push(d(STATUS, 1, F_WRITE));
+    let req = parse_chain(&m, &descs, &c).expect("seg_max + 2 descriptors parse");
+    assert_eq!(req.data_len, 6 * 512);
+}
+
+#[test]
+fn header_and_data_in_one_descriptor_are_parsed_by_offset() {
+    // virtio 1.2, 2.6.4.1: the device must not assume the framing. OUT with header and
+    // 1024 bytes of data in one readable descriptor.
+    let m = mem();
+    hdr(&m, VIRTIO_BLK_T_OUT, 4);
+    m.write_slice(&[0x5a; 1024], GuestAddress(HDR + 16))
+        .expect("data after the header");
+    let req =
+        parse_chain(&m, &[d(HDR, 16 + 1024, 0), d(STATUS, 1, F_WRITE)], &ctx()).expect("parses");
+    assert_eq!(req.request_type, RequestType::Out);
+    assert_eq!(req.sector, 4);
+    assert_eq!(req.data, vec![(GuestAddress(HDR + 16), 1024)]);
+    assert_eq!(req.data_len, 1024);
+    assert_eq!(req.status_addr, GuestAddress(STATUS));
+}
+
+#[test]
+fn header_split_over_descriptors_and_data_with_status_in_one_descriptor() {
+    // IN: the header in two 8-byte pieces, then one writable descriptor holding 512 data
+    // bytes and the status byte after them.
+    let m = mem();
+    hdr(&m, VIRTIO_BLK_T_IN, 2);
+    // Second half of the header (the sector) somewhere else.
+    m.write_slice(&[0u8; 8], GuestAddress(HDR + 0x100))
+        .expect("zero");
+    m.write_obj(2u64.to_le(), GuestAddress(HDR + 0x100))
+        .expect("sector");
+    let req = parse_chain(
+        &m,
+        &[d(HDR, 8, 0), d(HDR + 0x100, 8, 0), d(DATA, 513, F_WRITE)],
+        &ctx(),
+    )
+    .expect("parses");
+    assert_eq!(req.request_type, RequestType::In);
+    assert_eq!(req.sector, 2);
+    assert_eq!(req.data, vec![(GuestAddress(DATA), 512)]);
+    assert_eq!(req.status_addr, GuestAddress(DATA + 512));
+    assert_eq!(req.used_len_ok(), 513);
+}
+
+#[test]
+fn status_is_the_last_byte_of_a_longer_status_descriptor() {
+    let m = mem();
+    hdr(&m, VIRTIO_BLK_T_FLUSH, 0);
+    let req = parse_chain(&m, &[d(HDR, 16, 0), d(STATUS, 4, F_WRITE)], &ctx()).expect("parses");
+    assert_eq!(req.status_addr, GuestAddress(STATUS + 3));
+}
+
+#[test]
+fn out_with_writable_bytes_before_the_status_is_never_ok() {
+    // A write whose "data" is device-writable: the old parser took the first descriptor as
+    // the header and answered OK without writing anything the driver meant to write.
+    let m = mem();
+    hdr(&m, VIRTIO_BLK_T_OUT, 0);
+    let r = rejected(parse_chain(
+        &m,
+        &[d(HDR, 16, 0), d(DATA, 513, F_WRITE)],
+        &ctx(),
+    ));
+    assert_eq!(r.error, Error::WrongDirection);
+    assert_eq!(r.error.status(), Some(VIRTIO_BLK_S_IOERR));
+    // IN with readable data after the header.
+    hdr(&m, VIRTIO_BLK_T_IN, 0);
+    let r = rejected(parse_chain(
+        &m,
+        &[d(HDR, 16 + 512, 0), d(STATUS, 1, F_WRITE)],
+        &ctx(),
+    ));
+    assert_eq!(r.error, Error::WrongDirection);
+    // Readable after writable.
+    let r = rejected(parse_chain(
+        &m,
+        &[
+            d(HDR, 16, 0),
+            d(DATA, 512, F_WRITE),
+            d(DATA + 512, 512, 0),
+            d(STATUS, 1, F_WRITE),
+        ],
+        &ctx(),
+    ));
+    assert_eq!(r.error, Error::ReadableAfterWritable);
+    assert_eq!(r.status_addr, Some(GuestAddress(STATUS)));
 }
 
 fn pop(m: &GuestMemoryMmap, raw: &[RawDescriptor]) -> Result<Request, Rejected> {

@@ -98,7 +98,7 @@ impl Rig {
             parse: ParseContext {
                 capacity: DISK / 512,
                 read_only: false,
-                queue_size: 16,
+                max_chain: 16,
                 discard: true,
                 write_zeroes: true,
                 max_discard_sectors: 1 << 20,
@@ -316,46 +316,56 @@ fn malformed_chains_are_answered_or_dropped_and_the_worker_survives() {
     r.hdr(HDR, VIRTIO_BLK_T_IN, 0);
     vq.add_desc_chains(&[d(HDR, 16, 1 | F_WRITE, 1), d(STATUS, 1, F_WRITE, 0)], 0)
         .expect("chain");
-    // 2: read-only status -> dropped, used len 0.
+    // 2: header split over two descriptors (parsed by offset) -> OK.
     r.hdr(HDR + 0x100, VIRTIO_BLK_T_FLUSH, 0);
-    vq.add_desc_chains(&[d(HDR + 0x100, 16, 1, 3), d(STATUS + 1, 1, 0, 0)], 2)
-        .expect("chain");
+    vq.add_desc_chains(
+        &[
+            d(HDR + 0x100, 8, 1, 3),
+            d(HDR + 0x108, 8, 1, 4),
+            d(STATUS + 1, 1, F_WRITE, 0),
+        ],
+        2,
+    )
+    .expect("chain");
     // 3: data outside guest memory -> IOERR.
     r.hdr(HDR + 0x200, VIRTIO_BLK_T_IN, 0);
     vq.add_desc_chains(
-        &chain3(4, HDR + 0x200, MEM - 256, 512, F_WRITE, STATUS + 2),
-        4,
+        &chain3(5, HDR + 0x200, MEM - 256, 512, F_WRITE, STATUS + 2),
+        5,
     )
     .expect("chain");
     // 4: past capacity -> IOERR.
     r.hdr(HDR + 0x300, VIRTIO_BLK_T_IN, DISK / 512);
-    vq.add_desc_chains(&chain3(7, HDR + 0x300, DATA, 512, F_WRITE, STATUS + 3), 7)
+    vq.add_desc_chains(&chain3(8, HDR + 0x300, DATA, 512, F_WRITE, STATUS + 3), 8)
         .expect("chain");
     // 5: unsupported type -> UNSUPP.
     r.hdr(HDR + 0x400, 99, 0);
     vq.add_desc_chains(
-        &[d(HDR + 0x400, 16, 1, 11), d(STATUS + 4, 1, F_WRITE, 0)],
-        10,
+        &[d(HDR + 0x400, 16, 1, 12), d(STATUS + 4, 1, F_WRITE, 0)],
+        11,
     )
     .expect("chain");
     // 6: a valid GET_ID after all that.
     r.hdr(HDR + 0x500, VIRTIO_BLK_T_GET_ID, 0);
     vq.add_desc_chains(
-        &chain3(12, HDR + 0x500, DATA + 0x8000, 20, F_WRITE, STATUS + 5),
-        12,
+        &chain3(13, HDR + 0x500, DATA + 0x8000, 20, F_WRITE, STATUS + 5),
+        13,
     )
     .expect("chain");
     kick.signal().expect("kick");
     r.wait_used(&vq, 6);
     assert_eq!(r.status(STATUS), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.status(STATUS + 1), VIRTIO_BLK_S_OK);
     assert_eq!(r.status(STATUS + 2), VIRTIO_BLK_S_IOERR);
     assert_eq!(r.status(STATUS + 3), VIRTIO_BLK_S_IOERR);
     assert_eq!(r.status(STATUS + 4), VIRTIO_BLK_S_UNSUPP);
     assert_eq!(r.status(STATUS + 5), VIRTIO_BLK_S_OK);
-    let lens: Vec<(u32, u32)> = (0..6).map(|i| r.used_elem(&vq, i)).collect();
+    // The FLUSH completes through io_uring, after the synchronous answers.
+    let mut lens: Vec<(u32, u32)> = (0..6).map(|i| r.used_elem(&vq, i)).collect();
+    lens.sort_unstable();
     assert_eq!(
         lens,
-        vec![(0, 1), (2, 0), (4, 1), (7, 1), (10, 1), (12, 21)]
+        vec![(0, 1), (2, 1), (5, 1), (8, 1), (11, 1), (13, 21)]
     );
     let mut id = [0u8; 20];
     r.mem
@@ -364,7 +374,79 @@ fn malformed_chains_are_answered_or_dropped_and_the_worker_survives() {
     assert_eq!(&id[..8], b"serial-7");
     h.stop().expect("stop");
     let s = r.stats.snapshot(0);
-    assert_eq!(s.errors, 5);
+    assert_eq!(s.errors, 4);
+    assert_eq!(s.dropped, 0);
+    assert!(!s.broken);
+}
+
+/// Stops the worker on another thread, failing (instead of hanging the test) if it does not
+/// exit.
+fn stop_within(h: WorkerHandle, what: &str) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.stop());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: the worker did not stop"))
+        .expect("stop")
+}
+
+fn wait_broken(r: &Rig) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !r.stats.snapshot(0).broken {
+        assert!(
+            Instant::now() < deadline,
+            "the queue was never marked broken"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_impossible_available_index_breaks_the_queue_and_the_worker_still_stops() {
+    for event_idx in [false, true] {
+        let r = Rig::new();
+        let vq = MockSplitQueue::new(&*r.mem, 16);
+        let (h, kick) = r.start(&vq, event_idx, false);
+        // One good request first.
+        r.hdr(HDR, VIRTIO_BLK_T_FLUSH, 0);
+        vq.add_desc_chains(&[d(HDR, 16, 1, 1), d(STATUS, 1, F_WRITE, 0)], 0)
+            .expect("chain");
+        kick.signal().expect("kick");
+        r.wait_used(&vq, 1);
+        // The driver claims 100 chains on a 16-entry queue.
+        r.mem
+            .write_obj(100u16.to_le(), vq.avail_addr().unchecked_add(2))
+            .expect("avail idx");
+        kick.signal().expect("kick");
+        wait_broken(&r);
+        // Further kicks are not served (and do not spin the worker).
+        kick.signal().expect("kick");
+        assert_eq!(stop_within(h, "broken queue"), 1);
+        let s = r.stats.snapshot(0);
+        assert!(s.broken);
+        assert_eq!(s.requests, 1);
+        assert_eq!(r.used_idx(&vq), 1);
+    }
+}
+
+#[test]
+fn a_chain_without_a_status_byte_breaks_the_queue_instead_of_completing_empty() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, false);
+    // Read-only "status": the driver would read back whatever it left there.
+    r.hdr(HDR, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(&[d(HDR, 16, 1, 1), d(STATUS, 1, 0, 0)], 0)
+        .expect("chain");
+    r.hdr(HDR + 0x100, VIRTIO_BLK_T_FLUSH, 0);
+    vq.add_desc_chains(&[d(HDR + 0x100, 16, 1, 3), d(STATUS + 1, 1, F_WRITE, 0)], 2)
+        .expect("chain");
+    kick.signal().expect("kick");
+    wait_broken(&r);
+    stop_within(h, "broken queue");
+    assert_eq!(r.used_idx(&vq), 0, "no zero-length completion");
+    let s = r.stats.snapshot(0);
     assert_eq!(s.dropped, 1);
 }
 
@@ -438,7 +520,7 @@ fn invalid_ring_address_is_refused_at_start() {
         parse: ParseContext {
             capacity: 1,
             read_only: false,
-            queue_size: 16,
+            max_chain: 16,
             discard: false,
             write_zeroes: false,
             max_discard_sectors: 0,
@@ -514,7 +596,7 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         parse: ParseContext {
             capacity: 8,
             read_only: false,
-            queue_size: 16,
+            max_chain: 16,
             discard: false,
             write_zeroes: false,
             max_discard_sectors: 0,
