@@ -4,7 +4,8 @@
 //! The control loop runs on its own thread and never does backing-device I/O: it only does
 //! ioctls, mmaps and thread start/stop, so it answers within VDUSE's `msg_timeout`. DRIVER_OK
 //! starts one worker per ready queue; a reset (status 0) stops them after their in-flight I/O
-//! (bounded by [`STOP_TIMEOUT`]) and forgets the IOTLB; the device can then be driven again.
+//! (bounded by the reply budget, derived from VDUSE's `msg_timeout`) and forgets the IOTLB;
+//! the device can then be driven again.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::backing::{Backing, BackingError};
 use crate::blk::config::{
     feature, BlkConfig, DeviceModel, DeviceOptions, LimitsError, QueueLimits, VIRTIO_ID_BLOCK,
 };
@@ -28,15 +30,23 @@ use crate::uapi::vduse::{
     VduseDevResponse, VduseError, VduseVqInfo, VDUSE_API_VERSION,
 };
 use crate::worker::{
-    self, Backing, BackingError, EventFd, Interrupt, QueueConfig, QueueStats, QueueStatsSnapshot,
-    WorkerError, WorkerHandle, WorkerParams,
+    self, EventFd, Instances, Interrupt, QueueConfig, QueueStats, QueueStatsSnapshot, WorkerError,
+    WorkerHandle, WorkerParams,
 };
 
 /// virtio status bit DRIVER_OK.
 pub const VIRTIO_CONFIG_S_DRIVER_OK: u8 = 4;
-/// How long a reset waits for in-flight I/O before answering anyway (below VDUSE's default
-/// 30 s `msg_timeout`).
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// VDUSE's default `msg_timeout` (`VDUSE_MSG_DEFAULT_TIMEOUT`), used when sysfs does not say.
+pub const DEFAULT_MSG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the control loop may hold a reply while waiting for in-flight I/O (a reset, an
+/// IOTLB invalidation): three quarters of the kernel's `msg_timeout`. A reply later than
+/// `msg_timeout` marks the VDUSE device broken for good (every later message fails), so the
+/// wait must end first. `None` (`msg_timeout` 0: the kernel waits forever) waits as long as
+/// the I/O takes.
+pub fn reply_budget(msg_timeout: Option<Duration>) -> Option<Duration> {
+    msg_timeout.map(|t| t * 3 / 4)
+}
 
 /// What the control loop needs from the VDUSE device fd (a fake in tests).
 pub trait VduseOps: IotlbSource + Interrupt + Send + Sync + 'static {
@@ -124,25 +134,29 @@ pub struct Controller<O: VduseOps> {
     kicks: Vec<Option<EventFd>>,
     last_avail: Vec<Option<u16>>,
     status: u8,
-    stop_timeout: Duration,
+    /// VDUSE's `msg_timeout` for this device (None: 0, no timeout); bounds every wait.
+    msg_timeout: Option<Duration>,
+    /// Ends a driver instance at each reset (see [`Instances`]).
+    instances: Instances,
+    /// Workers of an ended driver instance still waiting for I/O (a reset answered without
+    /// them). They write nothing into guest memory, but their reads may still land in the old
+    /// pages: no new DRIVER_OK is accepted until they are gone.
+    orphans: Vec<WorkerHandle>,
+    /// Restarts of each queue's worker since DRIVER_OK.
+    restarts: Vec<u32>,
+    /// EVENT_IDX negotiated (read at DRIVER_OK).
+    event_idx: bool,
     /// The driver is vhost-vdpa: unmapped rings at DRIVER_OK most likely mean the VMM's memory
     /// is private anonymous memory, and the warning says so.
     warn_unmapped: bool,
     poll: Duration,
 }
 
-/// Work to do after the response was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterReply {
-    /// Nothing.
-    Nothing,
-    /// Map what the kernel now reports in `[start, last]`.
-    Remap {
-        /// First IOVA.
-        start: u64,
-        /// Last IOVA.
-        last: u64,
-    },
+/// How often a queue whose worker died is restarted before it is left failed.
+pub const MAX_QUEUE_RESTARTS: u32 = 3;
+
+fn worker_io(queue: u16, op: &'static str, source: std::io::Error) -> DeviceError {
+    DeviceError::Worker(WorkerError::Io { queue, op, source })
 }
 
 impl<O: VduseOps> Controller<O> {
@@ -168,10 +182,20 @@ impl<O: VduseOps> Controller<O> {
             kicks: (0..n).map(|_| None).collect(),
             last_avail: vec![None; n],
             status: 0,
-            stop_timeout: STOP_TIMEOUT,
+            msg_timeout: Some(DEFAULT_MSG_TIMEOUT),
+            instances: Instances::new(),
+            orphans: Vec::new(),
+            restarts: vec![0; n],
+            event_idx: false,
             warn_unmapped,
             poll: Duration::ZERO,
         }
+    }
+
+    /// The device's VDUSE `msg_timeout` (None: 0, the kernel never times out).
+    pub fn with_msg_timeout(mut self, msg_timeout: Option<Duration>) -> Self {
+        self.msg_timeout = msg_timeout;
+        self
     }
 
     /// Workers busy-poll for `poll` after activity (zero: they never poll).
@@ -201,48 +225,78 @@ impl<O: VduseOps> Controller<O> {
     }
 
     /// Answers one request.
-    pub fn handle(&mut self, req: &VduseDevRequest) -> (VduseDevResponse, AfterReply) {
+    pub fn handle(&mut self, req: &VduseDevRequest) -> VduseDevResponse {
         let id = req.request_id;
         match req.message() {
             ControlMessage::SetStatus { status } => {
                 let ok = self.set_status(status);
-                (VduseDevResponse::new(id, ok), AfterReply::Nothing)
+                VduseDevResponse::new(id, ok)
             }
             ControlMessage::GetVqState { index } => match self.vq_avail(index) {
-                Some(avail) => (
-                    VduseDevResponse::vq_state_split(id, index, avail),
-                    AfterReply::Nothing,
-                ),
-                None => (VduseDevResponse::new(id, false), AfterReply::Nothing),
+                Some(avail) => VduseDevResponse::vq_state_split(id, index, avail),
+                None => VduseDevResponse::new(id, false),
             },
             ControlMessage::UpdateIotlb { start, last } => {
-                // Drop now; map after the reply (the kernel may be waiting on this answer).
-                let dropped = self.iotlb.invalidate(start, last);
-                tracing::debug!(start, last, dropped, "IOTLB update");
-                (
-                    VduseDevResponse::new(id, true),
-                    AfterReply::Remap { start, last },
-                )
+                self.update_iotlb(start, last);
+                // A failed answer would make the kernel drop the VMM's new mappings: the
+                // regions we could not map are reported, the others served.
+                VduseDevResponse::new(id, true)
             }
             ControlMessage::Unknown { type_ } => {
                 tracing::warn!(type_, "unknown VDUSE request type");
-                (VduseDevResponse::new(id, false), AfterReply::Nothing)
+                VduseDevResponse::new(id, false)
             }
         }
     }
 
-    /// Runs the work left after a reply.
-    pub fn after_reply(&mut self, a: AfterReply) {
-        if let AfterReply::Remap { start, last } = a {
-            match self.iotlb.update(&*self.ops, start, last) {
-                Ok(n) => tracing::debug!(start, last, mapped = n, "IOTLB remapped"),
-                Err(e) => tracing::warn!(start, last, "IOTLB remap failed: {e}"),
+    /// `VDUSE_UPDATE_IOTLB [start, last]`, answered after this returns. The kernel has already
+    /// swapped its own IOTLB (vhost-vdpa's set_map always announces `[0, U64_MAX]`), and
+    /// `VDUSE_IOTLB_GET_FD` works while it waits, so the next snapshot is built now and
+    /// swapped in once: no window where the rings or status bytes are unmapped. The reply
+    /// is then held until no in-flight request points into a mapping that went away (the
+    /// memory may be reassigned once the kernel has the answer), bounded by the reply budget.
+    fn update_iotlb(&mut self, start: u64, last: u64) {
+        let report = match self.iotlb.update(&*self.ops, start, last) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(start, last, "IOTLB update: {e}");
+                return;
             }
-            // A worker that found its ring unmapped during the update waits for a kick.
-            for k in self.kicks.iter().flatten() {
-                if let Err(e) = k.signal() {
-                    tracing::warn!("re-kicking a queue after an IOTLB update: {e}");
-                }
+        };
+        for e in &report.failed {
+            tracing::error!("IOTLB region left unmapped (requests into it fail): {e}");
+        }
+        tracing::debug!(
+            start,
+            last,
+            mapped = report.mapped,
+            kept = report.kept,
+            removed = report.removed.len(),
+            "IOTLB updated"
+        );
+        let budget = reply_budget(self.msg_timeout).unwrap_or(Duration::MAX);
+        let deadline = Instant::now().checked_add(budget);
+        // Workers pick up the new snapshot when they wake: kick them, so those holding the
+        // old one let it go, and those that found their ring unmapped look again.
+        let released = report.wait_released(
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
+            || self.kick_all(),
+        );
+        if !released {
+            tracing::warn!(
+                start,
+                last,
+                "in-flight I/O still points into unmapped guest memory after {budget:?}; \
+                 answering the IOTLB update anyway (msg_timeout would break the device)"
+            );
+        }
+        self.kick_all();
+    }
+
+    fn kick_all(&self) {
+        for k in self.kicks.iter().flatten() {
+            if let Err(e) = k.signal() {
+                tracing::warn!("kicking a queue: {e}");
             }
         }
     }
@@ -251,12 +305,22 @@ impl<O: VduseOps> Controller<O> {
         tracing::info!(status, "device status");
         if status == 0 {
             self.stop_workers();
+            // From here on, a worker still running belongs to a driver that is gone.
+            self.instances.end_current();
             self.iotlb.clear();
             self.last_avail.iter_mut().for_each(|a| *a = None);
             self.status = 0;
             return true;
         }
         if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            if let Some(queues) = self.live_orphans() {
+                tracing::error!(
+                    "DRIVER_OK refused: queue(s) {queues} of the previous driver still wait for \
+                     I/O on the backing device (a lost path?); their reads could land in the new \
+                     driver's memory. Reset and retry once the backing answers"
+                );
+                return false;
+            }
             if let Err(e) = self.start_workers() {
                 tracing::error!("DRIVER_OK: cannot start the queues: {e}");
                 if self.warn_unmapped
@@ -279,74 +343,191 @@ impl<O: VduseOps> Controller<O> {
         true
     }
 
+    /// DRIVER_OK: maps the IOTLB, registers a kick eventfd for every queue and starts a
+    /// worker for each queue the driver enabled with a usable configuration. A queue the
+    /// driver left off, or set up in a way we cannot serve, is skipped (firmware and guests
+    /// with fewer vCPUs than queues drive a subset) and started when it is enabled later.
+    /// Fails only when no queue could be started and one was refused (e.g. rings in memory
+    /// the kernel does not let us map).
     fn start_workers(&mut self) -> Result<(), DeviceError> {
         let features = self.ops.get_features()?;
-        let event_idx = features & (1u64 << feature::RING_EVENT_IDX) != 0;
-        self.iotlb.map_all(&*self.ops)?;
-        let mem = self.iotlb.snapshot();
-        let ctx = ParseContext::from_model(&self.model);
-        for i in 0..self.workers.len() {
-            let info = self.ops.vq_get_info(i as u32)?;
-            if info.ready == 0 {
-                tracing::debug!(queue = i, "queue not ready, no worker");
-                continue;
-            }
-            let size = u16::try_from(info.num).map_err(|_| {
-                DeviceError::Option(format!("queue {i}: driver chose size {}", info.num))
-            })?;
-            let kick = EventFd::new().map_err(|e| {
-                DeviceError::Worker(WorkerError::Io {
-                    queue: i as u16,
-                    op: "create kick eventfd",
-                    source: e,
-                })
-            })?;
-            self.ops.vq_setup_kickfd(i as u32, Some(kick.as_raw_fd()))?;
-            let own_kick = kick.try_clone().map_err(|e| {
-                DeviceError::Worker(WorkerError::Io {
-                    queue: i as u16,
-                    op: "dup kick eventfd",
-                    source: e,
-                })
-            })?;
-            let next_avail = info.state.split().avail_index;
-            let next_used = mem
-                .read_obj::<u16>(GuestAddress(info.device_addr.wrapping_add(2)))
-                .map(u16::from_le)
-                .unwrap_or(next_avail);
-            let h = worker::spawn(WorkerParams {
-                queue: QueueConfig {
-                    index: i as u16,
-                    size,
-                    desc: info.desc_addr,
-                    driver: info.driver_addr,
-                    device: info.device_addr,
-                    event_idx,
-                    next_avail,
-                    next_used,
-                },
-                parse: ParseContext {
-                    max_chain: max_chain(size, self.model.config.seg_max),
-                    ..ctx
-                },
-                backing: self.backing.clone(),
-                iotlb: self.iotlb.clone(),
-                kick,
-                irq: self.ops.clone(),
-                stats: self.stats[i].clone(),
-                id: self.id,
-                capacity: Some(self.capacity.clone()),
-                fault: Some(self.ops.clone()),
-                poll: self.poll,
-            })?;
-            tracing::info!(queue = i, size, event_idx, next_avail, "queue started");
-            self.workers[i] = Some(h);
-            self.kicks[i] = Some(own_kick);
+        self.event_idx = features & (1u64 << feature::RING_EVENT_IDX) != 0;
+        let report = self.iotlb.map_all(&*self.ops)?;
+        for e in &report.failed {
+            tracing::error!("IOTLB region left unmapped (requests into it fail): {e}");
         }
-        Ok(())
+        let mut first_err = None;
+        for i in 0..self.workers.len() {
+            let q = i as u16;
+            let kick = EventFd::new().map_err(|e| worker_io(q, "create kick eventfd", e))?;
+            self.ops
+                .vq_setup_kickfd(u32::from(q), Some(kick.as_raw_fd()))?;
+            self.kicks[i] = Some(kick);
+            self.restarts[i] = 0;
+            match self.start_queue(i) {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(queue = i, "queue not enabled (yet)"),
+                Err(e) => {
+                    tracing::warn!(
+                        queue = i,
+                        "queue skipped until the driver sets it up again: {e}"
+                    );
+                    first_err = first_err.or(Some(e));
+                }
+            }
+        }
+        match first_err {
+            Some(e) if self.running() == 0 => Err(e),
+            _ => Ok(()),
+        }
     }
 
-    /// Stops every worker after its in-flight I/O (bounded by the stop timeout).
+    /// Starts queue `i` if the driver enabled it. Ok(false): not enabled.
+    fn start_queue(&mut self, i: usize) -> Result<bool, DeviceError> {
+        let q = i as u16;
+        let info = self.ops.vq_get_info(u32::from(q))?;
+        if info.ready == 0 {
+            return Ok(false);
+        }
+        let size = u16::try_from(info.num)
+            .ok()
+            .filter(|n| *n > 0 && *n <= self.model.queue_size)
+            .ok_or_else(|| {
+                DeviceError::Option(format!(
+                    "queue {i}: the driver chose size {} (offered at most {})",
+                    info.num, self.model.queue_size
+                ))
+            })?;
+        let Some(own_kick) = self.kicks[i].as_ref() else {
+            return Ok(false);
+        };
+        let kick = own_kick
+            .try_clone()
+            .map_err(|e| worker_io(q, "dup kick eventfd", e))?;
+        let mem = self.iotlb.snapshot();
+        let next_avail = info.state.split().avail_index;
+        let next_used = mem
+            .read_obj::<u16>(GuestAddress(info.device_addr.wrapping_add(2)))
+            .map(u16::from_le)
+            .unwrap_or(next_avail);
+        let ctx = ParseContext::from_model(&self.model);
+        let h = worker::spawn(WorkerParams {
+            queue: QueueConfig {
+                index: q,
+                size,
+                desc: info.desc_addr,
+                driver: info.driver_addr,
+                device: info.device_addr,
+                event_idx: self.event_idx,
+                next_avail,
+                next_used,
+            },
+            parse: ParseContext {
+                max_chain: max_chain(size, self.model.config.seg_max),
+                ..ctx
+            },
+            backing: self.backing.clone(),
+            iotlb: self.iotlb.clone(),
+            kick,
+            irq: self.ops.clone(),
+            stats: self.stats[i].clone(),
+            id: self.id,
+            capacity: Some(self.capacity.clone()),
+            fault: Some(self.ops.clone()),
+            poll: self.poll,
+            instance: self.instances.current(),
+        })?;
+        tracing::info!(
+            queue = i,
+            size,
+            event_idx = self.event_idx,
+            next_avail,
+            "queue started"
+        );
+        self.workers[i] = Some(h);
+        Ok(true)
+    }
+
+    /// The kick eventfds of queues without a worker (not enabled at DRIVER_OK): the control
+    /// loop watches them, since VDUSE sends no message when a queue is enabled later and
+    /// drops kicks on a queue that is not enabled.
+    pub fn idle_kicks(&self) -> impl Iterator<Item = (usize, RawFd)> + '_ {
+        let driving = self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        self.kicks
+            .iter()
+            .zip(&self.workers)
+            .enumerate()
+            .filter(move |_| driving)
+            .filter_map(|(i, (k, w))| match (k, w) {
+                (Some(k), None) => Some((i, k.as_raw_fd())),
+                _ => None,
+            })
+    }
+
+    /// A kick on queue `i`, which had no worker: the driver enabled it since.
+    pub fn kicked_idle(&mut self, i: usize) {
+        if let Some(k) = self.kicks.get(i).and_then(|k| k.as_ref()) {
+            if let Err(e) = k.consume() {
+                tracing::warn!(queue = i, "reading kick eventfd: {e}");
+            }
+        }
+        self.start_idle(i);
+    }
+
+    fn start_idle(&mut self, i: usize) {
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
+            || !matches!(self.workers.get(i), Some(None))
+        {
+            return;
+        }
+        match self.start_queue(i) {
+            Ok(true) => {}
+            Ok(false) => {}
+            Err(e) => tracing::warn!(queue = i, "queue enabled but not started: {e}"),
+        }
+    }
+
+    /// Once a second: starts queues enabled since DRIVER_OK (in case no kick came), restarts
+    /// a worker that died on a fatal ring error (a few times, then the queue stays failed and
+    /// says so), and forgets orphans that finished.
+    pub fn tick(&mut self) {
+        self.check_resize();
+        let _ = self.live_orphans();
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            return;
+        }
+        for i in 0..self.workers.len() {
+            let died = self.workers[i].as_ref().is_some_and(|w| w.is_finished());
+            if died {
+                let Some(w) = self.workers[i].take() else {
+                    continue;
+                };
+                let cause = match w.join() {
+                    Ok(_) => "exited".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.stats[i].failures.fetch_add(1, Ordering::Relaxed);
+                if self.restarts[i] >= MAX_QUEUE_RESTARTS {
+                    tracing::error!(
+                        queue = i,
+                        "queue worker stopped ({cause}) and was restarted {MAX_QUEUE_RESTARTS} \
+                         times already: the queue stays failed until the driver resets the device"
+                    );
+                    // Leave the kick eventfd without a worker, but do not start it again.
+                    self.kicks[i] = None;
+                    continue;
+                }
+                self.restarts[i] += 1;
+                tracing::error!(queue = i, "queue worker stopped ({cause}); restarting it");
+                self.start_idle(i);
+                continue;
+            }
+            self.start_idle(i);
+        }
+    }
+
+    /// Stops every worker after its in-flight I/O, bounded by the reply budget: a worker still
+    /// waiting then becomes an orphan of the ending driver instance.
     pub fn stop_workers(&mut self) {
         for w in self.workers.iter().flatten() {
             if let Err(e) = w.signal_stop() {
@@ -354,19 +535,22 @@ impl<O: VduseOps> Controller<O> {
             }
         }
         self.kicks.iter_mut().for_each(|k| *k = None);
-        let deadline = Instant::now() + self.stop_timeout;
+        let budget = reply_budget(self.msg_timeout);
+        let deadline = budget.and_then(|b| Instant::now().checked_add(b));
         for (i, slot) in self.workers.iter_mut().enumerate() {
             let Some(w) = slot.take() else { continue };
-            while !w.is_finished() && Instant::now() < deadline {
+            while !w.is_finished() && deadline.is_none_or(|d| Instant::now() < d) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             if !w.is_finished() {
                 tracing::error!(
                     queue = i,
-                    "in-flight I/O did not complete within {:?}; answering the reset anyway",
-                    self.stop_timeout
+                    "in-flight I/O did not complete within {budget:?} (3/4 of VDUSE's \
+                     msg_timeout); answering the reset anyway. The queue's worker finishes on \
+                     its own and writes nothing for the next driver"
                 );
                 self.last_avail[i] = Some(w.next_avail());
+                self.orphans.push(w);
                 continue;
             }
             match w.join() {
@@ -374,6 +558,34 @@ impl<O: VduseOps> Controller<O> {
                 Err(e) => tracing::error!(queue = i, "worker: {e}"),
             }
         }
+    }
+
+    /// Joins the orphans that finished; the queues of those still running, if any.
+    fn live_orphans(&mut self) -> Option<String> {
+        let mut i = 0;
+        while i < self.orphans.len() {
+            if self.orphans[i].is_finished() {
+                let w = self.orphans.swap_remove(i);
+                let q = w.index();
+                match w.join() {
+                    Ok(_) => tracing::info!(queue = q, "the previous driver's last I/O completed"),
+                    Err(e) => tracing::error!(queue = q, "orphaned worker: {e}"),
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if self.orphans.is_empty() {
+            return None;
+        }
+        let mut qs: Vec<String> = self.orphans.iter().map(|w| w.index().to_string()).collect();
+        qs.sort();
+        Some(qs.join(", "))
+    }
+
+    /// Number of workers of ended driver instances still running.
+    pub fn orphans(&self) -> usize {
+        self.orphans.iter().filter(|w| !w.is_finished()).count()
     }
 
     fn vq_avail(&self, index: u32) -> Option<u16> {
@@ -423,21 +635,29 @@ impl<O: VduseOps> Drop for Controller<O> {
 /// The control loop: answers requests from `dev` until `stop` is signalled; checks for a
 /// backing resize once a second.
 pub fn serve(ctrl: &mut Controller<VduseDevFd>, dev: &VduseDevFd, stop: &EventFd) {
+    let mut last_tick = Instant::now();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut idle: Vec<usize> = Vec::new();
+    let pollfd = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: dev.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            ctrl.tick();
+        }
+        fds.clear();
+        idle.clear();
+        fds.push(pollfd(dev.as_fd().as_raw_fd()));
+        fds.push(pollfd(stop.as_raw_fd()));
+        for (i, fd) in ctrl.idle_kicks() {
+            idle.push(i);
+            fds.push(pollfd(fd));
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -449,9 +669,10 @@ pub fn serve(ctrl: &mut Controller<VduseDevFd>, dev: &VduseDevFd, stop: &EventFd
         if fds[1].revents != 0 {
             return;
         }
-        if n == 0 {
-            ctrl.check_resize();
-            continue;
+        for (k, &i) in idle.iter().enumerate() {
+            if fds[2 + k].revents & libc::POLLIN != 0 {
+                ctrl.kicked_idle(i);
+            }
         }
         if fds[0].revents & libc::POLLIN == 0 {
             if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
@@ -468,11 +689,10 @@ pub fn serve(ctrl: &mut Controller<VduseDevFd>, dev: &VduseDevFd, stop: &EventFd
                 return;
             }
         };
-        let (resp, after) = ctrl.handle(&req);
+        let resp = ctrl.handle(&req);
         if let Err(e) = dev.write_response(&resp) {
             tracing::error!("{e}");
         }
-        ctrl.after_reply(after);
     }
 }
 
@@ -683,6 +903,14 @@ impl Device {
         if let Some(b) = self.cfg.bounce_size {
             driver::set_bounce_size(&self.cfg.root, &self.cfg.name, b)?;
         }
+        let msg_timeout = match driver::msg_timeout(&self.cfg.root, &self.cfg.name) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("{e}; assuming VDUSE's default {DEFAULT_MSG_TIMEOUT:?}");
+                Some(DEFAULT_MSG_TIMEOUT)
+            }
+        };
+        tracing::info!(?msg_timeout, reply_budget = ?reply_budget(msg_timeout), "VDUSE msg_timeout");
         let mut ctrl = Controller::new(
             dev.clone(),
             model,
@@ -690,7 +918,8 @@ impl Device {
             &self.cfg.serial,
             self.cfg.driver == VdpaDriver::VhostVdpa,
         )
-        .with_poll(self.cfg.poll);
+        .with_poll(self.cfg.poll)
+        .with_msg_timeout(msg_timeout);
         self.stats = ctrl.stats();
         let stop = EventFd::new().map_err(DeviceError::Thread)?;
         let stop2 = stop.try_clone().map_err(DeviceError::Thread)?;

@@ -350,6 +350,26 @@ pub fn set_bounce_size(root: &SysRoot, name: &str, bytes: u64) -> Result<(), Dri
     write_attr(&p, &bytes.to_string(), "write")
 }
 
+/// VDUSE's `msg_timeout` of device `name` (`/sys/class/vduse/NAME/msg_timeout`, seconds; the
+/// kernel marks the device broken for good when a reply takes longer). `None`: 0, no timeout.
+pub fn msg_timeout(root: &SysRoot, name: &str) -> Result<Option<Duration>, DriverError> {
+    let p = root.join("sys/class/vduse").join(name).join("msg_timeout");
+    let text = std::fs::read_to_string(&p).map_err(|source| DriverError::Io {
+        op: "read",
+        path: p.clone(),
+        source,
+    })?;
+    let secs: u64 = text.trim().parse().map_err(|_| DriverError::Io {
+        op: "parse",
+        path: p.clone(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a number of seconds: {:?}", text.trim()),
+        ),
+    })?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +385,24 @@ mod tests {
             std::fs::write(r.join("sys/bus/vdpa/drivers").join(drv).join("unbind"), "").expect("w");
         }
         (d, r)
+    }
+
+    #[test]
+    fn msg_timeout_is_read_in_seconds_and_zero_means_none() {
+        let (_d, r) = tree();
+        let dir = r.join("sys/class/vduse/blk0");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("msg_timeout"), "30\n").expect("w");
+        assert_eq!(
+            msg_timeout(&r, "blk0").expect("read"),
+            Some(Duration::from_secs(30))
+        );
+        std::fs::write(dir.join("msg_timeout"), "0\n").expect("w");
+        assert_eq!(msg_timeout(&r, "blk0").expect("read"), None);
+        std::fs::write(dir.join("msg_timeout"), "x\n").expect("w");
+        let e = msg_timeout(&r, "blk0").expect_err("garbage").to_string();
+        assert!(e.contains("msg_timeout"), "{e}");
+        assert!(msg_timeout(&r, "nope").is_err());
     }
 
     #[test]

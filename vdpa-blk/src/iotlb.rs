@@ -73,7 +73,20 @@ pub struct Mapping {
     start: u64,
     last: u64,
     perm: Permissions,
+    /// What the kernel said the range is: with the backing file's identity, an update that
+    /// reports the same region again reuses this mapping instead of mapping it anew.
+    offset: u64,
+    raw_perm: u8,
+    file_id: (u64, u64),
     region: MmapRegion<()>,
+}
+
+/// `(st_dev, st_ino)` of an open file (0, 0 when fstat fails: never equal to a real file).
+fn file_identity(file: &File) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or((0, 0))
 }
 
 impl Mapping {
@@ -99,6 +112,7 @@ impl Mapping {
                 })
             }
         };
+        let file_id = file_identity(&file);
         let region = MmapRegion::build(
             Some(FileOffset::new(file, entry.offset)),
             len,
@@ -111,12 +125,30 @@ impl Mapping {
             offset: entry.offset,
             source,
         })?;
+        // Guest RAM stays out of the daemon's core dumps. Advisory: a failure changes nothing.
+        // SAFETY: the range is exactly the mapping just created, owned by `region`.
+        unsafe {
+            libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTDUMP);
+        }
         Ok(Mapping {
             start,
             last,
             perm,
+            offset: entry.offset,
+            raw_perm: entry.perm,
+            file_id,
             region,
         })
+    }
+
+    /// Whether this mapping is the region `entry` describes, in `file`.
+    fn is(&self, entry: &VduseIotlbEntry, file_id: (u64, u64)) -> bool {
+        self.start == entry.start
+            && self.last == entry.last
+            && self.offset == entry.offset
+            && self.raw_perm == entry.perm
+            && self.file_id == file_id
+            && file_id != (0, 0)
     }
 
     /// First IOVA.
@@ -188,6 +220,19 @@ impl IotlbMemory {
         let mut next = self.without_range(mapping.start, mapping.last);
         next.maps.insert(mapping.start, Arc::new(mapping));
         next
+    }
+
+    fn insert(&mut self, mapping: Arc<Mapping>) {
+        let (start, last) = (mapping.start, mapping.last);
+        self.maps.retain(|_, m| m.last < start || m.start > last);
+        self.maps.insert(start, mapping);
+    }
+
+    /// The mappings that overlap `[start, last]`.
+    fn overlapping(&self, start: u64, last: u64) -> impl Iterator<Item = &Arc<Mapping>> {
+        self.maps
+            .values()
+            .filter(move |m| !(m.last < start || m.start > last))
     }
 
     /// The host address for `len` bytes at `addr` if they lie in one mapping that allows
@@ -348,6 +393,11 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
+    /// The snapshot this cache holds, without looking at the table.
+    pub fn cached(&self) -> &Arc<IotlbMemory> {
+        &self.mem
+    }
+
     /// The current snapshot of `table`.
     pub fn current(&mut self, table: &IotlbTable) -> &Arc<IotlbMemory> {
         let g = table.generation.load(Ordering::Acquire);
@@ -461,40 +511,113 @@ impl IotlbTable {
         Ok(mapped)
     }
 
-    /// Handles `VDUSE_UPDATE_IOTLB [start, last]`: drops mappings overlapping the range, then
-    /// maps every region the source now reports inside it. Returns the number of regions mapped.
+    /// Handles `VDUSE_UPDATE_IOTLB [start, last]`: builds the next snapshot (what the source
+    /// now reports inside the range; an unchanged region keeps its mapping, nothing is mapped
+    /// twice) and swaps it in once, so readers never see the range empty. Each region is
+    /// mapped on its own: one that fails is left out and reported, the others are served.
     pub fn update(
         &self,
         source: &dyn IotlbSource,
         start: u64,
         last: u64,
-    ) -> Result<usize, IotlbError> {
+    ) -> Result<IotlbUpdate, IotlbError> {
         let _w = self.write_lock();
-        let mut next = self.snapshot().without_range(start, last);
+        let before = self.snapshot();
+        let mut next = before.without_range(start, last);
+        let mut report = IotlbUpdate::default();
         let mut cursor = start;
-        let mut mapped = 0;
         while cursor <= last {
             let Some((fd, entry)) = source.get_fd(cursor, last)? else {
                 break;
             };
+            if entry.last < entry.start {
+                report.failed.push(IotlbError::BadRange {
+                    start: entry.start,
+                    last: entry.last,
+                });
+                break;
+            }
             if entry.last < cursor || entry.start > last {
                 // The kernel answered with a region outside what we asked: stop, do not loop.
                 break;
             }
-            next = next.with_mapping(Mapping::map(&entry, File::from(fd))?);
-            mapped += 1;
+            let file = File::from(fd);
+            let id = file_identity(&file);
+            let same = before
+                .overlapping(entry.start, entry.last)
+                .find(|m| m.is(&entry, id))
+                .cloned();
+            match same {
+                Some(m) => {
+                    next.insert(m);
+                    report.kept += 1;
+                }
+                None => match Mapping::map(&entry, file) {
+                    Ok(m) => {
+                        next.insert(Arc::new(m));
+                        report.mapped += 1;
+                    }
+                    Err(e) => report.failed.push(e),
+                },
+            }
             match entry.last.checked_add(1) {
                 Some(c) => cursor = c,
                 None => break,
             }
         }
+        report.removed = before
+            .overlapping(start, last)
+            .filter(|m| !next.maps.get(&m.start).is_some_and(|n| Arc::ptr_eq(n, m)))
+            .map(Arc::downgrade)
+            .collect();
         self.store(next);
-        Ok(mapped)
+        Ok(report)
     }
 
     /// Maps everything the source knows (`[0, u64::MAX]`), e.g. at DRIVER_OK.
-    pub fn map_all(&self, source: &dyn IotlbSource) -> Result<usize, IotlbError> {
+    pub fn map_all(&self, source: &dyn IotlbSource) -> Result<IotlbUpdate, IotlbError> {
         self.update(source, 0, u64::MAX)
+    }
+}
+
+/// What one [`IotlbTable::update`] did.
+#[derive(Debug, Default)]
+pub struct IotlbUpdate {
+    /// Regions newly mapped.
+    pub mapped: usize,
+    /// Regions the kernel reported again unchanged (their mapping was kept).
+    pub kept: usize,
+    /// Regions that could not be mapped (left out of the snapshot; the rest is served).
+    pub failed: Vec<IotlbError>,
+    /// Mappings the update took out of the snapshot. In-flight I/O may still point into them
+    /// (through older snapshots); [`IotlbUpdate::wait_released`] waits until none does.
+    pub removed: Vec<std::sync::Weak<Mapping>>,
+}
+
+impl IotlbUpdate {
+    /// Regions in the snapshot for the range now (mapped or kept).
+    pub fn served(&self) -> usize {
+        self.mapped + self.kept
+    }
+
+    /// Waits until no snapshot holds a removed mapping any more (in-flight requests into the
+    /// old range completed and every reader moved on), calling `nudge` once first (to wake
+    /// readers that hold an old snapshot). Returns false at `deadline` with mappings still
+    /// held.
+    pub fn wait_released(&self, deadline: std::time::Instant, nudge: impl FnOnce()) -> bool {
+        if self.removed.iter().all(|w| w.strong_count() == 0) {
+            return true;
+        }
+        nudge();
+        loop {
+            if self.removed.iter().all(|w| w.strong_count() == 0) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
@@ -569,7 +692,7 @@ pub(crate) mod tests {
             ],
         );
         let t = IotlbTable::new();
-        assert_eq!(t.map_all(&src).expect("map"), 2);
+        assert_eq!(t.map_all(&src).expect("map").served(), 2);
         let m = t.snapshot();
         m.write_obj(0xdead_beef_u32, GuestAddress(0x10010))
             .expect("write");
@@ -659,7 +782,7 @@ pub(crate) mod tests {
             .lock()
             .expect("entries")
             .retain(|e| e.start != 0x1000);
-        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update"), 0);
+        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update").served(), 0);
         let now = t.snapshot();
         assert_eq!(now.len(), 1);
         assert!(now.find(0x1000).is_none());
@@ -673,7 +796,7 @@ pub(crate) mod tests {
             perm: VDUSE_ACCESS_RO,
             padding: [0; 7],
         });
-        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update"), 1);
+        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update").served(), 1);
         let m = t
             .snapshot()
             .find(0x1000)
@@ -684,13 +807,43 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn bad_entries_are_errors() {
+    fn bad_entries_are_reported_and_the_rest_is_mapped() {
         let src = FakeIotlb::new(0x1000, &[(0x2000, 0x1000, 0, VDUSE_ACCESS_RW)]);
-        let e = IotlbTable::new().map_all(&src).expect_err("reversed range");
-        assert!(matches!(e, IotlbError::BadRange { .. }), "{e}");
-        let src = FakeIotlb::new(0x1000, &[(0x0, 0xfff, 0, 0x7)]);
-        let e = IotlbTable::new().map_all(&src).expect_err("bad perm");
-        assert!(matches!(e, IotlbError::BadPerm { perm: 7, .. }), "{e}");
+        let r = IotlbTable::new().map_all(&src).expect("update");
+        assert!(
+            matches!(r.failed[..], [IotlbError::BadRange { .. }]),
+            "{r:?}"
+        );
+        // A bad permission on one region: the other is still mapped.
+        let src = FakeIotlb::new(
+            0x2000,
+            &[
+                (0x0, 0xfff, 0, 0x7),
+                (0x1000, 0x1fff, 0x1000, VDUSE_ACCESS_RW),
+            ],
+        );
+        let t = IotlbTable::new();
+        let r = t.map_all(&src).expect("update");
+        assert!(
+            matches!(r.failed[..], [IotlbError::BadPerm { perm: 7, .. }]),
+            "{r:?}"
+        );
+        assert_eq!(r.mapped, 1);
+        assert!(t.snapshot().find(0x1000).is_some());
+        assert!(t.snapshot().find(0x0).is_none());
+    }
+
+    #[test]
+    fn an_unchanged_region_is_not_mapped_again() {
+        let src = FakeIotlb::new(0x3000, &[(0x1000, 0x2fff, 0, VDUSE_ACCESS_RW)]);
+        let t = IotlbTable::new();
+        assert_eq!(t.map_all(&src).expect("map").mapped, 1);
+        let r = t.map_all(&src).expect("again");
+        assert_eq!((r.mapped, r.kept, r.removed.len()), (0, 1, 0));
+        // Another offset is another region.
+        src.entries.lock().expect("e")[0].offset = 0x1000;
+        let r = t.map_all(&src).expect("moved");
+        assert_eq!((r.mapped, r.kept, r.removed.len()), (1, 0, 1));
     }
 
     #[test]

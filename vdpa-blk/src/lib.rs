@@ -4,11 +4,13 @@
 //! - [`uapi`]: the VDUSE uapi structs and one thin wrapper per ioctl;
 //! - [`netlink`]: the `vdpa` generic-netlink client; [`driver`]: vdpa bus driver binding;
 //! - [`blk`]: the virtio-blk device model (config space, features, request parsing, backends);
+//! - [`backing`]: the backing block device or file;
 //! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings;
 //! - [`worker`]: one thread and one io_uring per virtqueue;
 //! - [`device`]: the VDUSE control loop tying them together;
 //! - [`control`]: the daemon's control socket (stats on request).
 
+pub mod backing;
 pub mod blk;
 pub mod control;
 pub mod device;

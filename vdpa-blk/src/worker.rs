@@ -13,35 +13,37 @@
 //! string). A request keeps an `Arc` of the IOTLB snapshot its iovecs point into, so an IOTLB
 //! update cannot unmap memory under in-flight I/O.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 
-use crate::blk::exec::{answer_rejected, write_id, write_status};
-use crate::blk::request::{
-    parse_into, ParseContext, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-};
+use crate::blk::exec::write_status;
+
+use crate::backing::Backing;
+use crate::blk::request::{ParseContext, Request, VIRTIO_BLK_ID_BYTES};
 use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable, SnapshotCache};
+
+mod drain;
+mod exec;
+mod fault_in;
+mod instance;
+mod signal;
+mod stats;
+
+use exec::Slot;
+pub use instance::{DriverInstance, Instances};
+pub use signal::{EventFd, Interrupt};
+pub use stats::{snapshot_all, QueueStats, QueueStatsSnapshot};
 
 const KICK_TOKEN: u64 = u64::MAX;
 const STOP_TOKEN: u64 = u64::MAX - 1;
-/// Most iovecs per readv/writev SQE (`IOV_MAX`).
-const MAX_IOVECS: usize = 1024;
-/// `BLOCK_URING_CMD_DISCARD` (`linux/blkdev.h`, 6.12+): `_IO(0x12, 0)`, an asynchronous
-/// BLKDISCARD through `IORING_OP_URING_CMD`; the range is `sqe->addr` (start) and
-/// `sqe->addr3` (length), in bytes.
-const BLOCK_URING_CMD_DISCARD: u32 = 0x1200;
+const CANCEL_TOKEN: u64 = u64::MAX - 2;
 
 /// Errors that stop a worker.
 #[derive(Debug, thiserror::Error)]
@@ -75,224 +77,6 @@ pub enum WorkerError {
     /// The worker thread panicked.
     #[error("queue {0}: worker thread panicked")]
     Panicked(u16),
-}
-
-/// The backing device or file.
-#[derive(Debug)]
-pub struct Backing {
-    file: File,
-    path: PathBuf,
-    is_block: bool,
-    direct: bool,
-}
-
-/// Errors opening the backing device.
-#[derive(Debug, thiserror::Error)]
-#[error("open backing {path} ({mode}): {source}")]
-pub struct BackingError {
-    path: PathBuf,
-    mode: &'static str,
-    #[source]
-    source: io::Error,
-}
-
-impl Backing {
-    /// Opens `path` read-write (or read-only) and, if `direct`, with `O_DIRECT`.
-    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, BackingError> {
-        let mode = match (read_only, direct) {
-            (true, true) => "read-only, O_DIRECT",
-            (true, false) => "read-only",
-            (false, true) => "read-write, O_DIRECT",
-            (false, false) => "read-write",
-        };
-        let err = |source| BackingError {
-            path: path.to_path_buf(),
-            mode,
-            source,
-        };
-        let mut o = std::fs::OpenOptions::new();
-        o.read(true).write(!read_only);
-        if direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
-        let file = o.open(path).map_err(err)?;
-        let is_block = file.metadata().map_err(err)?.file_type().is_block_device();
-        Ok(Backing {
-            file,
-            path: path.to_path_buf(),
-            is_block,
-            direct,
-        })
-    }
-
-    /// The path (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether O_DIRECT is on.
-    pub fn direct(&self) -> bool {
-        self.direct
-    }
-
-    /// Current size in bytes (for resize detection).
-    pub fn size_bytes(&self) -> io::Result<u64> {
-        if self.is_block {
-            let mut size: u64 = 0;
-            // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-            const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-            // SAFETY: the kernel writes one u64 into `size`.
-            let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(size)
-        } else {
-            Ok(self.file.metadata()?.len())
-        }
-    }
-
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-}
-
-/// An eventfd.
-#[derive(Debug)]
-pub struct EventFd(OwnedFd);
-
-impl EventFd {
-    /// A new non-semaphore eventfd.
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: plain eventfd(2); result checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fd we own.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Adds 1.
-    pub fn signal(&self) -> io::Result<()> {
-        let v: u64 = 1;
-        // SAFETY: writes 8 bytes from `v`.
-        let n = unsafe { libc::write(self.0.as_raw_fd(), (&v as *const u64).cast(), 8) };
-        if n != 8 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The raw fd.
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
-    /// A second handle on the same eventfd.
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(EventFd(self.0.try_clone()?))
-    }
-}
-
-/// How the worker signals the driver (VDUSE_VQ_INJECT_IRQ in production).
-pub trait Interrupt: Send + Sync {
-    /// Injects the used-buffer interrupt of `queue`.
-    fn notify(&self, queue: u16) -> io::Result<()>;
-}
-
-impl Interrupt for crate::uapi::vduse::VduseDevFd {
-    fn notify(&self, queue: u16) -> io::Result<()> {
-        self.vq_inject_irq(u32::from(queue)).map_err(|e| e.source)
-    }
-}
-
-/// Per-queue counters (read by the stats dump).
-#[derive(Debug, Default)]
-pub struct QueueStats {
-    /// Requests completed (any status).
-    pub requests: AtomicU64,
-    /// Bytes read from the backing device into guest buffers.
-    pub bytes_read: AtomicU64,
-    /// Bytes written from guest buffers to the backing device.
-    pub bytes_written: AtomicU64,
-    /// Requests answered with an error status or dropped.
-    pub errors: AtomicU64,
-    /// Chains dropped without a status.
-    pub dropped: AtomicU64,
-    /// Requests submitted and not yet completed.
-    pub in_flight: AtomicU64,
-    /// Interrupts injected.
-    pub interrupts: AtomicU64,
-    /// Kicks (driver notifications) read from the kick eventfd. One kick may cover many
-    /// requests (EVENT_IDX batching); while the worker polls, the driver is told not to kick.
-    pub kicks: AtomicU64,
-    /// Requests found by busy-polling the ring (`--poll-us`), with no kick.
-    pub polled: AtomicU64,
-    /// Payload bytes the daemon copied. The datapath has no copy: this stays 0.
-    pub copied_bytes: AtomicU64,
-    /// 1 once the driver broke the queue (an impossible available index, a head already in
-    /// flight, a chain with no status byte): the worker stops taking requests until a reset.
-    pub broken: AtomicU64,
-}
-
-/// A snapshot of [`QueueStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct QueueStatsSnapshot {
-    /// Queue index.
-    pub queue: u16,
-    /// See [`QueueStats`].
-    pub requests: u64,
-    /// See [`QueueStats`].
-    pub bytes_read: u64,
-    /// See [`QueueStats`].
-    pub bytes_written: u64,
-    /// See [`QueueStats`].
-    pub errors: u64,
-    /// See [`QueueStats`].
-    pub dropped: u64,
-    /// See [`QueueStats`].
-    pub in_flight: u64,
-    /// See [`QueueStats`].
-    pub interrupts: u64,
-    /// See [`QueueStats`].
-    pub kicks: u64,
-    /// See [`QueueStats`].
-    pub polled: u64,
-    /// See [`QueueStats`].
-    pub copied_bytes: u64,
-    /// See [`QueueStats::broken`].
-    pub broken: bool,
-}
-
-impl QueueStats {
-    /// Reads every counter.
-    pub fn snapshot(&self, queue: u16) -> QueueStatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        QueueStatsSnapshot {
-            queue,
-            requests: l(&self.requests),
-            bytes_read: l(&self.bytes_read),
-            bytes_written: l(&self.bytes_written),
-            errors: l(&self.errors),
-            dropped: l(&self.dropped),
-            in_flight: l(&self.in_flight),
-            interrupts: l(&self.interrupts),
-            kicks: l(&self.kicks),
-            polled: l(&self.polled),
-            copied_bytes: l(&self.copied_bytes),
-            broken: l(&self.broken) != 0,
-        }
-    }
-}
-
-/// Every queue's counters, queue `i` at index `i`.
-pub fn snapshot_all(stats: &[Arc<QueueStats>]) -> Vec<QueueStatsSnapshot> {
-    stats
-        .iter()
-        .enumerate()
-        .map(|(i, s)| s.snapshot(i as u16))
-        .collect()
 }
 
 /// Where the driver put the rings and where to resume.
@@ -342,6 +126,20 @@ pub struct WorkerParams {
     /// queue for this long, with driver notifications off, before sleeping again. Zero: never
     /// poll (sleep in `io_uring_enter` as soon as there is nothing to do).
     pub poll: Duration,
+    /// The driver instance the worker serves: once it ends (reset), the worker writes nothing
+    /// into guest memory and injects no interrupt.
+    pub instance: DriverInstance,
+}
+
+/// A completion whose status byte or used entry could not be written (the ring or the status
+/// byte was not mapped in the snapshot of that moment): kept and written once the mapping is
+/// back, never dropped.
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    head: u16,
+    /// Status byte still to write, and where.
+    status: Option<(GuestAddress, u8)>,
+    used_len: u32,
 }
 
 /// A running worker.
@@ -418,78 +216,6 @@ pub fn spawn(p: WorkerParams) -> Result<WorkerHandle, WorkerError> {
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-enum OpKind {
-    Read {
-        expected: u64,
-    },
-    Write {
-        expected: u64,
-    },
-    Flush,
-    /// Discard as a hole punched with fallocate (regular files; block devices whose kernel
-    /// has no discard command).
-    Discard,
-    /// Discard as the block layer's discard command; on EOPNOTSUPP retried as [`Discard`].
-    DiscardCmd {
-        offset: u64,
-        len: u64,
-    },
-    /// Write zeroes by punching a hole; on EOPNOTSUPP retried as ZERO_RANGE.
-    ZeroPunch {
-        offset: u64,
-        len: u64,
-    },
-    Zero,
-}
-
-/// The iovecs of one request's readv/writev SQEs. They point into IOTLB mappings.
-struct Iovecs(Vec<libc::iovec>);
-
-// SAFETY: the raw pointers refer to MAP_SHARED guest mappings owned by the `Arc<IotlbMemory>`
-// stored next to them in the same `Slot`; they are only handed to the kernel, never
-// dereferenced by Rust code, so moving them to the worker thread is sound.
-unsafe impl Send for Iovecs {}
-
-/// The state of one request in flight, indexed by its head index (a head is in flight at most
-/// once, so a queue of size N never has more than N requests in flight). Slots are allocated
-/// once when the worker starts and reused: their buffers keep their capacity, so a steady
-/// state does not allocate.
-struct Slot {
-    /// A request with this head is in flight.
-    busy: bool,
-    status_addr: GuestAddress,
-    used_len_ok: u32,
-    /// One entry per SQE (the sub index of the token).
-    ops: Vec<OpKind>,
-    pending: u32,
-    failed: bool,
-    /// The iovec array the readv/writev SQEs point into. Not touched while `busy`, so its heap
-    /// buffer stays at the address the SQEs hold until the last completion.
-    iovecs: Iovecs,
-    /// The snapshot the iovecs point into; keeps the mappings mapped while `busy`.
-    mem: Option<Arc<IotlbMemory>>,
-}
-
-impl Slot {
-    fn new(iovecs: usize) -> Self {
-        Slot {
-            busy: false,
-            status_addr: GuestAddress(0),
-            used_len_ok: 0,
-            ops: Vec::with_capacity(4),
-            pending: 0,
-            failed: false,
-            iovecs: Iovecs(Vec::with_capacity(iovecs)),
-            mem: None,
-        }
-    }
-}
-
-/// How often one chain is popped again after mapping what it points to (an indirect table
-/// first, then the buffers it lists).
-const MAX_FAULT_RETRIES: u32 = 4;
-
 struct Worker {
     q: Queue,
     index: u16,
@@ -503,7 +229,9 @@ struct Worker {
     stop: EventFd,
     kick_buf: Box<u64>,
     stop_buf: Box<u64>,
-    irq: Arc<dyn Interrupt>,
+    /// Weak: a worker left running past a reset must not keep the device fd open (VDUSE
+    /// refuses to destroy a device whose fd is open).
+    irq: Weak<dyn Interrupt>,
     stats: Arc<QueueStats>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
     /// One per head index.
@@ -519,8 +247,17 @@ struct Worker {
     next_avail: Arc<AtomicU16>,
     used_since_notify: bool,
     capacity: Option<Arc<AtomicU64>>,
-    fault: Option<Arc<dyn IotlbSource + Send + Sync>>,
+    fault: Option<Weak<dyn IotlbSource + Send + Sync>>,
     poll: Duration,
+    instance: DriverInstance,
+    /// Once stopping (or the instance ended), the worker keeps the snapshot it has: the table
+    /// may already describe the next driver's memory.
+    pinned: bool,
+    /// Completions waiting for their ring or status byte to be mapped again.
+    parked: Vec<Parked>,
+    /// The kick / stop eventfd reads are in the ring (their buffers must outlive them).
+    kick_armed: bool,
+    stop_armed: bool,
     /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
     /// EOPNOTSUPP (before 6.12, or a device without discard).
     discard_cmd: bool,
@@ -536,32 +273,6 @@ struct Events {
     kicked: bool,
     /// Stop requested: take no new requests, exit once in-flight I/O completed.
     stopping: bool,
-}
-
-const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
-
-/// An fallocate SQE with `mode` over `[offset, offset + len)`.
-fn fallocate(fd: types::Fd, offset: u64, len: u64, mode: i32) -> io_uring::squeue::Entry {
-    opcode::Fallocate::new(fd, len)
-        .offset(offset)
-        .mode(mode)
-        .build()
-}
-
-/// A `BLOCK_URING_CMD_DISCARD` SQE for `[offset, offset + len)` of the block device `fd`.
-fn discard_cmd(fd: types::Fd, offset: u64, len: u64) -> io_uring::squeue::Entry {
-    // addr3 is the first 8 bytes of the command area.
-    let mut cmd = [0u8; 16];
-    cmd[..8].copy_from_slice(&len.to_ne_bytes());
-    opcode::UringCmd16::new(fd, BLOCK_URING_CMD_DISCARD)
-        .addr(Some(offset))
-        .cmd(cmd)
-        .build()
-}
-
-fn token(slot: u32, sub: u32) -> u64 {
-    (u64::from(sub) << 32) | u64::from(slot)
 }
 
 impl Worker {
@@ -604,7 +315,7 @@ impl Worker {
             index,
             ring,
             parse: p.parse,
-            discard_cmd: p.backing.is_block,
+            discard_cmd: p.backing.is_block(),
             backing: p.backing,
             mem: p.iotlb.cache(),
             iotlb: p.iotlb,
@@ -612,7 +323,7 @@ impl Worker {
             stop,
             kick_buf: Box::new(0),
             stop_buf: Box::new(0),
-            irq: p.irq,
+            irq: Arc::downgrade(&p.irq),
             stats: p.stats,
             id: p.id,
             slots: (0..p.queue.size)
@@ -625,8 +336,13 @@ impl Worker {
             next_avail,
             used_since_notify: false,
             capacity: p.capacity,
-            fault: p.fault,
+            fault: p.fault.as_ref().map(Arc::downgrade),
             poll: p.poll,
+            instance: p.instance,
+            pinned: false,
+            parked: Vec::with_capacity(usize::from(p.queue.size)),
+            kick_armed: false,
+            stop_armed: false,
             broken: false,
         })
     }
@@ -664,7 +380,9 @@ impl Worker {
         )
         .build()
         .user_data(KICK_TOKEN);
-        self.push(sqe)
+        self.push(sqe)?;
+        self.kick_armed = true;
+        Ok(())
     }
 
     fn arm_stop(&mut self) -> Result<(), WorkerError> {
@@ -675,16 +393,80 @@ impl Worker {
         )
         .build()
         .user_data(STOP_TOKEN);
-        self.push(sqe)
+        self.push(sqe)?;
+        self.stop_armed = true;
+        Ok(())
+    }
+
+    /// Cancels the kick and stop reads still in the ring and reaps everything outstanding, so
+    /// that no SQE points into this worker's buffers (or guest mappings) once it is gone.
+    fn quiesce(&mut self) {
+        for (armed, token) in [(self.kick_armed, KICK_TOKEN), (self.stop_armed, STOP_TOKEN)] {
+            if armed {
+                let sqe = opcode::AsyncCancel::new(token)
+                    .build()
+                    .user_data(CANCEL_TOKEN);
+                if let Err(e) = self.push(sqe) {
+                    tracing::warn!(queue = self.index, "cancel eventfd read: {e}");
+                }
+            }
+        }
+        while self.kick_armed || self.stop_armed || self.busy > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => {
+                    // The ring is unusable; closing it makes the kernel cancel what is left.
+                    tracing::error!(queue = self.index, "io_uring_enter while quiescing: {e}");
+                    return;
+                }
+            }
+            let done: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            let mem = self.mem();
+            for (ud, res) in done {
+                match ud {
+                    KICK_TOKEN => self.kick_armed = false,
+                    STOP_TOKEN => self.stop_armed = false,
+                    CANCEL_TOKEN => {}
+                    _ => self.complete_op(&mem, ud, res),
+                }
+            }
+        }
     }
 
     fn in_flight(&self) -> usize {
         self.busy
     }
 
-    /// The current IOTLB snapshot (one atomic load unless it changed).
+    /// The current IOTLB snapshot (one atomic load unless it changed); once pinned, the one
+    /// the worker has.
     fn mem(&mut self) -> Arc<IotlbMemory> {
+        if self.pinned {
+            return self.mem.cached().clone();
+        }
         self.mem.current(&self.iotlb).clone()
+    }
+
+    /// Whether guest memory and interrupts may still be touched: false once the driver
+    /// instance this worker serves has ended (a reset was acknowledged without it).
+    fn instance_live(&mut self) -> bool {
+        if self.instance.is_current() {
+            return true;
+        }
+        if !self.pinned {
+            self.pinned = true;
+            tracing::warn!(
+                queue = self.index,
+                "the driver reset the device while this queue still had I/O in flight: its \
+                 completions are not written to the next driver's rings"
+            );
+        }
+        false
     }
 
     fn run(&mut self) -> Result<u16, WorkerError> {
@@ -701,6 +483,9 @@ impl Worker {
         let cq_entries = self.ring.params().cq_entries() as usize;
         let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(cq_entries);
         loop {
+            if !self.parked.is_empty() {
+                self.retry_parked();
+            }
             if ev.kicked && !ev.stopping {
                 busy |= self.process_available(true) > 0;
                 ev.kicked = false;
@@ -743,6 +528,7 @@ impl Worker {
         for &(ud, res) in cqes.iter() {
             match ud {
                 KICK_TOKEN => {
+                    self.kick_armed = false;
                     ev.kicked = true;
                     self.stats.kicks.fetch_add(1, Ordering::Relaxed);
                     if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
@@ -754,7 +540,13 @@ impl Worker {
                         self.arm_kick()?;
                     }
                 }
-                STOP_TOKEN => ev.stopping = true,
+                STOP_TOKEN => {
+                    self.stop_armed = false;
+                    ev.stopping = true;
+                    // The table may describe the next driver's memory soon: keep this one.
+                    self.pinned = true;
+                }
+                CANCEL_TOKEN => {}
                 _ => self.complete_op(&mem, ud, res),
             }
         }
@@ -830,6 +622,9 @@ impl Worker {
             return;
         }
         self.used_since_notify = false;
+        if !self.instance_live() {
+            return;
+        }
         let mem = self.mem();
         let needed = match self.q.needs_notification(&*mem) {
             Ok(n) => n,
@@ -839,7 +634,11 @@ impl Worker {
             }
         };
         if needed {
-            match self.irq.notify(self.index) {
+            let Some(irq) = self.irq.upgrade() else {
+                // The device is being torn down.
+                return;
+            };
+            match irq.notify(self.index) {
                 Ok(()) => {
                     self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
                 }
@@ -848,491 +647,84 @@ impl Worker {
         }
     }
 
-    fn add_used(&mut self, mem: &IotlbMemory, head: u16, len: u32) {
-        if let Err(e) = self.q.add_used(mem, head, len) {
-            tracing::debug!(queue = self.index, head, "add_used: {e}");
+    /// Completes one chain: its status byte (if any) and its used entry. When either is not
+    /// mapped in `mem` (an IOTLB update moved it), the completion is parked and written once
+    /// it is mapped again; after a reset acknowledged without this worker, nothing is written.
+    fn complete_chain(
+        &mut self,
+        mem: &IotlbMemory,
+        head: u16,
+        status: Option<(GuestAddress, u8)>,
+        used_len: u32,
+    ) {
+        let p = Parked {
+            head,
+            status,
+            used_len,
+        };
+        if let Some(p) = self.try_complete(mem, p) {
+            if !self.parked.iter().any(|q| q.head == p.head) {
+                tracing::debug!(queue = self.index, head, "completion parked until remapped");
+                self.parked.push(p);
+                self.stats.parked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes what `p` still needs; returns what is left to write (None: done, or dropped
+    /// because the driver instance ended).
+    fn try_complete(&mut self, mem: &IotlbMemory, mut p: Parked) -> Option<Parked> {
+        if !self.instance_live() {
+            return None;
+        }
+        if let Some((addr, status)) = p.status {
+            if !write_status(mem, addr, status) {
+                return Some(p);
+            }
+            p.status = None;
+        }
+        // Checked first, so that add_used never fails half-way (entry written, index not).
+        let size = u64::from(self.q.size());
+        let used = GuestAddress(self.q.used_ring());
+        let slot = 4 + 8 * (u64::from(self.q.next_used()) % size);
+        let writable = |off: u64, len: usize| {
+            used.checked_add(off)
+                .is_some_and(|a| mem.check_range(a, len, Permissions::Write))
+        };
+        if !(writable(2, 2) && writable(slot, 8)) {
+            return Some(p);
+        }
+        if let Err(e) = self.q.add_used(mem, p.head, p.used_len) {
+            tracing::debug!(queue = self.index, head = p.head, "add_used: {e}");
+            return Some(p);
         }
         self.used_since_notify = true;
+        None
     }
 
-    /// Pops, parses and starts every available chain. With `rearm`, notifications are turned
-    /// back on at the end and the ring checked once more (so a request that raced with the
-    /// re-enable is not left waiting for a kick); without it (polling) they stay off.
-    /// Returns the number of chains popped.
-    fn process_available(&mut self, rearm: bool) -> u32 {
-        if self.broken {
-            return 0;
-        }
-        if let Some(c) = &self.capacity {
-            self.parse.capacity = c.load(Ordering::Acquire);
-        }
-        let mut mem = self.mem();
-        let mut total = 0u32;
-        loop {
-            // A no-op with EVENT_IDX (the avail event is only moved by the re-enable);
-            // VRING_USED_F_NO_NOTIFY otherwise. A polling caller disabled them already.
-            if rearm {
-                if let Err(e) = self.q.disable_notification(&*mem) {
-                    tracing::debug!(queue = self.index, "disable_notification: {e}");
+    /// Writes the parked completions whose memory is mapped again.
+    fn retry_parked(&mut self) {
+        let mem = self.mem();
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = self.parked[i];
+            match self.try_complete(&mem, p) {
+                Some(left) => {
+                    self.parked[i] = left;
+                    i += 1;
+                }
+                None => {
+                    self.parked.swap_remove(i);
+                    self.stats.parked.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            // The driver cannot have more chains available than the queue has entries: such
-            // an index is a broken (or hostile) driver, and popping would find nothing forever.
-            match self.q.avail_idx(&*mem, Ordering::Acquire) {
-                Ok(idx) if idx.0.wrapping_sub(self.q.next_avail()) > self.q.size() => {
-                    self.mark_broken(format_args!(
-                        "available index {} is more than the queue size {} ahead of {}",
-                        idx.0,
-                        self.q.size(),
-                        self.q.next_avail()
-                    ));
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // The ring is not mapped right now; the control loop kicks the queue
-                    // again once it is.
-                    tracing::debug!(queue = self.index, "available index: {e}");
-                    break;
-                }
-            }
-            let popped = self.pop_round(&mut mem);
-            self.next_avail
-                .store(self.q.next_avail(), Ordering::Release);
-            total += popped;
-            if !rearm || self.broken {
-                break;
-            }
-            match self.q.enable_notification(&*mem) {
-                // More arrived while popping. A round that popped nothing ends the loop
-                // (an unreadable available entry): the next kick tries again.
-                Ok(true) if popped > 0 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    // Typically the ring is not mapped right now (IOTLB update in progress);
-                    // the control loop kicks the queue again after remapping.
-                    tracing::debug!(queue = self.index, "enable_notification: {e}");
-                    break;
-                }
-            }
-        }
-        total
-    }
-
-    /// Stops taking requests from a queue the driver broke, until the reset; said once.
-    fn mark_broken(&mut self, why: std::fmt::Arguments<'_>) {
-        if !self.broken {
-            self.broken = true;
-            self.stats.broken.store(1, Ordering::Relaxed);
-            tracing::error!(
-                queue = self.index,
-                "the driver broke the queue ({why}); serving no more requests until it resets \
-                 the device"
-            );
         }
     }
+}
 
-    /// One round: pops, parses and starts at most a queue's worth of available chains.
-    /// Returns the number popped.
-    fn pop_round(&mut self, mem: &mut Arc<IotlbMemory>) -> u32 {
-        let mut popped = 0u32;
-        // Times the chain at the current next-avail index was popped again after a fault-in.
-        let mut retries = 0u32;
-        while let Some(chain) = self.q.pop_descriptor_chain(&**mem) {
-            popped += 1;
-            let head = chain.head_index();
-            if self.slots.get(usize::from(head)).is_none_or(|s| s.busy) {
-                // A head already in flight (or out of range): the driver is confused or
-                // hostile. Never complete it twice, and take nothing more from it.
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.mark_broken(format_args!(
-                    "head {head} is already in flight or out of range"
-                ));
-                break;
-            }
-            // The same parse path the fuzz target (vdpa-blk/fuzz) drives, into buffers
-            // reused across requests.
-            let mut req = std::mem::take(&mut self.req);
-            let parsed = parse_into(chain, &self.parse, &mut self.descs, &mut req);
-            match parsed {
-                Ok(()) => {
-                    retries = 0;
-                    self.start_request(mem, &req);
-                }
-                Err(rej) => {
-                    // The VDUSE bounce region (virtio_vdpa) appears on the driver's first
-                    // DMA mapping and is announced by no message: when a chain does not
-                    // parse, map on demand whatever it (including an indirect table)
-                    // points to that we have not mapped yet, then pop the same chain again
-                    // with the new snapshot. Only rejected chains pay for this walk.
-                    if retries < MAX_FAULT_RETRIES {
-                        if let Some(src) = self.fault.clone() {
-                            if self.fault_in_chain(mem, &*src, head) > 0 {
-                                // Un-pop: the chain is read again with the new snapshot.
-                                self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
-                                popped -= 1;
-                                retries += 1;
-                                *mem = self.mem();
-                                self.req = req;
-                                continue;
-                            }
-                        }
-                    }
-                    retries = 0;
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    let used = answer_rejected(&**mem, &rej);
-                    if used > 0 {
-                        tracing::debug!(
-                            queue = self.index,
-                            head = rej.head_index,
-                            "request failed: {}",
-                            rej.error
-                        );
-                        self.add_used(mem, rej.head_index, used);
-                    } else {
-                        // No status byte to answer: completing it with a zero length would
-                        // let the driver read a status it wrote itself (often 0, OK). Fail
-                        // the queue instead, loudly.
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        self.req = req;
-                        self.mark_broken(format_args!(
-                            "chain at head {} has no usable status byte: {}",
-                            rej.head_index, rej.error
-                        ));
-                        break;
-                    }
-                }
-            }
-            self.req = req;
-            if popped >= u32::from(self.q.size()) {
-                break;
-            }
-        }
-        popped
-    }
-
-    /// Walks the chain at `head` with raw reads and maps every range it needs that the
-    /// snapshot lacks and the source knows. Returns the number of regions mapped.
-    fn fault_in_chain(&self, mem: &IotlbMemory, src: &dyn IotlbSource, head: u16) -> usize {
-        const F_NEXT: u16 = 1;
-        const F_INDIRECT: u16 = 4;
-        let mut missing: Vec<(u64, u32)> = Vec::new();
-        let mut table = self.q.desc_table();
-        let mut size = self.q.size();
-        let mut idx = head;
-        let mut indirect = false;
-        let mut ttl = u32::from(size);
-        while ttl > 0 && idx < size {
-            ttl -= 1;
-            let Some(daddr) = table.checked_add(u64::from(idx) * 16) else {
-                break;
-            };
-            if !mem.check_range(GuestAddress(daddr), 16, Permissions::No) {
-                missing.push((daddr, 16));
-                break;
-            }
-            let Ok(raw) = mem.read_obj::<virtio_queue::desc::RawDescriptor>(GuestAddress(daddr))
-            else {
-                break;
-            };
-            let d = virtio_queue::desc::split::Descriptor::from(raw);
-            let (addr, len, flags) = (d.addr().0, d.len(), d.flags());
-            let mapped = len == 0 || mem.check_range(d.addr(), len as usize, Permissions::No);
-            if !mapped {
-                missing.push((addr, len));
-            }
-            if flags & F_INDIRECT != 0 && !indirect {
-                if !mapped {
-                    break;
-                }
-                table = addr;
-                size = u16::try_from(len / 16).unwrap_or(u16::MAX);
-                ttl = u32::from(size);
-                idx = 0;
-                indirect = true;
-                continue;
-            }
-            if flags & F_NEXT == 0 {
-                break;
-            }
-            idx = d.next();
-        }
-        let mut n = 0;
-        for (addr, len) in missing {
-            match self.iotlb.fault_in(src, addr, len) {
-                Ok(m) => n += m,
-                Err(e) => tracing::debug!(queue = self.index, addr, len, "IOTLB fault-in: {e}"),
-            }
-        }
-        n
-    }
-
-    fn finish_now(&mut self, mem: &IotlbMemory, req: &Request, ok: bool) {
-        let status = if ok {
-            VIRTIO_BLK_S_OK
-        } else {
-            VIRTIO_BLK_S_IOERR
-        };
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let used = if write_status(mem, req.status_addr, status) {
-            if ok {
-                req.used_len_ok()
-            } else {
-                1
-            }
-        } else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            0
-        };
-        self.add_used(mem, req.head_index, used);
-    }
-
-    /// Fills `out` with host iovecs for the request's data buffers. False when a buffer is not
-    /// (or no longer) mapped with `access`.
-    fn fill_iovecs(
-        mem: &IotlbMemory,
-        req: &Request,
-        access: Permissions,
-        out: &mut Vec<libc::iovec>,
-    ) -> bool {
-        out.clear();
-        for &(addr, len) in &req.data {
-            let Ok(slices) = mem.get_slices(addr, len as usize, access) else {
-                return false;
-            };
-            for s in slices {
-                let Ok(s) = s else {
-                    return false;
-                };
-                out.push(libc::iovec {
-                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: s.len(),
-                });
-            }
-        }
-        true
-    }
-
-    fn start_request(&mut self, mem: &Arc<IotlbMemory>, req: &Request) {
-        let fd = types::Fd(self.backing.fd());
-        let Some(slot) = self.slots.get_mut(usize::from(req.head_index)) else {
-            // Unreachable: the caller checked the head against the slots.
-            self.finish_now(mem, req, false);
-            return;
-        };
-        debug_assert!(!slot.busy);
-        let mut sqes = std::mem::take(&mut self.sqes);
-        sqes.clear();
-        slot.ops.clear();
-        match req.request_type {
-            RequestType::GetId => {
-                let ok = write_id(&**mem, req, &self.id);
-                self.sqes = sqes;
-                self.finish_now(mem, req, ok);
-                return;
-            }
-            RequestType::In | RequestType::Out => {
-                if req.data_len == 0 {
-                    self.sqes = sqes;
-                    self.finish_now(mem, req, true);
-                    return;
-                }
-                let read = req.request_type == RequestType::In;
-                let access = if read {
-                    Permissions::Write
-                } else {
-                    Permissions::Read
-                };
-                if !Self::fill_iovecs(mem, req, access, &mut slot.iovecs.0) {
-                    // Parsing checked the ranges in this snapshot; unreachable in practice.
-                    self.sqes = sqes;
-                    self.finish_now(mem, req, false);
-                    return;
-                }
-                let mut offset = req.offset();
-                // The SQEs point into the slot's iovec buffer, which is not touched again
-                // until the slot's last completion.
-                for chunk in slot.iovecs.0.chunks(MAX_IOVECS) {
-                    let bytes: u64 = chunk.iter().map(|i| i.iov_len as u64).sum();
-                    let (kind, sqe) = if read {
-                        (
-                            OpKind::Read { expected: bytes },
-                            opcode::Readv::new(fd, chunk.as_ptr(), chunk.len() as u32)
-                                .offset(offset)
-                                .build(),
-                        )
-                    } else {
-                        (
-                            OpKind::Write { expected: bytes },
-                            opcode::Writev::new(fd, chunk.as_ptr(), chunk.len() as u32)
-                                .offset(offset)
-                                .build(),
-                        )
-                    };
-                    slot.ops.push(kind);
-                    sqes.push(sqe);
-                    offset += bytes;
-                }
-            }
-            RequestType::Flush => {
-                slot.ops.push(OpKind::Flush);
-                sqes.push(
-                    opcode::Fsync::new(fd)
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
-                );
-            }
-            RequestType::Discard | RequestType::WriteZeroes => {
-                for s in &req.segments {
-                    let offset = s.sector * SECTOR_SIZE;
-                    let len = u64::from(s.num_sectors) * SECTOR_SIZE;
-                    if len == 0 {
-                        continue;
-                    }
-                    if req.request_type == RequestType::Discard && self.discard_cmd {
-                        slot.ops.push(OpKind::DiscardCmd { offset, len });
-                        sqes.push(discard_cmd(fd, offset, len));
-                        continue;
-                    }
-                    let (kind, mode) = match req.request_type {
-                        RequestType::Discard => (OpKind::Discard, PUNCH),
-                        // Regular files: a punched hole reads back as zeroes.
-                        _ if !self.backing.is_block => (OpKind::Zero, PUNCH),
-                        _ if s.unmap => (OpKind::ZeroPunch { offset, len }, PUNCH),
-                        _ => (OpKind::Zero, ZERO),
-                    };
-                    slot.ops.push(kind);
-                    sqes.push(fallocate(fd, offset, len, mode));
-                }
-                if sqes.is_empty() {
-                    self.sqes = sqes;
-                    self.finish_now(mem, req, true);
-                    return;
-                }
-            }
-        }
-        slot.busy = true;
-        slot.status_addr = req.status_addr;
-        slot.used_len_ok = req.used_len_ok();
-        slot.pending = sqes.len() as u32;
-        slot.failed = false;
-        slot.mem = Some(mem.clone());
-        self.busy += 1;
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let head = u32::from(req.head_index);
-        for (sub, sqe) in sqes.drain(..).enumerate() {
-            let ud = token(head, sub as u32);
-            if let Err(e) = self.push(sqe.user_data(ud)) {
-                tracing::warn!(queue = self.index, "cannot queue I/O: {e}");
-                // The SQE never reached the kernel: account it as a failed completion.
-                self.complete_op(mem, ud, -libc::EIO);
-            }
-        }
-        self.sqes = sqes;
-    }
-
-    fn complete_op(&mut self, mem: &IotlbMemory, ud: u64, res: i32) {
-        let slot = (ud & 0xffff_ffff) as usize;
-        let sub = (ud >> 32) as usize;
-        let fd = types::Fd(self.backing.fd());
-        let Some(inf) = self.slots.get_mut(slot).filter(|s| s.busy) else {
-            tracing::warn!(queue = self.index, ud, "completion for an unknown request");
-            return;
-        };
-        let kind = inf.ops.get(sub).copied();
-        let mut fallback = None;
-        let ok = match kind {
-            Some(OpKind::Read { expected }) => {
-                let ok = res >= 0 && res as u64 == expected;
-                if ok {
-                    self.stats.bytes_read.fetch_add(expected, Ordering::Relaxed);
-                }
-                ok
-            }
-            Some(OpKind::Write { expected }) => {
-                let ok = res >= 0 && res as u64 == expected;
-                if ok {
-                    self.stats
-                        .bytes_written
-                        .fetch_add(expected, Ordering::Relaxed);
-                }
-                ok
-            }
-            // Discard is advisory: a device that cannot do it still answers OK.
-            Some(OpKind::Discard) => res >= 0 || res == -libc::EOPNOTSUPP,
-            Some(OpKind::DiscardCmd { offset, len }) if res == -libc::EOPNOTSUPP => {
-                // No discard command on this kernel or device: punch holes from now on.
-                if self.discard_cmd {
-                    tracing::debug!(queue = self.index, "no BLOCK_URING_CMD_DISCARD: fallocate");
-                }
-                self.discard_cmd = false;
-                fallback = Some((OpKind::Discard, fallocate(fd, offset, len, PUNCH)));
-                true
-            }
-            Some(OpKind::DiscardCmd { .. }) => res >= 0,
-            Some(OpKind::ZeroPunch { offset, len }) if res == -libc::EOPNOTSUPP => {
-                fallback = Some((OpKind::Zero, fallocate(fd, offset, len, ZERO)));
-                true
-            }
-            Some(OpKind::Flush | OpKind::Zero | OpKind::ZeroPunch { .. }) => res >= 0,
-            None => false,
-        };
-        if let Some((next, sqe)) = fallback {
-            if let Some(op) = inf.ops.get_mut(sub) {
-                *op = next;
-            }
-            if self.push(sqe.user_data(ud)).is_ok() {
-                return;
-            }
-            if let Some(inf) = self.slots.get_mut(slot) {
-                inf.failed = true;
-            }
-        } else if !ok {
-            tracing::debug!(
-                queue = self.index,
-                res,
-                "I/O failed: {}",
-                io::Error::from_raw_os_error(-res.min(0))
-            );
-            inf.failed = true;
-        }
-        let Some(inf) = self.slots.get_mut(slot) else {
-            return;
-        };
-        inf.pending = inf.pending.saturating_sub(1);
-        if inf.pending > 0 {
-            return;
-        }
-        // Last completion: the kernel is done with the iovecs and the mappings.
-        inf.busy = false;
-        inf.mem = None;
-        let (failed, status_addr, used_len_ok) = (inf.failed, inf.status_addr, inf.used_len_ok);
-        let head = slot as u16;
-        self.busy = self.busy.saturating_sub(1);
-        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let status = if failed {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            VIRTIO_BLK_S_IOERR
-        } else {
-            VIRTIO_BLK_S_OK
-        };
-        let used = if write_status(mem, status_addr, status) {
-            if failed {
-                1
-            } else {
-                used_len_ok
-            }
-        } else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            0
-        };
-        self.add_used(mem, head, used);
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.quiesce();
     }
 }
 

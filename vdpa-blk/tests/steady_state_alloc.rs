@@ -11,6 +11,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vdpa_blk::backing::Backing;
 use vdpa_blk::blk::exec::id_bytes;
 use vdpa_blk::blk::request::{
     ParseContext, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
@@ -18,7 +19,9 @@ use vdpa_blk::blk::request::{
 };
 use vdpa_blk::iotlb::{IotlbError, IotlbMemory, IotlbSource, IotlbTable};
 use vdpa_blk::uapi::vduse::{VduseIotlbEntry, VDUSE_ACCESS_RW};
-use vdpa_blk::worker::{spawn, Backing, EventFd, Interrupt, QueueConfig, QueueStats, WorkerParams};
+use vdpa_blk::worker::{
+    spawn, DriverInstance, EventFd, Interrupt, QueueConfig, QueueStats, WorkerParams,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
@@ -267,6 +270,7 @@ fn steady_state(poll: Duration) {
         capacity: None,
         fault: None,
         poll,
+        instance: DriverInstance::default(),
     })
     .expect("spawn worker");
     let mut drv = Driver {

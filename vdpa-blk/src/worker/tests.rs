@@ -115,6 +115,7 @@ impl Rig {
             capacity: None,
             fault: None,
             poll,
+            instance: DriverInstance::default(),
         })
         .expect("spawn worker");
         (h, kick)
@@ -537,6 +538,7 @@ fn invalid_ring_address_is_refused_at_start() {
         capacity: None,
         fault: None,
         poll: Duration::ZERO,
+        instance: DriverInstance::default(),
     })
     .err()
     .expect("must refuse");
@@ -554,7 +556,7 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         ],
     ));
     let table = Arc::new(IotlbTable::new());
-    assert_eq!(table.update(&*src, 0, 0xf_ffff).expect("rings"), 1);
+    assert_eq!(table.update(&*src, 0, 0xf_ffff).expect("rings").served(), 1);
     // A full view for the test's own writes.
     let full = IotlbTable::new();
     full.map_all(&*src).expect("map");
@@ -613,6 +615,7 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         capacity: None,
         fault: Some(src.clone()),
         poll: Duration::ZERO,
+        instance: DriverInstance::default(),
     })
     .expect("spawn");
     kick.signal().expect("kick");
