@@ -119,6 +119,15 @@ pub enum DeviceError {
     /// Bad option.
     #[error("{0}")]
     Option(String),
+    /// `vdpa dev del` would block (uninterruptibly, in the kernel) until these processes
+    /// close the vhost-vdpa device node.
+    #[error("{path} is still open in {holders}: removing the vdpa device would block until it is closed (stop the VM first)")]
+    InUse {
+        /// `/dev/vhost-vdpa-N`.
+        path: PathBuf,
+        /// `pid (comm)`, comma-separated.
+        holders: String,
+    },
 }
 
 /// The queue-independent state of the control loop.
@@ -972,8 +981,53 @@ impl Device {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// The processes holding the vhost-vdpa node open, as `pid (comm)` (none for virtio-vdpa).
+    fn vhost_holders(&self) -> Option<String> {
+        if self.cfg.driver != VdpaDriver::VhostVdpa || self.ready.path.as_os_str().is_empty() {
+            return None;
+        }
+        let h = driver::holders(&self.cfg.root, &self.ready.path);
+        if h.is_empty() {
+            return None;
+        }
+        Some(
+            h.iter()
+                .map(|(pid, comm)| format!("{pid} ({comm})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+
+    /// Waits up to `timeout` until nothing holds the vhost-vdpa node open, so that removing
+    /// the device cannot hang; the error names the holders.
+    pub fn wait_removable(&self, timeout: Duration) -> Result<(), DeviceError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(holders) = self.vhost_holders() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(DeviceError::InUse {
+                    path: self.ready.path.clone(),
+                    holders,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn teardown(&mut self) -> Result<(), DeviceError> {
         let mut first_err = None;
+        if self.vdpa_added {
+            if let Some(holders) = self.vhost_holders() {
+                // `vdpa dev del` would sit in D state until they close it: leave the device
+                // (and say so) rather than hang.
+                return Err(DeviceError::InUse {
+                    path: self.ready.path.clone(),
+                    holders,
+                });
+            }
+        }
         if self.vdpa_added {
             // The control thread still answers the reset this causes.
             match VdpaNetlink::connect().and_then(|mut nl| nl.dev_del(&self.cfg.name)) {

@@ -184,6 +184,7 @@ impl AutoprobeOff {
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
@@ -198,14 +199,29 @@ impl AutoprobeOff {
             }
         }
         let path = root.join("sys/bus/vdpa/drivers_autoprobe");
-        let previous = match std::fs::read_to_string(&path) {
-            Ok(v) if v.trim() != "0" => {
-                write_attr(&path, "0", "write")?;
-                Some(v.trim().to_string())
-            }
-            Ok(_) => None,
+        // A daemon that died while holding the lock left the value it turned off in the lock
+        // file: that, not the 0 it left behind, is the value to restore.
+        let saved = std::fs::read_to_string(&lock_path)
+            .map_err(io_err("read", &lock_path))?
+            .trim()
+            .to_string();
+        let current = match std::fs::read_to_string(&path) {
+            Ok(v) => Some(v.trim().to_string()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let original = match (saved.is_empty(), current) {
+            (_, None) => None,
+            (false, Some(_)) => Some(saved),
+            (true, Some(v)) => Some(v),
+        };
+        let previous = match original {
+            Some(v) if v != "0" => {
+                write_lock_file(&lock, &v).map_err(io_err("write", &lock_path))?;
+                write_attr(&path, "0", "write")?;
+                Some(v)
+            }
+            _ => None,
         };
         Ok(AutoprobeOff {
             path,
@@ -215,11 +231,27 @@ impl AutoprobeOff {
     }
 }
 
+/// Replaces the lock file's content with `value` and makes it durable.
+fn write_lock_file(f: &File, value: &str) -> io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut f = f;
+    f.set_len(0)?;
+    f.seek(io::SeekFrom::Start(0))?;
+    f.write_all(value.as_bytes())?;
+    f.sync_data()
+}
+
 impl Drop for AutoprobeOff {
     fn drop(&mut self) {
         if let Some(v) = &self.previous {
-            if let Err(e) = write_attr(&self.path, v, "restore") {
-                tracing::warn!("vdpa bus autoprobe left off: {e}");
+            match write_attr(&self.path, v, "restore") {
+                // Restored: nothing is left for a later daemon to restore.
+                Ok(()) => {
+                    if let Err(e) = write_lock_file(&self._lock, "") {
+                        tracing::warn!("clearing the autoprobe lock file: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("vdpa bus autoprobe left off: {e}"),
             }
         }
         // The lock goes with the file.
@@ -350,6 +382,37 @@ pub fn set_bounce_size(root: &SysRoot, name: &str, bytes: u64) -> Result<(), Dri
     write_attr(&p, &bytes.to_string(), "write")
 }
 
+/// The processes (pid, command name) that hold `node` open, found through `/proc/PID/fd`.
+/// `vdpa dev del` of a vhost-vdpa device waits, uninterruptibly, until every opener has
+/// closed it (the kernel's `vhost_vdpa_remove`): this tells beforehand who would make it hang.
+pub fn holders(root: &SysRoot, node: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir(root.join("proc")) else {
+        return out;
+    };
+    let me = std::process::id();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == node))
+        {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// VDUSE's `msg_timeout` of device `name` (`/sys/class/vduse/NAME/msg_timeout`, seconds; the
 /// kernel marks the device broken for good when a reply takes longer). `None`: 0, no timeout.
 pub fn msg_timeout(root: &SysRoot, name: &str) -> Result<Option<Duration>, DriverError> {
@@ -403,6 +466,50 @@ mod tests {
         let e = msg_timeout(&r, "blk0").expect_err("garbage").to_string();
         assert!(e.contains("msg_timeout"), "{e}");
         assert!(msg_timeout(&r, "nope").is_err());
+    }
+
+    #[test]
+    fn autoprobe_left_off_by_a_daemon_that_died_is_restored_from_the_lock_file() {
+        let (_d, r) = tree();
+        std::fs::create_dir_all(r.join("run")).expect("mkdir");
+        let attr = r.join("sys/bus/vdpa/drivers_autoprobe");
+        let lock = r.join("run/vdpa-blk-autoprobe.lock");
+        std::fs::write(&attr, "1\n").expect("write");
+        {
+            let _off = AutoprobeOff::acquire(&r).expect("acquire");
+            assert_eq!(std::fs::read_to_string(&lock).expect("lock"), "1");
+        }
+        assert_eq!(std::fs::read_to_string(&lock).expect("lock"), "");
+        // What a daemon killed between `vdpa dev add` and the bind leaves behind.
+        std::fs::write(&attr, "0\n").expect("write");
+        std::fs::write(&lock, "1").expect("write");
+        {
+            let _off = AutoprobeOff::acquire(&r).expect("acquire");
+            assert_eq!(std::fs::read_to_string(&attr).expect("attr"), "0");
+        }
+        assert_eq!(std::fs::read_to_string(&attr).expect("attr"), "1");
+    }
+
+    #[test]
+    fn holders_of_a_device_node_are_found_in_proc() {
+        let (_d, r) = tree();
+        for (pid, target) in [
+            ("100", "/dev/vhost-vdpa-0"),
+            ("200", "/dev/null"),
+            ("300", "/dev/vhost-vdpa-0"),
+        ] {
+            let fd = r.join("proc").join(pid).join("fd");
+            std::fs::create_dir_all(&fd).expect("mkdir");
+            std::os::unix::fs::symlink(target, fd.join("7")).expect("symlink");
+            std::fs::write(r.join("proc").join(pid).join("comm"), "qemu\n").expect("comm");
+        }
+        std::fs::create_dir_all(r.join("proc/self")).expect("not a pid");
+        let h = holders(&r, Path::new("/dev/vhost-vdpa-0"));
+        assert_eq!(
+            h,
+            vec![(100, "qemu".to_string()), (300, "qemu".to_string())]
+        );
+        assert!(holders(&r, Path::new("/dev/vhost-vdpa-1")).is_empty());
     }
 
     #[test]

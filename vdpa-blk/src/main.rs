@@ -62,7 +62,13 @@ fn block_signals() -> anyhow::Result<libc::sigset_t> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+        for s in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+        ] {
             libc::sigaddset(&mut set, s);
         }
         let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -83,6 +89,9 @@ fn wait_signal(set: &libc::sigset_t) -> Option<i32> {
     let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (s > 0).then_some(s)
 }
+
+/// How long a shutdown waits for a VMM to close the vhost-vdpa device.
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -186,7 +195,15 @@ fn run(a: Args) -> anyhow::Result<()> {
             Some(libc::SIGUSR1) => print_line(&stats_line(&name, dev.stats()))?,
             Some(s) => {
                 tracing::info!(signal = s, "shutting down");
-                break None;
+                // A VMM still holding /dev/vhost-vdpa-N would make the removal hang in the
+                // kernel: keep serving it, say who holds it, and wait for the next signal.
+                match dev.wait_removable(REMOVE_WAIT) {
+                    Ok(()) => break None,
+                    Err(e) => {
+                        tracing::error!("not shutting down: {e}; still serving, signal again");
+                        continue;
+                    }
+                }
             }
             None if !dev.is_alive() => {
                 break Some(anyhow::anyhow!(

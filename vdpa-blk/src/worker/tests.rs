@@ -82,9 +82,20 @@ impl Rig {
         direct: bool,
         poll: Duration,
     ) -> (WorkerHandle, EventFd) {
+        let (p, kick) = self.params(vq, event_idx, direct, poll);
+        (spawn(p).expect("spawn worker"), kick)
+    }
+
+    fn params(
+        &self,
+        vq: &MockSplitQueue<'_, IotlbMemory>,
+        event_idx: bool,
+        direct: bool,
+        poll: Duration,
+    ) -> (WorkerParams, EventFd) {
         let kick = EventFd::new().expect("kick");
         let backing = Arc::new(Backing::open(self.disk.path(), false, direct).expect("backing"));
-        let h = spawn(WorkerParams {
+        let p = WorkerParams {
             queue: QueueConfig {
                 index: 0,
                 size: 16,
@@ -116,9 +127,8 @@ impl Rig {
             fault: None,
             poll,
             instance: DriverInstance::default(),
-        })
-        .expect("spawn worker");
-        (h, kick)
+        };
+        (p, kick)
     }
 
     fn hdr(&self, at: u64, type_: u32, sector: u64) {
@@ -763,4 +773,69 @@ fn a_polling_worker_turns_notifications_back_on_when_idle() {
         h.stop().expect("stop");
         assert!(r.stats.kicks.load(Ordering::Relaxed) > kicks);
     }
+}
+
+#[test]
+fn a_completion_whose_status_or_ring_is_unmapped_is_parked_and_written_after_the_remap() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, false);
+    h.stop().expect("stop");
+    drop(kick);
+    // Drive the completion path of a worker directly: the snapshot at completion time lacks
+    // the status byte and the ring (an IOTLB update moved them).
+    let (stop, na) = (EventFd::new().expect("stop"), Arc::new(AtomicU16::new(0)));
+    let mut w =
+        Worker::new(r.params(&vq, false, false, Duration::ZERO).0, stop, na).expect("worker");
+    let unmapped = IotlbMemory::new();
+    w.complete_chain(
+        &unmapped,
+        3,
+        Some((GuestAddress(STATUS), VIRTIO_BLK_S_IOERR)),
+        1,
+    );
+    assert_eq!(r.stats.snapshot(0).parked, 1);
+    assert_eq!(r.used_idx(&vq), 0);
+    // Mapped again (the table the rig maps): the parked completion is written, once.
+    w.retry_parked();
+    w.retry_parked();
+    assert_eq!(r.stats.snapshot(0).parked, 0);
+    assert_eq!(r.used_idx(&vq), 1);
+    assert_eq!(r.used_elem(&vq, 0), (3, 1));
+    assert_eq!(r.status(STATUS), VIRTIO_BLK_S_IOERR);
+}
+
+#[test]
+fn a_worker_of_an_ended_driver_instance_writes_nothing() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let instances = Instances::new();
+    let (mut p, kick) = r.params(&vq, false, false, Duration::ZERO);
+    p.instance = instances.current();
+    let h = spawn(p).expect("spawn");
+    r.hdr(HDR, VIRTIO_BLK_T_GET_ID, 0);
+    vq.add_desc_chains(&chain3(0, HDR, DATA, 20, F_WRITE, STATUS), 0)
+        .expect("chain");
+    kick.signal().expect("kick");
+    r.wait_used(&vq, 1);
+    // The reset is acknowledged without this worker; the next driver's chain must stay put.
+    instances.end_current();
+    r.mem
+        .write_obj(0xeeu8, GuestAddress(STATUS + 1))
+        .expect("st");
+    r.hdr(HDR + 0x100, VIRTIO_BLK_T_GET_ID, 0);
+    vq.add_desc_chains(
+        &chain3(3, HDR + 0x100, DATA + 0x100, 20, F_WRITE, STATUS + 1),
+        3,
+    )
+    .expect("chain");
+    kick.signal().expect("kick");
+    stop_within(h, "ended instance");
+    assert_eq!(r.used_idx(&vq), 1);
+    assert_eq!(r.status(STATUS + 1), 0xee);
+    let mut id = [0u8; 20];
+    r.mem
+        .read_slice(&mut id, GuestAddress(DATA + 0x100))
+        .expect("id");
+    assert_eq!(id, [0u8; 20], "no id written for the next driver");
 }
