@@ -34,8 +34,9 @@ fn b<T>(r: blkio::Result<T>, what: &str) -> anyhow::Result<T> {
 }
 
 /// Writes `len` bytes of a pattern at byte `offset` of the device at `path`, reads them back
-/// and compares, then checks write-zeroes over the same range.
-pub fn run(path: &str, offset: u64, len: usize) -> anyhow::Result<()> {
+/// and compares, then checks write-zeroes over the same range. With `remap_rounds > 0`, it
+/// then changes its memory mappings while I/O is in flight (see [`remap_during_io`]).
+pub fn run(path: &str, offset: u64, len: usize, remap_rounds: u32) -> anyhow::Result<()> {
     if len == 0 || len % 4096 != 0 || offset % 4096 != 0 {
         bail!("length and offset must be non-zero multiples of 4096 (got {len} at {offset})");
     }
@@ -110,5 +111,119 @@ pub fn run(path: &str, offset: u64, len: usize) -> anyhow::Result<()> {
     if !matched {
         bail!("the data read back differs from the data written");
     }
+    if remap_rounds > 0 {
+        let (requests, remaps) =
+            remap_during_io(&mut blk, &mut q, wbuf, rbuf, offset, len, remap_rounds)?;
+        println!(
+            "RESULT {}",
+            json!({"remap_rounds": remap_rounds, "remap_requests": requests,
+                   "iotlb_updates": remaps, "remap_readback_matches": true})
+        );
+    }
     Ok(())
+}
+
+/// As a VMM does when its memory layout changes (hotplug, a balloon, a new buffer region):
+/// each round submits a batch of 4 KiB writes and, while they are in flight, maps and unmaps
+/// another memory region (each is a vhost-vdpa set_map: a `VDUSE_UPDATE_IOTLB [0, U64_MAX]` to
+/// the device's daemon). Every request must complete (a completion the daemon loses is a guest
+/// request that never finishes: the wait times out), and the data must read back. Returns the
+/// requests completed and the IOTLB updates made.
+fn remap_during_io(
+    blk: &mut Blkio,
+    q: &mut Blkioq,
+    wbuf: *mut u8,
+    rbuf: *mut u8,
+    offset: u64,
+    len: usize,
+    rounds: u32,
+) -> anyhow::Result<(u64, u64)> {
+    const BATCH: usize = 16;
+    const BS: usize = 4096;
+    let per_round = (len / BS).min(BATCH);
+    let align = b(blk.get_u64("mem-region-alignment"), "mem-region-alignment")?;
+    let extra_len = (2usize << 20).next_multiple_of(align.max(1) as usize);
+    let (mut requests, mut remaps) = (0u64, 0u64);
+    let mut done: [MaybeUninit<Completion>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+    for round in 0..rounds {
+        for i in 0..per_round {
+            // SAFETY: `i * BS < len`: inside the write buffer of the region.
+            let buf = unsafe { wbuf.add(i * BS) };
+            q.write(offset + (i * BS) as u64, buf, BS, i, ReqFlags::empty());
+        }
+        // Submit without waiting.
+        let mut zero = std::time::Duration::ZERO;
+        b(q.do_io(&mut done, 0, Some(&mut zero), None), "submit")?;
+        let extra = b(blk.alloc_mem_region(extra_len), "alloc_mem_region (extra)")?;
+        b(blk.map_mem_region(&extra), "map_mem_region (extra)")?;
+        blk.unmap_mem_region(&extra);
+        blk.free_mem_region(&extra);
+        remaps += 2;
+        let mut got = 0usize;
+        while got < per_round {
+            let mut timeout = std::time::Duration::from_secs(30);
+            let n = b(
+                q.do_io(&mut done[got..], 1, Some(&mut timeout), None),
+                "do_io",
+            )
+            .with_context(|| {
+                format!(
+                    "round {round}: {} of {per_round} writes never completed around an IOTLB update",
+                    per_round - got
+                )
+            })?;
+            if n == 0 {
+                bail!(
+                    "round {round}: {} of {per_round} writes never completed around an IOTLB update",
+                    per_round - got
+                );
+            }
+            for c in &done[got..got + n] {
+                // SAFETY: do_io initialised these `n` entries.
+                let c = unsafe { c.assume_init_read() };
+                if c.ret != 0 {
+                    bail!("round {round}: a write failed with {}", c.ret);
+                }
+            }
+            got += n;
+        }
+        requests += per_round as u64;
+    }
+    let n = per_round * BS;
+    q.read(offset, rbuf, n, 99, ReqFlags::empty());
+    complete(q, "read after the remaps")?;
+    // SAFETY: both buffers hold at least `n <= len` bytes of the region; no I/O is in flight.
+    let same =
+        unsafe { std::slice::from_raw_parts(wbuf, n) == std::slice::from_raw_parts(rbuf, n) };
+    if !same {
+        bail!("the data read back after the remaps differs");
+    }
+    Ok((requests, remaps))
+}
+
+/// A VMM that goes away with I/O in flight (a crash, or a VM reset while the backing is
+/// stuck): submits one 64 KiB write at `offset` and exits without waiting for it, so closing
+/// `/dev/vhost-vdpa-N` resets the device while the request is still on the backing.
+pub fn abandon(path: &str, offset: u64) -> anyhow::Result<()> {
+    const LEN: usize = 64 << 10;
+    let mut blk = b(Blkio::new("virtio-blk-vhost-vdpa"), "blkio_new")?;
+    b(blk.set_str("path", path), "set path")?;
+    b(blk.connect(), "connect")?;
+    b(blk.set_i32("num-queues", 1), "set num-queues")?;
+    let alignment = b(blk.get_u64("mem-region-alignment"), "mem-region-alignment")?;
+    let mut started = b(blk.start(), "start")?;
+    let mut q = started.queues.pop().context("blkio started no queue")?;
+    let region = b(
+        blk.alloc_mem_region(LEN.next_multiple_of(alignment.max(1) as usize)),
+        "alloc_mem_region",
+    )?;
+    b(blk.map_mem_region(&region), "map_mem_region")?;
+    q.write(offset, region.addr as *mut u8, LEN, 1, ReqFlags::empty());
+    let mut zero = std::time::Duration::ZERO;
+    let mut none: [MaybeUninit<Completion>; 1] = [const { MaybeUninit::uninit() }; 1];
+    b(q.do_io(&mut none, 0, Some(&mut zero), None), "submit")?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    println!("RESULT {}", json!({"abandoned": path}));
+    // Exit with the request in flight: the kernel closes the device, which resets it.
+    std::process::exit(0)
 }

@@ -276,6 +276,235 @@ pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One split virtqueue laid out in the region: descriptors, available ring, used ring.
+struct Ring {
+    index: u32,
+    /// Offsets into the region (= IOVA - IOVA base).
+    desc: usize,
+    avail: usize,
+    used: usize,
+}
+
+const QUEUE_LAYOUT: [Ring; 3] = [
+    Ring {
+        index: 0,
+        desc: 0x0,
+        avail: 0x100,
+        used: 0x1000,
+    },
+    Ring {
+        index: 1,
+        desc: 0x2000,
+        avail: 0x2100,
+        used: 0x3000,
+    },
+    Ring {
+        index: 2,
+        desc: 0x4000,
+        avail: 0x4100,
+        used: 0x5000,
+    },
+];
+
+/// Sets a queue's size, ring addresses, base and eventfds (not its enable bit).
+fn setup_queue(dev: &File, r: &Ring, kick: &File, call: &File) -> anyhow::Result<()> {
+    let mut num = VringState {
+        index: r.index,
+        num: QUEUE_SIZE,
+    };
+    ioctl(dev, "VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM, &mut num)?;
+    let mut addr = VringAddr {
+        index: r.index,
+        flags: 0,
+        desc: IOVA + r.desc as u64,
+        avail: IOVA + r.avail as u64,
+        used: IOVA + r.used as u64,
+        log: 0,
+    };
+    ioctl(dev, "VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR, &mut addr)?;
+    let mut base = VringState {
+        index: r.index,
+        num: 0,
+    };
+    ioctl(dev, "VHOST_SET_VRING_BASE", VHOST_SET_VRING_BASE, &mut base)?;
+    let mut kf = VringFile {
+        index: r.index,
+        fd: kick.as_raw_fd(),
+    };
+    ioctl(dev, "VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK, &mut kf)?;
+    let mut cf = VringFile {
+        index: r.index,
+        fd: call.as_raw_fd(),
+    };
+    ioctl(dev, "VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL, &mut cf)
+}
+
+fn enable(dev: &File, index: u32) -> anyhow::Result<()> {
+    let mut en = VringState { index, num: 1 };
+    ioctl(
+        dev,
+        "VHOST_VDPA_SET_VRING_ENABLE",
+        VHOST_VDPA_SET_VRING_ENABLE,
+        &mut en,
+    )
+}
+
+/// Puts a FLUSH request (header + status descriptor) on ring `r`, kicks it and waits up to
+/// 10 s for the used entry. Returns "served" (status OK), "status N" or "timeout".
+fn flush_on(mem: *mut u8, r: &Ring, kick: &File) -> String {
+    let hdr = 0x10000 + 0x100 * r.index as usize;
+    let status = 0x11000 + r.index as usize;
+    // SAFETY: every offset below lies inside the REGION-byte mapping `mem`; the device reads
+    // the rings only after the avail index store, which is ordered after the other writes.
+    unsafe {
+        let w32 =
+            |off: usize, v: u32| std::ptr::write_volatile(mem.add(off).cast::<u32>(), v.to_le());
+        let w16 =
+            |off: usize, v: u16| std::ptr::write_volatile(mem.add(off).cast::<u16>(), v.to_le());
+        let w64 =
+            |off: usize, v: u64| std::ptr::write_volatile(mem.add(off).cast::<u64>(), v.to_le());
+        w32(hdr, 4); // VIRTIO_BLK_T_FLUSH
+        w32(hdr + 4, 0);
+        w64(hdr + 8, 0);
+        std::ptr::write_volatile(mem.add(status), 0xff);
+        // Descriptor 0: header (device-readable, NEXT -> 1); 1: status (device-writable).
+        w64(r.desc, IOVA + hdr as u64);
+        w32(r.desc + 8, 16);
+        w16(r.desc + 12, 1);
+        w16(r.desc + 14, 1);
+        w64(r.desc + 16, IOVA + status as u64);
+        w32(r.desc + 24, 1);
+        w16(r.desc + 28, 2);
+        w16(r.desc + 30, 0);
+        w16(r.avail + 4, 0);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        w16(r.avail + 2, 1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+    let one = 1u64.to_ne_bytes();
+    if (&*kick).write_all(&one).is_err() {
+        return "kick failed".into();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: inside the mapping; the device writes it, hence the volatile read.
+        let used = unsafe { std::ptr::read_volatile(mem.add(r.used + 2).cast::<u16>()) };
+        if u16::from_le(used) == 1 {
+            // SAFETY: as above.
+            let st = unsafe { std::ptr::read_volatile(mem.add(status)) };
+            return if st == 0 {
+                "served".into()
+            } else {
+                format!("status {st}")
+            };
+        }
+        if std::time::Instant::now() >= deadline {
+            return "timeout".into();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A driver that uses a subset of a three-queue device, as firmware (SeaBIOS drives one
+/// queue) or a guest with fewer vCPUs than queues does: queue 0 set up and enabled; queue 1
+/// set up but enabled only after DRIVER_OK; queue 2 enabled but never set up (size 0, what a
+/// VMM may report for a queue its guest ignored). Prints whether DRIVER_OK held and whether a
+/// FLUSH on queue 0, then on queue 1, was served.
+pub fn run_subset(path: &str) -> anyhow::Result<()> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {path}"))?;
+    ioctl::<u8>(
+        &dev,
+        "VHOST_SET_OWNER",
+        VHOST_SET_OWNER,
+        std::ptr::null_mut(),
+    )?;
+    let mut features = 0u64;
+    ioctl(
+        &dev,
+        "VHOST_GET_FEATURES",
+        VHOST_GET_FEATURES,
+        &mut features,
+    )?;
+    let wanted = F_VERSION_1 | F_ACCESS_PLATFORM;
+    if features & wanted != wanted {
+        bail!("device features {features:#x} lack VERSION_1 or ACCESS_PLATFORM");
+    }
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER)?;
+    let mut f = wanted;
+    ioctl(&dev, "VHOST_SET_FEATURES", VHOST_SET_FEATURES, &mut f)?;
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK)?;
+    let (mem, _keep) = alloc(Memory::Memfd)?;
+    iotlb_update(&dev, mem)?;
+    let fds: Vec<(File, File)> = (0..2)
+        .map(|_| Ok((eventfd()?, eventfd()?)))
+        .collect::<anyhow::Result<_>>()?;
+    setup_queue(&dev, &QUEUE_LAYOUT[0], &fds[0].0, &fds[0].1)?;
+    enable(&dev, 0)?;
+    setup_queue(&dev, &QUEUE_LAYOUT[1], &fds[1].0, &fds[1].1)?;
+    enable(&dev, 2)?;
+    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)?;
+    let mut status = 0u8;
+    ioctl(
+        &dev,
+        "VHOST_VDPA_GET_STATUS",
+        VHOST_VDPA_GET_STATUS,
+        &mut status,
+    )?;
+    let driver_ok = status & S_DRIVER_OK != 0;
+    let q0 = flush_on(mem, &QUEUE_LAYOUT[0], &fds[0].0);
+    enable(&dev, 1)?;
+    let q1 = flush_on(mem, &QUEUE_LAYOUT[1], &fds[1].0);
+    set_status(&dev, 0)?;
+    println!(
+        "RESULT {}",
+        json!({"subset": {"driver_ok": driver_ok, "queue0": q0, "queue1_enabled_later": q1}})
+    );
+    Ok(())
+}
+
+/// Maps the whole region at IOVA (one VHOST_IOTLB_UPDATE).
+fn iotlb_update(dev: &File, mem: *mut u8) -> anyhow::Result<()> {
+    let msg = IotlbMsg {
+        type_: VHOST_IOTLB_MSG,
+        _pad: 0,
+        iova: IOVA,
+        size: REGION as u64,
+        uaddr: mem as u64,
+        perm: VHOST_ACCESS_RW,
+        kind: VHOST_IOTLB_UPDATE,
+        _rest: [0; 38],
+    };
+    // SAFETY: `msg` is a #[repr(C)] plain-data struct of exactly this size.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&msg as *const IotlbMsg).cast::<u8>(),
+            std::mem::size_of::<IotlbMsg>(),
+        )
+    };
+    let mut d = dev;
+    d.write_all(bytes).context("VHOST_IOTLB_UPDATE (write)")
+}
+
+/// Opens the device and keeps it open for `hold` (a VMM that does not let go), printing a
+/// RESULT line when it is up.
+pub fn hold_open(path: &str, hold: Duration) -> anyhow::Result<()> {
+    let _dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open {path}"))?;
+    println!(
+        "RESULT {}",
+        json!({"holding": path, "pid": std::process::id()})
+    );
+    std::thread::sleep(hold);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

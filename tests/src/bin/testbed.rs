@@ -116,6 +116,12 @@ enum Cmd {
         /// Bytes to write and read back (multiple of 4096).
         #[arg(long, default_value_t = 1 << 20)]
         len: usize,
+        /// Then this many rounds of writes with a memory map/unmap while they are in flight.
+        #[arg(long, default_value_t = 0)]
+        remap_rounds: u32,
+        /// Instead: submit one write at `--offset` and exit without waiting for it.
+        #[arg(long)]
+        abandon: bool,
     },
     /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
     /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
@@ -125,11 +131,18 @@ enum Cmd {
         #[arg(long)]
         path: String,
         /// The "guest memory" handed to vhost-vdpa.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, default_value = "memfd")]
         memory: testbed::vhost_driver::Memory,
         /// Milliseconds to stay at DRIVER_OK before resetting.
         #[arg(long, default_value_t = 500)]
         hold_ms: u64,
+        /// Instead: drive a subset of a three-queue device (queue 0; queue 1 enabled after
+        /// DRIVER_OK; queue 2 enabled but never set up) with a FLUSH on queues 0 and 1.
+        #[arg(long)]
+        subset: bool,
+        /// Instead: only hold the device open for `--hold-ms` (a VMM that does not let go).
+        #[arg(long)]
+        hold_open: bool,
     },
     /// Inside a guest: serve the host's requests on the agent port.
     #[command(hide = true)]
@@ -310,8 +323,20 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Cmd::BlkioClient { path, offset, len } = &cli.command {
-        return match testbed::blkio_client::run(path, *offset, *len) {
+    if let Cmd::BlkioClient {
+        path,
+        offset,
+        len,
+        remap_rounds,
+        abandon,
+    } = &cli.command
+    {
+        let r = if *abandon {
+            testbed::blkio_client::abandon(path, *offset)
+        } else {
+            testbed::blkio_client::run(path, *offset, *len, *remap_rounds)
+        };
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("testbed blkio-client: {e:#}");
@@ -323,10 +348,19 @@ fn main() -> ExitCode {
         path,
         memory,
         hold_ms,
+        subset,
+        hold_open,
     } = &cli.command
     {
         let hold = std::time::Duration::from_millis(*hold_ms);
-        return match testbed::vhost_driver::run(path, *memory, hold) {
+        let r = if *subset {
+            testbed::vhost_driver::run_subset(path)
+        } else if *hold_open {
+            testbed::vhost_driver::hold_open(path, hold)
+        } else {
+            testbed::vhost_driver::run(path, *memory, hold)
+        };
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("testbed vhost-driver: {e:#}");

@@ -6,3 +6,4 @@ pub mod fabric_probe;
 pub mod reference;
 mod steps;
 pub mod vdpa_blk;
+mod vdpa_blk_faults;

@@ -56,7 +56,7 @@ pub struct Report {
     pub vhost_stats: Value,
 }
 
-fn result_with(step: &StepResult, key: &str, what: &str) -> Result<Value> {
+pub(super) fn result_with(step: &StepResult, key: &str, what: &str) -> Result<Value> {
     step.results
         .iter()
         .find(|r| r.get(key).is_some())
@@ -67,7 +67,7 @@ fn result_with(step: &StepResult, key: &str, what: &str) -> Result<Value> {
         })
 }
 
-fn check(ok: bool, check: &str, reason: impl FnOnce() -> String) -> Result<()> {
+pub(super) fn check(ok: bool, check: &str, reason: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -79,7 +79,7 @@ fn check(ok: bool, check: &str, reason: impl FnOnce() -> String) -> Result<()> {
 }
 
 /// Sum of one counter over the queues of a stats line.
-fn stat_sum(stats: &Value, key: &str) -> u64 {
+pub(super) fn stat_sum(stats: &Value, key: &str) -> u64 {
     stats
         .get("queues")
         .and_then(Value::as_array)
@@ -92,7 +92,7 @@ fn stat_sum(stats: &Value, key: &str) -> u64 {
 }
 
 /// Starts a daemon in the background on the compute guest and returns its ready line.
-fn start_daemon(bed: &mut Bed, bin: &str, name: &str, args: &str) -> Result<Value> {
+pub(super) fn start_daemon(bed: &mut Bed, bin: &str, name: &str, args: &str) -> Result<Value> {
     let step = bed.step(
         Role::Compute,
         "publish",
@@ -167,7 +167,7 @@ result queues_before "$s0" anon_warnings "$((w1 - w0))" anon_queues "$((s1 - s0)
 }
 
 /// Asks a daemon for its statistics (SIGUSR1) and returns the stats line.
-fn stats(bed: &mut Bed, name: &str) -> Result<Value> {
+pub(super) fn stats(bed: &mut Bed, name: &str) -> Result<Value> {
     let step = bed.step(
         Role::Compute,
         "stats",
@@ -185,7 +185,7 @@ grep '"event":"stats"' /run/{name}.out | tail -n1 | sed 's/^/RESULT /'
 }
 
 /// Sends SIGTERM, expects exit status 0 and nothing left behind.
-fn stop_daemon(bed: &mut Bed, name: &str, during_fio_on: Option<&str>) -> Result<()> {
+pub(super) fn stop_daemon(bed: &mut Bed, name: &str, during_fio_on: Option<&str>) -> Result<()> {
     let fio = match during_fio_on {
         Some(dev) => format!(
             "fio --name=bg --filename=/dev/{dev} --rw=randread --bs=4k --size=32M --iodepth=16 \
@@ -490,6 +490,10 @@ result pattern "$a"
     if backing == Backing::Local {
         vmm_memory(bed, &bin, &agent, &backing_dev)?;
         resize_and_redrive(bed, &bin)?;
+        super::vdpa_blk_faults::local(bed, &bin, &agent, &backing_dev)?;
+    }
+    if backing == Backing::Fabric {
+        super::vdpa_blk_faults::fabric(bed, &bin, &agent, &backing_dev, SUBSYSTEM_NQN)?;
     }
 
     if backing == Backing::Fabric {

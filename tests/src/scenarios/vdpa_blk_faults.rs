@@ -1,0 +1,225 @@
+//! The datapath's answers to drivers and faults that a well-behaved guest never shows (issue 8
+//! of the project), against the real kernel:
+//!
+//! - a driver that enables a subset of the queues (firmware, fewer vCPUs than queues), one
+//!   of them only after DRIVER_OK, and reports garbage for another;
+//! - a VMM that maps and unmaps memory while its writes are in flight (each change is a
+//!   `VDUSE_UPDATE_IOTLB`): no completion may be lost;
+//! - SIGTERM while a VMM holds `/dev/vhost-vdpa-N`: the daemon names the holder and keeps
+//!   serving instead of hanging in `vdpa dev del`;
+//! - over the fabric, a reset while a write is stuck behind a cut path: the reset is answered
+//!   within the budget, the stuck worker writes nothing for the next driver, DRIVER_OK is
+//!   refused until the write completes, and the daemon still removes its device cleanly.
+//!
+//! The guest-side shell lives in `sh/`; each script says what it expects in its variables.
+
+use serde_json::Value;
+
+use super::steps::secs;
+use super::vdpa_blk::{check, result_with, start_daemon, stat_sum, stats, stop_daemon};
+use crate::bed::{Bed, Role};
+use crate::error::Result;
+
+/// A script from `sh/` with its variables set first.
+fn script(vars: &[(&str, &str)], body: &str) -> String {
+    let mut s: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    s.push_str(body);
+    s
+}
+
+fn path_of(ready: &Value) -> String {
+    ready["path"].as_str().unwrap_or_default().to_string()
+}
+
+fn num(v: &Value, k: &str) -> Option<u64> {
+    v[k].as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v[k].as_u64())
+}
+
+/// Single topology, over the local namespace `backing_dev`.
+pub(super) fn local(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -> Result<()> {
+    // A subset of three queues.
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb4",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa --queues 3"),
+    )?;
+    let dev = path_of(&ready);
+    let step = bed.step(
+        Role::Compute,
+        "io",
+        "a driver that enables one queue of three, a second after DRIVER_OK",
+        &script(
+            &[("AGENT", agent), ("DEV", &dev), ("NAME", "vb4")],
+            include_str!("sh/subset_queues.sh"),
+        ),
+        secs(120),
+    )?;
+    let subset = result_with(&step, "subset", "subset driver")?;
+    let logs = result_with(&step, "started", "daemon log counts")?;
+    check(
+        subset["subset"]["driver_ok"] == true
+            && subset["subset"]["queue0"] == "served"
+            && subset["subset"]["queue1_enabled_later"] == "served",
+        "a subset of the queues is served, and a queue enabled later starts",
+        || format!("{subset} {logs}"),
+    )?;
+    check(
+        num(&logs, "started") == Some(2) && num(&logs, "refused") == Some(0),
+        "two queues started, none refused the device",
+        || logs.to_string(),
+    )?;
+    stop_daemon(bed, "vb4", None)?;
+
+    // IOTLB updates while writes are in flight.
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb5",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+    )?;
+    let dev = path_of(&ready);
+    let step = bed.step(
+        Role::Compute,
+        "io",
+        "a VMM maps and unmaps memory while its writes are in flight",
+        &script(
+            &[("AGENT", agent), ("DEV", &dev)],
+            include_str!("sh/remap_during_io.sh"),
+        ),
+        secs(300),
+    )?;
+    let remap = result_with(&step, "remap_rounds", "remap rounds")?;
+    check(
+        remap["remap_readback_matches"] == true && remap["remap_requests"].as_u64() > Some(0),
+        "every write completed across the IOTLB updates",
+        || remap.to_string(),
+    )?;
+    let st = stats(bed, "vb5")?;
+    check(
+        stat_sum(&st, "errors") == 0 && stat_sum(&st, "parked") == 0,
+        "no errors and nothing left parked after the IOTLB updates",
+        || st.to_string(),
+    )?;
+    stop_daemon(bed, "vb5", None)?;
+
+    // SIGTERM while a VMM holds the device.
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb6",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+    )?;
+    let dev = path_of(&ready);
+    bed.step(
+        Role::Compute,
+        "teardown",
+        "SIGTERM while a VMM holds the vhost-vdpa device",
+        &script(
+            &[("AGENT", agent), ("DEV", &dev), ("NAME", "vb6")],
+            include_str!("sh/removal_while_held.sh"),
+        ),
+        secs(120),
+    )?;
+    // Let go: the next SIGTERM removes everything and exits 0.
+    stop_daemon(bed, "vb6", None)
+}
+
+/// Pair topology: `backing_dev` is the nvme-rdma namespace of subsystem `nqn`.
+pub(super) fn fabric(
+    bed: &mut Bed,
+    bin: &str,
+    agent: &str,
+    backing_dev: &str,
+    nqn: &str,
+) -> Result<()> {
+    let ready = start_daemon(
+        bed,
+        bin,
+        "vb7",
+        &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
+    )?;
+    let dev = path_of(&ready);
+    let vars = [("AGENT", agent), ("DEV", dev.as_str()), ("NAME", "vb7")];
+    let cut = |bed: &mut Bed| {
+        bed.step(
+            Role::Storage,
+            "io",
+            "cut the fabric path (subsystem off the port)",
+            &script(&[("NQN", nqn)], include_str!("sh/cut_path.sh")),
+            secs(30),
+        )
+    };
+    let restore = |bed: &mut Bed| {
+        bed.step(
+            Role::Storage,
+            "io",
+            "restore the fabric path",
+            &script(&[("NQN", nqn)], include_str!("sh/restore_path.sh")),
+            secs(30),
+        )
+    };
+    cut(bed)?;
+    bed.step(
+        Role::Compute,
+        "io",
+        "a VMM goes away with a write stuck behind the cut path",
+        &script(&vars, include_str!("sh/abandon_stuck_io.sh")),
+        secs(180),
+    )?;
+    let refused = bed.step(
+        Role::Compute,
+        "check",
+        "a new driver while the stuck write lives",
+        &script(&vars, include_str!("sh/driver_ok_status.sh")),
+        secs(60),
+    )?;
+    let status = result_with(&refused, "vhost_driver", "vhost-driver status")?;
+    let counts = result_with(&refused, "refusals", "refusal count")?;
+    check(
+        status["vhost_driver"]["status"]
+            .as_u64()
+            .is_some_and(|s| s & 4 == 0)
+            && num(&counts, "refusals") == Some(1),
+        "DRIVER_OK is refused while the previous driver's write is stuck",
+        || format!("{status} {counts}"),
+    )?;
+    restore(bed)?;
+    bed.step(
+        Role::Compute,
+        "check",
+        "the stuck write completes once the path is back",
+        &script(&vars, include_str!("sh/orphan_done.sh")),
+        secs(150),
+    )?;
+    let accepted = bed.step(
+        Role::Compute,
+        "check",
+        "a new driver after the stuck write completed",
+        &script(&vars, include_str!("sh/driver_ok_status.sh")),
+        secs(60),
+    )?;
+    let status = result_with(&accepted, "vhost_driver", "vhost-driver status")?;
+    check(
+        status["vhost_driver"]["status"]
+            .as_u64()
+            .is_some_and(|s| s & 4 != 0),
+        "DRIVER_OK holds once the stuck write completed",
+        || status.to_string(),
+    )?;
+    // Again, and this time the daemon is stopped while the orphan still waits: it must still
+    // remove its vdpa and VDUSE devices (the orphan holds no reference to the device fd).
+    cut(bed)?;
+    bed.step(
+        Role::Compute,
+        "io",
+        "a VMM goes away with a write stuck behind the cut path (again)",
+        &script(&vars, include_str!("sh/abandon_stuck_io.sh")),
+        secs(180),
+    )?;
+    let stopped = stop_daemon(bed, "vb7", None);
+    restore(bed)?;
+    stopped
+}
