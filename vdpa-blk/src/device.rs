@@ -155,6 +155,8 @@ pub struct Controller<O: VduseOps> {
     restarts: Vec<u32>,
     /// EVENT_IDX negotiated (read at DRIVER_OK).
     event_idx: bool,
+    /// Guest pages the SIGBUS handler had replaced at the last tick.
+    lost_pages: usize,
     /// The driver is vhost-vdpa: unmapped rings at DRIVER_OK most likely mean the VMM's memory
     /// is private anonymous memory, and the warning says so.
     warn_unmapped: bool,
@@ -196,6 +198,7 @@ impl<O: VduseOps> Controller<O> {
             orphans: Vec::new(),
             restarts: vec![0; n],
             event_idx: false,
+            lost_pages: 0,
             warn_unmapped,
             poll: Duration::ZERO,
         }
@@ -501,6 +504,15 @@ impl<O: VduseOps> Controller<O> {
     /// says so), and forgets orphans that finished.
     pub fn tick(&mut self) {
         self.check_resize();
+        let lost = crate::sigbus::replaced_pages();
+        if lost > self.lost_pages {
+            tracing::warn!(
+                pages = lost - self.lost_pages,
+                "guest memory vanished under the daemon (the VMM truncated its memory file): \
+                 those pages now read as zeroes"
+            );
+            self.lost_pages = lost;
+        }
         let _ = self.live_orphans();
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
             return;

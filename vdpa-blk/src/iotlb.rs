@@ -78,6 +78,9 @@ pub struct Mapping {
     offset: u64,
     raw_perm: u8,
     file_id: (u64, u64),
+    /// Known to the SIGBUS handler while mapped. Declared before `region`, so it is dropped
+    /// first: the range is forgotten just before it is unmapped.
+    _sigbus: crate::sigbus::Registration,
     region: MmapRegion<()>,
 }
 
@@ -130,7 +133,9 @@ impl Mapping {
         unsafe {
             libc::madvise(region.as_ptr().cast(), region.size(), libc::MADV_DONTDUMP);
         }
+        let _sigbus = crate::sigbus::register(region.as_ptr() as usize, region.size());
         Ok(Mapping {
+            _sigbus,
             start,
             last,
             perm,
@@ -831,6 +836,29 @@ pub(crate) mod tests {
         assert_eq!(r.mapped, 1);
         assert!(t.snapshot().find(0x1000).is_some());
         assert!(t.snapshot().find(0x0).is_none());
+    }
+
+    #[test]
+    fn a_vmm_truncating_its_memory_does_not_kill_the_daemon() {
+        crate::sigbus::install().expect("handler");
+        let src = FakeIotlb::new(0x3000, &[(0x10000, 0x12fff, 0, VDUSE_ACCESS_RW)]);
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let m = t.snapshot();
+        m.write_obj(0x5au8, GuestAddress(0x12000)).expect("write");
+        let before = crate::sigbus::replaced_pages();
+        // The VMM gives up the last page of its memfd.
+        src.file.set_len(0x2000).expect("truncate");
+        // Without the handler this read is a SIGBUS and the test process dies.
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x12000)).expect("read"), 0);
+        assert_eq!(crate::sigbus::replaced_pages(), before + 1);
+        m.write_obj(1u8, GuestAddress(0x12001))
+            .expect("write to the zero page");
+        // The pages still backed are untouched.
+        m.write_obj(7u8, GuestAddress(0x10000)).expect("write");
+        let mut b = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(&src.file, &mut b, 0).expect("pread");
+        assert_eq!(b[0], 7);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - [`netlink`]: the `vdpa` generic-netlink client; [`driver`]: vdpa bus driver binding;
 //! - [`blk`]: the virtio-blk device model (config space, features, request parsing, backends);
 //! - [`backing`]: the backing block device or file;
-//! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings;
+//! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings ([`sigbus`]: when a VMM truncates it);
 //! - [`worker`]: one thread and one io_uring per virtqueue;
 //! - [`device`]: the VDUSE control loop tying them together;
 //! - [`control`]: the daemon's control socket (stats on request).
@@ -17,5 +17,6 @@ pub mod device;
 pub mod driver;
 pub mod iotlb;
 pub mod netlink;
+pub mod sigbus;
 pub mod uapi;
 pub mod worker;

@@ -154,6 +154,8 @@ fn run(a: Args) -> anyhow::Result<()> {
     // Block before any thread exists so every thread inherits the mask and only the main
     // thread sees these signals.
     let set = block_signals()?;
+    // A VMM that truncates its guest memory must not take the daemon down with it.
+    vdpa_blk::sigbus::install().context("install the SIGBUS handler")?;
     let name = a.name.clone();
     // Bound before the device exists, so a taken path fails with nothing created.
     let control = a

@@ -839,3 +839,28 @@ fn a_worker_of_an_ended_driver_instance_writes_nothing() {
         .expect("id");
     assert_eq!(id, [0u8; 20], "no id written for the next driver");
 }
+
+#[test]
+fn a_stopped_worker_has_no_read_left_on_the_kick_eventfd() {
+    // The kick eventfd stays registered with VDUSE after a worker stops; a read still armed
+    // in the ring would consume the next kick (into a buffer that is gone).
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let (h, kick) = r.start(&vq, false, false);
+    h.stop().expect("stop");
+    kick.signal().expect("kick");
+    // SAFETY: plain fcntl/read on an eventfd we own; `v` lives across the read.
+    let (n, v) = unsafe {
+        let fd = kick.as_raw_fd();
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        let mut v = 0u64;
+        let n = libc::read(fd, (&mut v as *mut u64).cast(), 8);
+        (n, v)
+    };
+    assert_eq!(
+        (n, v),
+        (8, 1),
+        "the kick was consumed after the worker stopped"
+    );
+}
