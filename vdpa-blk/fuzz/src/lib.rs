@@ -4,36 +4,65 @@
 //! split virtqueue of 2..=256 entries, request chains that are well formed until
 //! [`Mutation`]s bend them (addresses in holes, at the top of the address space or on the
 //! rings themselves, odd lengths, flipped directions, loops, next indexes past the table,
-//! INDIRECT flags inside chains and indirect tables), raw descriptor overrides, extra available-ring entries, wrapped
-//! ring indexes and heads that are "in flight". Headers and discard/write-zeroes segments are
-//! written where the chains point, so most chains parse and execution is reached.
+//! INDIRECT flags inside chains and indirect tables; and the framings a driver may choose
+//! because a device must not assume any (virtio 1.2, 2.6.4.1): a header split over
+//! descriptors, header and data in one descriptor, data and status in one, a status
+//! descriptor longer than one byte, a device-readable descriptor after a device-writable one,
+//! empty padding descriptors and chains longer than the parser's limit), raw descriptor
+//! overrides, extra available-ring entries, wrapped or impossible ring indexes and heads that
+//! are "in flight". Headers and discard/write-zeroes segments are written where the chains
+//! point, so most chains parse and execution is reached.
 //!
 //! Guest memory is either a `GuestMemoryMmap` or vdpa-blk's own `IotlbMemory` (the production
 //! type: mappings of one memfd with per-region read-only / write-only / read-write
 //! permissions, one of them ending at the top of the 64-bit IOVA space).
 //!
-//! [`run`] then drains the queue the way `worker.rs` does (at most the queue size per round,
-//! a head already in flight or out of range dropped without a used entry, EVENT_IDX
-//! disable/enable rounds) and sends each chain through `blk::request::parse_into`, the
-//! function the worker calls, into descriptor and request buffers reused across chains as the
-//! worker reuses them. Accepted requests run on the reference executor (`blk::exec::execute`,
-//! in-memory backend) which shares the status/id writers with the worker; rejected ones go to
+//! [`run`] then drains the queue the way `worker.rs` (`process_available` / `pop_round`) does
+//! on a kick: rounds of at most the queue size, notifications disabled during a round and
+//! re-enabled after it, another round while more chains arrived and the last one popped
+//! something. The driver breaks the queue, and nothing more is popped, with an available
+//! index more than the queue size ahead of the device's, a head already in flight or out of
+//! range (no used entry), or a chain without a usable status byte (dropped, no used entry).
+//! Each chain goes through `blk::request::parse_into`, the function the worker calls, into
+//! descriptor and request buffers reused across chains as the worker reuses them. Accepted
+//! requests run on the reference executor (`blk::exec::execute`, in-memory backend) which
+//! shares the status/id writers with the worker; rejected ones go to
 //! `blk::exec::answer_rejected`, as in the worker.
+//!
+//! The oracle re-derives, from the descriptors virtio-queue yields for the chain and the
+//! guest memory alone (never from the parser), what the chain must become (`Expected`): the
+//! chain is a byte stream; the status is its last byte, the last byte of the last descriptor,
+//! usable when the chain ends there (no NEXT), that descriptor is device-writable and
+//! non-empty and the byte is writable memory; device-readable descriptors come before
+//! device-writable ones; the header is the first 16 device-readable bytes; the data are the
+//! bytes between the header and the status (device-writable for IN and GET_ID,
+//! device-readable for OUT, DISCARD and WRITE_ZEROES, ignored by FLUSH), reported as the
+//! non-empty parts of descriptors that hold them; a chain longer than the limit
+//! (`ParseContext::max_chain`) is answered IOERR whatever it holds. A malformed chain has a
+//! set of true errors (structure first: IOVA overflow, readable after writable, header; then
+//! the type; then data direction and access; then lengths, capacity and segments), and the
+//! parser's error must be one of them.
 //!
 //! Invariants (a violation panics, which libFuzzer reports as a crash):
 //! - nothing panics (overflow checks and debug assertions are on in `cargo fuzz build`);
-//! - a status address, whether of an accepted or a rejected chain, is the address of the
-//!   chain's last descriptor, which is complete, device-writable and at least one byte long;
-//!   the status byte written there is the one the outcome calls for;
-//! - a rejected chain maps to a virtio status (IOERR or UNSUPP, used length 1) or to a drop
-//!   (no status address, used length 0), and a chain whose status descriptor is usable is
-//!   never dropped;
-//! - an accepted request agrees with the chain (header, data buffers in order with the right
-//!   direction and accessible with the permission they need, sector ranges inside the
-//!   capacity, no writes on a read-only device, segment limits) and its used length does
-//!   not exceed the chain's device-writable bytes;
+//! - a chain the oracle finds valid is accepted as exactly the expected request (type,
+//!   sector, data byte ranges in order, data length, segments, status address), and a chain
+//!   it finds malformed is rejected with one of its errors;
+//! - a status address, whether of an accepted or a rejected chain, is the last byte of the
+//!   last descriptor of a complete chain, that descriptor device-writable and the byte
+//!   writable memory; the status byte written there is the one the outcome calls for (an
+//!   executed request OK or IOERR, a rejected one UNSUPP for an unsupported type or flags and
+//!   IOERR otherwise);
+//! - a chain whose status byte is usable is never dropped (too-long chains included), and
+//!   one whose status byte is not usable is never answered;
+//! - an accepted request is consistent on its own (buffers accessible with the permission
+//!   they need, sector ranges inside the capacity, no writes on a read-only device, segment
+//!   limits) and its used length does not exceed the chain's device-writable bytes;
+//! - the drain stops exactly when the queue breaks (impossible available index, head in
+//!   flight or out of range, chain dropped), otherwise it consumes every available chain, and
+//!   every chain it completes has one used entry;
 //! - comparing all of guest memory before and after, every changed byte lies in the used
-//!   ring, in a status byte that was written, or in a device-writable data buffer of an
+//!   ring, in a status byte that was written, or in a device-writable data range of an
 //!   executed IN or GET_ID request.
 //!
 //! Running (stable toolchain; cargo-fuzz needs nightly flags, hence `RUSTC_BOOTSTRAP=1`), from
@@ -46,20 +75,21 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 
 use arbitrary::Arbitrary;
 use vdpa_blk::blk::exec::{answer_rejected, execute, MemBackend};
 use vdpa_blk::blk::request::{
-    parse_into, ParseContext, Rejected, Request, RequestType, HEADER_SIZE, SECTOR_SIZE,
-    SEGMENT_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    parse_into, Error, ParseContext, Rejected, Request, RequestType, Segment, HEADER_SIZE,
+    SECTOR_SIZE, SEGMENT_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use vdpa_blk::iotlb::{IotlbMemory, Mapping};
 use vdpa_blk::uapi::vduse::{VduseIotlbEntry, VDUSE_ACCESS_RO, VDUSE_ACCESS_RW, VDUSE_ACCESS_WO};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -98,8 +128,10 @@ const TOP_MMAP: u64 = TOP_IOTLB - 0x1000;
 const MAX_CAPACITY: u64 = u64::MAX / SECTOR_SIZE;
 /// In-memory backing size cap (requests past it fail with IOERR at execution).
 const BACKEND_SECTORS: u64 = 256;
-/// EVENT_IDX rounds per run (a driver can keep a device busy forever; the harness stops).
-const MAX_ROUNDS: u32 = 4;
+/// Longest chain the mutations build (longer than any queue: indirect tables may be).
+const MAX_PROTOS: usize = 600;
+/// Most bytes a [`Mutation::Join`] moves.
+const MAX_JOIN_MOVE: u32 = 0x1_0000;
 
 #[derive(Debug, Clone, Copy)]
 struct Region {
@@ -149,9 +181,10 @@ pub struct FuzzInput {
     pub raw_descriptors: Vec<RawDescSpec>,
     /// Extra available-ring entries `(position, head)`, heads possibly past the table.
     pub extra_heads: Vec<(u8, u16)>,
-    /// Heads the device considers in flight.
+    /// Heads the device considers in flight (popping one breaks the queue).
     pub in_flight: Vec<u16>,
-    /// Available index written instead of the right one.
+    /// Available index written instead of the right one (more than the queue size ahead of
+    /// `start_idx` breaks the queue).
     pub avail_idx: Option<u16>,
 }
 
@@ -160,7 +193,8 @@ pub struct FuzzInput {
 pub struct DeviceSpec {
     /// Queue size `2 << (x % 8)`.
     pub queue_size_log2: u8,
-    /// The parser's longest acceptable chain, if not the queue size.
+    /// The parser's longest acceptable chain (`ParseContext::max_chain`), if not the queue
+    /// size.
     pub max_chain: Option<u16>,
     /// Capacity in sectors.
     pub capacity: CapacitySpec,
@@ -339,6 +373,25 @@ pub enum Mutation {
     Insert(u8, AddrSpec, LenSpec, bool),
     /// Duplicate a descriptor.
     Duplicate(u8),
+    /// Split a buffer in two adjacent descriptors at byte `1 + at % (len - 1)`: a header
+    /// split over descriptors, data cut off sector boundaries, a status descriptor whose last
+    /// byte is in the second half. The bytes stay where they are.
+    Split(u8, u16),
+    /// Join a descriptor and the following one into one descriptor with the second one's
+    /// direction, moving the shorter one's bytes next to the longer one: the header in front
+    /// of the data (header and data in one descriptor), the status after the data (data and
+    /// status in one). Moves at most 64 KiB.
+    Join(u8),
+    /// Lengthen the last descriptor at its front: a status descriptor longer than one byte,
+    /// its last byte (the status) where it was.
+    WidenStatus(LenSpec),
+    /// Insert a device-readable descriptor after the first device-writable one and before the
+    /// last one (when the last one is the only device-writable one, a copy of it goes first).
+    ReadableAfterWritable(u8, AddrSpec, LenSpec),
+    /// Insert this many empty descriptors before a descriptor, with its direction: the
+    /// request is the same, the chain longer (past `ParseContext::max_chain`, in an indirect
+    /// table past the queue size).
+    Pad(u8, u8),
 }
 
 /// A guest address.
@@ -453,8 +506,8 @@ trait Arena {
     fn snapshot(&self, buf: &mut [u8]);
     /// Writes `bytes` at `file_off` of the backing.
     fn write_backing(&self, file_off: u64, bytes: &[u8]);
-    /// Reads one byte at `file_off` of the backing.
-    fn read_backing(&self, file_off: u64) -> u8;
+    /// Reads `buf.len()` bytes at `file_off` of the backing (inside one region).
+    fn read_backing(&self, file_off: u64, buf: &mut [u8]);
 
     /// The driver writes `bytes` at `iova`; bytes outside the regions are lost.
     fn poke(&self, iova: u64, bytes: &[u8]) {
@@ -477,7 +530,25 @@ trait Arena {
             .regions()
             .iter()
             .find(|r| iova >= r.iova && iova - r.iova < r.len)?;
-        Some(self.read_backing(r.file_off + (iova - r.iova)))
+        let mut b = [0u8];
+        self.read_backing(r.file_off + (iova - r.iova), &mut b);
+        Some(b[0])
+    }
+
+    /// The driver reads `len` bytes at `iova`; bytes outside the regions read as 0.
+    fn peek_range(&self, iova: u64, len: u32) -> Vec<u8> {
+        let mut bytes = vec![0u8; len as usize];
+        let (a, b) = (u128::from(iova), u128::from(iova) + u128::from(len));
+        for r in self.regions() {
+            let (ra, rb) = (u128::from(r.iova), u128::from(r.iova) + u128::from(r.len));
+            let (start, end) = (a.max(ra), b.min(rb));
+            if start >= end {
+                continue;
+            }
+            let off = r.file_off + (start - ra) as u64;
+            self.read_backing(off, &mut bytes[(start - a) as usize..(end - a) as usize]);
+        }
+        bytes
     }
 
     /// The IOVA of snapshot offset `off`.
@@ -548,10 +619,10 @@ impl Arena for MmapArena {
             .write_slice(bytes, self.at(file_off))
             .expect("poke inside one region");
     }
-    fn read_backing(&self, file_off: u64) -> u8 {
+    fn read_backing(&self, file_off: u64, buf: &mut [u8]) {
         self.mem
-            .read_obj(self.at(file_off))
-            .expect("peek in a region")
+            .read_slice(buf, self.at(file_off))
+            .expect("peek inside one region");
     }
 }
 
@@ -623,12 +694,8 @@ impl Arena for IotlbArena {
             .write_all_at(bytes, file_off)
             .expect("write memfd");
     }
-    fn read_backing(&self, file_off: u64) -> u8 {
-        let mut b = [0u8];
-        self.file
-            .read_exact_at(&mut b, file_off)
-            .expect("read memfd");
-        b[0]
+    fn read_backing(&self, file_off: u64, buf: &mut [u8]) {
+        self.file.read_exact_at(buf, file_off).expect("read memfd");
     }
 }
 
@@ -726,11 +793,16 @@ fn chain_protos<A: Arena>(arena: &A, spec: &ChainSpec, capacity: u64) -> Vec<Pro
     protos
 }
 
-fn mutate(protos: &mut Vec<Proto>, m: Mutation, top: u64) {
-    const MAX_CHAIN: usize = 300;
+/// The driver copies `len` bytes from `from` to `to` (unmapped bytes read as 0 and are lost,
+/// and so are bytes past the top of the address space).
+fn copy_bytes<A: Arena>(arena: &A, from: u64, to: u64, len: u32) {
+    arena.poke(to, &arena.peek_range(from, len));
+}
+
+fn mutate<A: Arena>(arena: &A, protos: &mut Vec<Proto>, m: Mutation, top: u64) {
     let pick = |i: u8, len: usize| usize::from(i) % len;
     if let Mutation::Insert(i, addr, len, write) = m {
-        if protos.len() < MAX_CHAIN {
+        if protos.len() < MAX_PROTOS {
             let at = usize::from(i) % (protos.len() + 1);
             protos.insert(at, Proto::new(addr.resolve(top), len.resolve(), write));
         }
@@ -769,10 +841,98 @@ fn mutate(protos: &mut Vec<Proto>, m: Mutation, top: u64) {
             protos.remove(i);
         }
         Mutation::Duplicate(i) => {
-            if protos.len() < MAX_CHAIN {
+            if protos.len() < MAX_PROTOS {
                 let i = pick(i, protos.len());
                 protos.insert(i, protos[i]);
             }
+        }
+        Mutation::Split(i, at) => {
+            let i = pick(i, protos.len());
+            let p = protos[i];
+            if p.len < 2 || protos.len() >= MAX_PROTOS {
+                return;
+            }
+            let k = 1 + u32::from(at) % (p.len - 1);
+            let second = Proto {
+                addr: p.addr.wrapping_add(u64::from(k)),
+                len: p.len - k,
+                ..p
+            };
+            protos[i] = Proto {
+                len: k,
+                next: NextMode::Follow,
+                ..p
+            };
+            protos.insert(i + 1, second);
+        }
+        Mutation::Join(i) => {
+            if protos.len() < 2 {
+                return;
+            }
+            let i = usize::from(i) % (protos.len() - 1);
+            let (a, b) = (protos[i], protos[i + 1]);
+            let Some(len) = a.len.checked_add(b.len) else {
+                return;
+            };
+            let addr = if a.len <= b.len {
+                // `a`'s bytes go right in front of `b`'s.
+                if a.len > MAX_JOIN_MOVE {
+                    return;
+                }
+                let at = b.addr.wrapping_sub(u64::from(a.len));
+                copy_bytes(arena, a.addr, at, a.len);
+                at
+            } else {
+                // `b`'s bytes go right after `a`'s.
+                if b.len > MAX_JOIN_MOVE {
+                    return;
+                }
+                copy_bytes(arena, b.addr, a.addr.wrapping_add(u64::from(a.len)), b.len);
+                a.addr
+            };
+            protos[i] = Proto {
+                addr,
+                len,
+                write: b.write,
+                flags: a.flags | b.flags,
+                next: b.next,
+            };
+            protos.remove(i + 1);
+        }
+        Mutation::WidenStatus(l) => {
+            let last = protos.last_mut().expect("not empty");
+            let extra = l.resolve();
+            if let Some(len) = last.len.checked_add(extra) {
+                last.addr = last.addr.wrapping_sub(u64::from(extra));
+                last.len = len;
+            }
+        }
+        Mutation::ReadableAfterWritable(at, addr, len) => {
+            let Some(mut w) = protos.iter().position(|p| p.write) else {
+                return;
+            };
+            if protos.len() + 2 > MAX_PROTOS {
+                return;
+            }
+            let n = protos.len();
+            if w == n - 1 {
+                let copy = Proto {
+                    next: NextMode::Follow,
+                    ..protos[n - 1]
+                };
+                protos.insert(n - 1, copy);
+                w = n - 1;
+            }
+            // Somewhere after the first device-writable descriptor, before the last one.
+            let n = protos.len();
+            let pos = w + 1 + usize::from(at) % (n - 1 - w);
+            protos.insert(pos, Proto::new(addr.resolve(top), len.resolve(), false));
+        }
+        Mutation::Pad(i, count) => {
+            let i = pick(i, protos.len());
+            let count = usize::from(count).min(MAX_PROTOS.saturating_sub(protos.len()));
+            let pad = Proto::new(protos[i].addr, 0, protos[i].write);
+            protos.splice(i..i, std::iter::repeat_n(pad, count));
         }
         Mutation::Insert(..) => unreachable!("handled above"),
     }
@@ -822,130 +982,407 @@ fn writable_bytes(walk: &[Descriptor]) -> u64 {
         .sum()
 }
 
-/// The chain as virtio-queue yields it is complete: it ends without NEXT within the limit.
-fn complete(walk: &[Descriptor], max_chain: u16) -> bool {
-    walk.last().is_some_and(|d| !d.has_next()) && walk.len() <= usize::from(max_chain)
+/// What the parser must make of a chain, derived from its walk and guest memory alone.
+#[derive(Debug)]
+enum Expected {
+    /// No usable status byte: rejected with one of these errors and dropped.
+    Drop(Vec<Error>),
+    /// Rejected with one of these errors and answered at this status byte.
+    Answer(GuestAddress, Vec<Error>),
+    /// Accepted as this request.
+    Accept(Request),
 }
 
-fn check_status_descriptor(walk: &[Descriptor], ctx: &ParseContext, status_addr: GuestAddress) {
-    assert!(
-        complete(walk, ctx.queue_size),
-        "status address on an incomplete chain"
+/// The non-empty parts of the descriptors that hold bytes `[from, to)` of the chain's byte
+/// stream (the concatenation of its buffers), in order, with their direction.
+fn stream_ranges(walk: &[Descriptor], from: u64, to: u64) -> Vec<(GuestAddress, u32, bool)> {
+    let mut ranges = Vec::new();
+    let mut start = 0u64;
+    for d in walk {
+        let end = start + u64::from(d.len());
+        let (a, b) = (start.max(from), end.min(to));
+        if a < b {
+            let addr = GuestAddress(d.addr().0.wrapping_add(a - start));
+            ranges.push((addr, (b - a) as u32, d.is_write_only()));
+        }
+        start = end;
+    }
+    ranges
+}
+
+/// The virtio-blk status an error is answered with (`None`: dropped), as the spec says:
+/// UNSUPP for an unsupported request (type or segment flags), IOERR for any other error.
+fn status_of(e: &Error) -> Option<u8> {
+    match e {
+        Error::EmptyChain
+        | Error::ChainTruncated
+        | Error::StatusNotWritable
+        | Error::StatusTooShort => None,
+        Error::Unsupported(_) | Error::UnsupportedFlags(_) => Some(VIRTIO_BLK_S_UNSUPP),
+        _ => Some(VIRTIO_BLK_S_IOERR),
+    }
+}
+
+/// The oracle: re-derives from the chain walk (every descriptor virtio-queue yields, however
+/// many) what the parser must return. See the crate documentation for the rules; where a
+/// chain breaks several of them, every error found at the first level that fails is an
+/// acceptable answer (the levels: status byte, length limit, structure, type, data, request).
+fn expected<M: GuestMemory>(
+    mem: &M,
+    ctx: &ParseContext,
+    head: u16,
+    walk: &[Descriptor],
+) -> Expected {
+    let too_long = walk.len() > usize::from(ctx.max_chain);
+    let mut errors = Vec::new();
+    if too_long {
+        errors.push(Error::ChainTooLong(ctx.max_chain));
+    }
+
+    // The status byte: the last byte of the chain.
+    let Some(last) = walk.last() else {
+        errors.push(Error::EmptyChain);
+        return Expected::Drop(errors);
+    };
+    if last.has_next() {
+        errors.push(Error::ChainTruncated);
+        return Expected::Drop(errors);
+    }
+    if !last.is_write_only() {
+        errors.push(Error::StatusNotWritable);
+        return Expected::Drop(errors);
+    }
+    if last.len() == 0 {
+        errors.push(Error::StatusTooShort);
+        return Expected::Drop(errors);
+    }
+    let status = last
+        .addr()
+        .0
+        .checked_add(u64::from(last.len()) - 1)
+        .map(GuestAddress)
+        .filter(|&a| mem.check_range(a, 1, Permissions::Write));
+    let Some(status) = status else {
+        errors.push(Error::InvalidAddress {
+            addr: last.addr().0,
+            len: last.len(),
+        });
+        return Expected::Drop(errors);
+    };
+    if too_long {
+        return Expected::Answer(status, errors);
+    }
+
+    // Structure: every buffer inside the IOVA space, readable before writable, a header.
+    for d in walk {
+        if d.len() > 0 && d.addr().0.checked_add(u64::from(d.len()) - 1).is_none() {
+            errors.push(Error::InvalidAddress {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+    }
+    let overflow = !errors.is_empty();
+    let first_writable = walk
+        .iter()
+        .position(|d| d.is_write_only())
+        .expect("the last descriptor is device-writable");
+    if walk[first_writable..].iter().any(|d| !d.is_write_only()) {
+        errors.push(Error::ReadableAfterWritable);
+    }
+    let readable_len: u64 = walk[..first_writable]
+        .iter()
+        .map(|d| u64::from(d.len()))
+        .sum();
+    let mut hdr = [0u8; HEADER_SIZE as usize];
+    if first_writable == 0 {
+        errors.push(Error::WriteOnlyHeader);
+    } else if readable_len < u64::from(HEADER_SIZE) {
+        errors.push(Error::HeaderTooShort(readable_len as u32));
+    } else if !overflow {
+        // The header: the first 16 bytes, all in device-readable descriptors.
+        let mut at = 0usize;
+        for (addr, len, _) in stream_ranges(walk, 0, u64::from(HEADER_SIZE)) {
+            let n = len as usize;
+            if !mem.check_range(addr, n, Permissions::Read)
+                || mem.read_slice(&mut hdr[at..at + n], addr).is_err()
+            {
+                errors.push(Error::InvalidAddress { addr: addr.0, len });
+            }
+            at += n;
+        }
+    }
+    if !errors.is_empty() {
+        return Expected::Answer(status, errors);
+    }
+
+    // The type.
+    let type_ = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
+    let sector = u64::from_le_bytes(hdr[8..].try_into().expect("8 bytes"));
+    let request_type = match type_ {
+        VIRTIO_BLK_T_IN => RequestType::In,
+        VIRTIO_BLK_T_OUT => RequestType::Out,
+        VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+        VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+        VIRTIO_BLK_T_DISCARD if ctx.discard => RequestType::Discard,
+        VIRTIO_BLK_T_WRITE_ZEROES if ctx.write_zeroes => RequestType::WriteZeroes,
+        t => return Expected::Answer(status, vec![Error::Unsupported(t)]),
+    };
+
+    // The data: every byte between the header and the status, in the right direction.
+    let device_writes = matches!(request_type, RequestType::In | RequestType::GetId);
+    let writes_disk = matches!(
+        request_type,
+        RequestType::Out | RequestType::Discard | RequestType::WriteZeroes
     );
-    assert!(walk.len() >= 2, "status address on a one-descriptor chain");
-    let last = walk.last().expect("complete chains are not empty");
+    let read_only = ctx.read_only && writes_disk;
+    let total: u64 = walk.iter().map(|d| u64::from(d.len())).sum();
+    let mut data = Vec::new();
+    if request_type != RequestType::Flush {
+        let access = if device_writes {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        for (addr, len, writable) in stream_ranges(walk, u64::from(HEADER_SIZE), total - 1) {
+            if writable != device_writes {
+                errors.push(Error::WrongDirection);
+            } else if !mem.check_range(addr, len as usize, access) {
+                errors.push(Error::InvalidAddress { addr: addr.0, len });
+            }
+            data.push((addr, len));
+        }
+    }
+    let data_len: u64 = data.iter().map(|&(_, len)| u64::from(len)).sum();
+    if data_len > u64::from(u32::MAX) {
+        errors.push(Error::DataTooLong);
+    }
+    if !errors.is_empty() {
+        if read_only {
+            errors.push(Error::ReadOnly);
+        }
+        return Expected::Answer(status, errors);
+    }
+    let data_len = data_len as u32;
+
+    // The request: lengths, capacity, segments.
+    let capacity = ctx.capacity;
+    let mut segments = Vec::new();
+    match request_type {
+        RequestType::In | RequestType::Out => {
+            if u64::from(data_len) % SECTOR_SIZE != 0 {
+                errors.push(Error::DataLengthNotSectorMultiple(data_len));
+            } else {
+                let count = u64::from(data_len) / SECTOR_SIZE;
+                if sector.checked_add(count).is_none_or(|end| end > capacity) {
+                    errors.push(Error::SectorOutOfRange {
+                        sector,
+                        count,
+                        capacity,
+                    });
+                }
+            }
+        }
+        RequestType::Flush | RequestType::GetId => {}
+        RequestType::Discard | RequestType::WriteZeroes => {
+            let discard = request_type == RequestType::Discard;
+            let (max_seg, max_sectors) = if discard {
+                (ctx.max_discard_seg, ctx.max_discard_sectors)
+            } else {
+                (ctx.max_write_zeroes_seg, ctx.max_write_zeroes_sectors)
+            };
+            let allowed_flags = if discard {
+                0
+            } else {
+                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+            };
+            let count = data_len / SEGMENT_SIZE;
+            if data_len == 0 || !data_len.is_multiple_of(SEGMENT_SIZE) {
+                errors.push(Error::BadSegmentLength(data_len));
+            } else if count > max_seg {
+                errors.push(Error::TooManySegments {
+                    count,
+                    max: max_seg,
+                });
+            } else {
+                // The segments, 16 bytes each, across the data ranges.
+                let mut raw = [0u8; SEGMENT_SIZE as usize];
+                let mut fill = 0usize;
+                for &(addr, len) in &data {
+                    let mut off = 0usize;
+                    while off < len as usize {
+                        let n = (raw.len() - fill).min(len as usize - off);
+                        mem.read_slice(&mut raw[fill..fill + n], GuestAddress(addr.0 + off as u64))
+                            .expect("readable data can be read");
+                        fill += n;
+                        off += n;
+                        if fill < raw.len() {
+                            continue;
+                        }
+                        fill = 0;
+                        let seg_sector = u64::from_le_bytes(raw[..8].try_into().expect("8"));
+                        let num_sectors = u32::from_le_bytes(raw[8..12].try_into().expect("4"));
+                        let flags = u32::from_le_bytes(raw[12..].try_into().expect("4"));
+                        if flags & !allowed_flags != 0 {
+                            errors.push(Error::UnsupportedFlags(flags));
+                        }
+                        if num_sectors > max_sectors {
+                            errors.push(Error::SegmentTooLarge {
+                                count: num_sectors,
+                                max: max_sectors,
+                            });
+                        }
+                        let count = u64::from(num_sectors);
+                        if seg_sector
+                            .checked_add(count)
+                            .is_none_or(|end| end > capacity)
+                        {
+                            errors.push(Error::SectorOutOfRange {
+                                sector: seg_sector,
+                                count,
+                                capacity,
+                            });
+                        }
+                        segments.push(Segment {
+                            sector: seg_sector,
+                            num_sectors,
+                            unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if read_only {
+        errors.push(Error::ReadOnly);
+    }
+    if !errors.is_empty() {
+        return Expected::Answer(status, errors);
+    }
+    if request_type == RequestType::Flush {
+        data.clear();
+    }
+    Expected::Accept(Request {
+        head_index: head,
+        request_type,
+        sector,
+        data,
+        data_len,
+        segments,
+        status_addr: status,
+    })
+}
+
+/// A status address is the last byte of the last descriptor of a complete chain, a
+/// non-empty device-writable descriptor, and writable memory.
+fn check_status_descriptor<M: GuestMemory>(
+    mem: &M,
+    walk: &[Descriptor],
+    status_addr: GuestAddress,
+) {
+    let last = walk.last().expect("status address on an empty chain");
+    assert!(!last.has_next(), "status address on an incomplete chain");
     assert!(
         last.is_write_only(),
         "status written into a device-readable descriptor"
     );
     assert!(last.len() >= 1, "status written into an empty descriptor");
     assert_eq!(
-        status_addr,
-        last.addr(),
-        "status address outside the status descriptor"
+        Some(status_addr.0),
+        last.addr().0.checked_add(u64::from(last.len()) - 1),
+        "status address is not the last byte of the last descriptor"
+    );
+    assert!(
+        mem.check_range(status_addr, 1, Permissions::Write),
+        "status address not writable"
     );
 }
 
 fn check_rejected<M: GuestMemory>(
     mem: &M,
-    ctx: &ParseContext,
     head: u16,
     walk: &[Descriptor],
+    expected: &Expected,
     rej: &Rejected,
 ) {
     assert_eq!(rej.head_index, head);
     let status = rej.error.status();
-    assert!(
-        matches!(
-            status,
-            None | Some(VIRTIO_BLK_S_IOERR | VIRTIO_BLK_S_UNSUPP)
-        ),
+    assert_eq!(
+        status,
+        status_of(&rej.error),
         "{:?} maps to status {status:?}",
         rej.error
     );
-    if let Some(addr) = rej.status_addr {
-        assert!(
-            status.is_some(),
-            "{:?}: a dropped chain has a status address",
-            rej.error
-        );
-        check_status_descriptor(walk, ctx, addr);
-        assert!(mem.check_range(addr, 1, Permissions::Write));
+    match expected {
+        Expected::Accept(req) => {
+            panic!("rejected ({:?}) a valid chain: {req:?}", rej.error)
+        }
+        Expected::Drop(errors) => {
+            assert_eq!(
+                rej.status_addr, None,
+                "{:?}: answered a chain without a usable status byte",
+                rej.error
+            );
+            assert!(
+                errors.contains(&rej.error),
+                "dropped with {:?}, expected one of {errors:?}",
+                rej.error
+            );
+        }
+        Expected::Answer(addr, errors) => {
+            // A usable status byte means an answer, never a drop.
+            assert_eq!(
+                rej.status_addr,
+                Some(*addr),
+                "{:?}: status byte {addr:?} is usable but the chain is not answered there",
+                rej.error
+            );
+            assert!(
+                errors.contains(&rej.error),
+                "rejected with {:?}, expected one of {errors:?}",
+                rej.error
+            );
+            assert!(
+                status.is_some(),
+                "{:?}: answered without a status",
+                rej.error
+            );
+        }
     }
-    // A usable status descriptor means an answer, never a drop.
-    let usable = complete(walk, ctx.queue_size)
-        && walk.len() >= 2
-        && walk.last().is_some_and(|d| {
-            d.is_write_only() && d.len() >= 1 && mem.check_range(d.addr(), 1, Permissions::Write)
-        });
-    if usable {
-        assert!(
-            status.is_some() && rej.status_addr.is_some(),
-            "{:?}: chain dropped although its status descriptor is usable",
-            rej.error
-        );
+    if let Some(addr) = rej.status_addr {
+        check_status_descriptor(mem, walk, addr);
     }
 }
 
 fn check_accepted<M: GuestMemory>(
     mem: &M,
     ctx: &ParseContext,
-    head: u16,
     walk: &[Descriptor],
+    expected: &Expected,
     req: &Request,
 ) {
-    assert_eq!(req.head_index, head);
-    check_status_descriptor(walk, ctx, req.status_addr);
-    let first = walk[0];
-    assert!(!first.is_write_only(), "accepted a write-only header");
-    assert!(first.len() >= HEADER_SIZE, "accepted a short header");
-    let mut hdr = [0u8; HEADER_SIZE as usize];
-    mem.read_slice(&mut hdr, first.addr())
-        .expect("accepted header is readable");
-    let type_ = u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes"));
-    let sector = u64::from_le_bytes(hdr[8..].try_into().expect("8 bytes"));
-    let expected_type = match req.request_type {
-        RequestType::In => VIRTIO_BLK_T_IN,
-        RequestType::Out => VIRTIO_BLK_T_OUT,
-        RequestType::Flush => VIRTIO_BLK_T_FLUSH,
-        RequestType::GetId => VIRTIO_BLK_T_GET_ID,
-        RequestType::Discard => VIRTIO_BLK_T_DISCARD,
-        RequestType::WriteZeroes => VIRTIO_BLK_T_WRITE_ZEROES,
-    };
-    assert_eq!(type_, expected_type);
-    assert_eq!(sector, req.sector);
-
-    let middle = &walk[1..walk.len() - 1];
+    match expected {
+        Expected::Accept(e) => assert_eq!(req, e, "accepted request differs from the chain"),
+        Expected::Drop(errors) | Expected::Answer(_, errors) => {
+            panic!("accepted a chain that is not valid ({errors:?}): {req:?}")
+        }
+    }
+    // The request on its own, independently of how it was derived.
+    check_status_descriptor(mem, walk, req.status_addr);
     let device_writes = matches!(req.request_type, RequestType::In | RequestType::GetId);
-    if req.request_type == RequestType::Flush {
-        assert!(req.data.is_empty() && req.data_len == 0);
+    let access = if device_writes {
+        Permissions::Write
     } else {
-        let expected: Vec<(GuestAddress, u32)> = middle
-            .iter()
-            .filter(|d| d.len() > 0)
-            .map(|d| (d.addr(), d.len()))
-            .collect();
-        assert_eq!(req.data, expected, "data buffers differ from the chain");
-        let total: u64 = middle.iter().map(|d| u64::from(d.len())).sum();
-        assert_eq!(u64::from(req.data_len), total);
-        for d in middle {
-            assert_eq!(
-                d.is_write_only(),
-                device_writes,
-                "data buffer with the wrong direction"
-            );
-        }
-        let access = if device_writes {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        for &(addr, len) in &req.data {
-            assert!(
-                mem.check_range(addr, len as usize, access),
-                "accepted buffer {addr:?}+{len} is not accessible"
-            );
-        }
+        Permissions::Read
+    };
+    let total: u64 = req.data.iter().map(|&(_, len)| u64::from(len)).sum();
+    assert_eq!(u64::from(req.data_len), total);
+    for &(addr, len) in &req.data {
+        assert!(len > 0, "empty data range");
+        assert!(
+            mem.check_range(addr, len as usize, access),
+            "accepted buffer {addr:?}+{len} is not accessible"
+        );
     }
     match req.request_type {
         RequestType::In | RequestType::Out => {
@@ -959,7 +1396,8 @@ fn check_accepted<M: GuestMemory>(
             );
             assert!(!(ctx.read_only && req.request_type == RequestType::Out));
         }
-        RequestType::Flush | RequestType::GetId => {}
+        RequestType::Flush => assert!(req.data.is_empty() && req.data_len == 0),
+        RequestType::GetId => {}
         RequestType::Discard | RequestType::WriteZeroes => {
             let discard = req.request_type == RequestType::Discard;
             assert!(if discard {
@@ -1021,10 +1459,129 @@ pub struct Outcome {
     pub executed: [u32; 6],
     /// Rejected chains answered with a status (IOERR or UNSUPP).
     pub answered: u32,
-    /// Rejected chains dropped (used length 0).
+    /// Rejected chains dropped (no usable status byte; no used entry, the queue breaks).
     pub dropped: u32,
-    /// Chains whose head was in flight or out of range (no used entry).
+    /// Chains whose head was in flight or out of range (no used entry, the queue breaks).
     pub skipped: u32,
+    /// The driver broke the queue: nothing more was popped.
+    pub broken: bool,
+    /// `(head, status, used length)` of every completed chain, in completion order.
+    pub completions: Vec<(u16, u8, u32)>,
+    /// Accepted requests framed other than one descriptor each for header, data buffers and
+    /// status, and rejections of the new framing rules (how much the fuzzer reaches them).
+    pub framings: Framings,
+}
+
+/// See [`Outcome::framings`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Framings {
+    /// Accepted with the header over more than one descriptor.
+    pub split_header: u32,
+    /// Accepted with header bytes and data bytes in one descriptor.
+    pub header_with_data: u32,
+    /// Accepted with a status descriptor longer than one byte (data and status in one
+    /// descriptor, for IN and GET_ID).
+    pub wide_status: u32,
+    /// Accepted with empty descriptors in the chain.
+    pub padded: u32,
+    /// Answered `ReadableAfterWritable`.
+    pub readable_after_writable: u32,
+    /// Answered `ChainTooLong` (a usable status byte past the limit).
+    pub too_long: u32,
+}
+
+impl Framings {
+    fn accepted(&mut self, walk: &[Descriptor], req: &Request) {
+        if stream_ranges(walk, 0, u64::from(HEADER_SIZE)).len() > 1 {
+            self.split_header += 1;
+        }
+        // The descriptor holding the header's last byte also holds the first data byte.
+        let desc_at = |off: u64| {
+            let mut end = 0u64;
+            walk.iter().position(|d| {
+                end += u64::from(d.len());
+                off < end
+            })
+        };
+        if !req.data.is_empty() && desc_at(u64::from(HEADER_SIZE) - 1) == desc_at(16) {
+            self.header_with_data += 1;
+        }
+        if walk.last().is_some_and(|d| d.len() > 1) {
+            self.wide_status += 1;
+        }
+        if walk.iter().any(|d| d.len() == 0) {
+            self.padded += 1;
+        }
+    }
+
+    fn rejected(&mut self, rej: &Rejected) {
+        if rej.status_addr.is_none() {
+            return;
+        }
+        match rej.error {
+            Error::ReadableAfterWritable => self.readable_after_writable += 1,
+            Error::ChainTooLong(_) => self.too_long += 1,
+            _ => {}
+        }
+    }
+
+    #[cfg(test)]
+    fn add(&mut self, o: &Framings) {
+        self.split_header += o.split_header;
+        self.header_with_data += o.header_with_data;
+        self.wide_status += o.wide_status;
+        self.padded += o.padded;
+        self.readable_after_writable += o.readable_after_writable;
+        self.too_long += o.too_long;
+    }
+}
+
+/// Where the rings of a queue are: the descriptor table at [`QUEUE`], the available ring and
+/// the used ring after it, each aligned as virtio requires and none overlapping. (virtio-queue's
+/// `MockSplitQueue::create` would put the used ring over the second half of the available
+/// ring: it ends the available ring after as many bytes as it has entries.)
+#[derive(Debug, Clone, Copy)]
+struct Rings {
+    table: u64,
+    avail: u64,
+    used: u64,
+    /// Just past the used ring (and its `avail_event`).
+    used_end: u64,
+}
+
+impl Rings {
+    fn new(size: u16) -> Self {
+        let n = u64::from(size);
+        let table = QUEUE;
+        let avail = table + 16 * n;
+        // flags, idx, ring, used_event.
+        let avail_end = avail + 4 + 2 * n + 2;
+        let used = avail_end.next_multiple_of(4);
+        // flags, idx, ring of (id, len), avail_event.
+        let used_end = used + 4 + 8 * n + 2;
+        assert!(used_end <= INDIRECT, "rings overlap the indirect tables");
+        Rings {
+            table,
+            avail,
+            used,
+            used_end,
+        }
+    }
+
+    /// The device's view of the queue, as the driver configured it.
+    fn queue(&self, size: u16) -> Queue {
+        let mut q = Queue::new(size).expect("valid queue size");
+        q.set_size(size);
+        q.set_ready(true);
+        let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+        let (lo, hi) = split(self.table);
+        q.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(self.avail);
+        q.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(self.used);
+        q.set_used_ring_address(lo, hi);
+        q
+    }
 }
 
 /// Runs one input (see the crate documentation); panics when an invariant does not hold.
@@ -1048,7 +1605,7 @@ fn drive<A: Arena>(arena: &A, input: &FuzzInput) -> Outcome {
     let ctx = ParseContext {
         capacity,
         read_only: dev.read_only,
-        queue_size: dev.max_chain.unwrap_or(size),
+        max_chain: dev.max_chain.unwrap_or(size),
         discard: dev.discard,
         write_zeroes: dev.write_zeroes,
         max_discard_sectors: dev.limits[0],
@@ -1057,13 +1614,10 @@ fn drive<A: Arena>(arena: &A, input: &FuzzInput) -> Outcome {
         max_write_zeroes_seg: dev.limits[3],
     };
 
-    let mem = arena.mem();
-    let mock = MockSplitQueue::create(mem, GuestAddress(QUEUE), size);
-    let table = mock.desc_table_addr().0;
-    let avail = mock.avail_addr().0;
-    let used = mock.used_addr().0;
-    let used_end = used + 4 + 8 * u64::from(size) + 2;
-    assert!(used_end <= INDIRECT, "rings overlap the indirect tables");
+    let rings = Rings::new(size);
+    let Rings {
+        table, avail, used, ..
+    } = rings;
 
     // Place the chains.
     let mut heads: Vec<u16> = Vec::new();
@@ -1072,7 +1626,7 @@ fn drive<A: Arena>(arena: &A, input: &FuzzInput) -> Outcome {
     for spec in &input.chains {
         let mut protos = chain_protos(arena, spec, capacity);
         for m in &spec.mutations {
-            mutate(&mut protos, *m, top);
+            mutate(arena, &mut protos, *m, top);
         }
         if protos.is_empty() {
             continue;
@@ -1142,29 +1696,29 @@ fn drive<A: Arena>(arena: &A, input: &FuzzInput) -> Outcome {
     SNAPSHOTS.with(|s| {
         let (before, after) = &mut *s.borrow_mut();
         arena.snapshot(before);
-        let (allowed, outcome) = process(arena, input, &ctx, &mock, (used, used_end));
+        let (allowed, outcome) = process(arena, input, &ctx, &rings);
         arena.snapshot(after);
         check_changes(arena, before, after, &allowed);
         outcome
     })
 }
 
-/// Drains the queue as worker.rs `process_available` does, checking every outcome. Returns
-/// the guest ranges the device may have changed: the used ring, the status bytes written,
-/// the device-writable data of executed requests.
+/// Drains the queue as worker.rs `process_available` (kicked, `rearm`) and `pop_round` do,
+/// checking every outcome. Returns the guest ranges the device may have changed: the used
+/// ring, the status bytes written, the device-writable data of executed requests.
 fn process<A: Arena>(
     arena: &A,
     input: &FuzzInput,
     ctx: &ParseContext,
-    mock: &MockSplitQueue<'_, A::Mem>,
-    (used, used_end): (u64, u64),
+    rings: &Rings,
 ) -> (Vec<(u128, u128)>, Outcome) {
     let mut outcome = Outcome::default();
     let dev = &input.device;
     let mem = arena.mem();
     let (start, size) = (dev.start_idx, queue_size(dev));
     let capacity = ctx.capacity;
-    let mut q: Queue = mock.create_queue().expect("valid queue");
+    let mut q = rings.queue(size);
+    assert!(q.is_valid(mem), "rings outside guest memory");
     q.set_event_idx(dev.event_idx);
     q.set_next_avail(start);
     q.set_next_used(start);
@@ -1177,35 +1731,54 @@ fn process<A: Arena>(
     let mut backend = MemBackend::new((capacity.min(BACKEND_SECTORS) * SECTOR_SIZE) as usize);
     let id = dev.serial;
 
-    let mut allowed: Vec<(u128, u128)> = vec![(used.into(), used_end.into())];
+    let mut allowed: Vec<(u128, u128)> = vec![(rings.used.into(), rings.used_end.into())];
     let span = |addr: u64, len: u32| (u128::from(addr), u128::from(addr) + u128::from(len));
+
+    // What the driver wrote: an impossible index must break the queue before any pop.
+    let avail_at_start = q
+        .avail_idx(mem, Ordering::Acquire)
+        .expect("available ring mapped")
+        .0;
+    let impossible_at_start = avail_at_start.wrapping_sub(start) > size;
 
     let mut descs = Vec::new();
     let mut reused = Request::default();
-    let mut rounds = 0;
+    let mut bad_index = false;
+    let mut popped_total = 0u32;
+    // Terminates: every round but the last pops at least one chain, and at most the queue
+    // size can be available (more breaks the queue).
     loop {
-        rounds += 1;
-        if q.event_idx_enabled() {
-            let _ = q.disable_notification(mem);
+        let _ = q.disable_notification(mem);
+        match q.avail_idx(mem, Ordering::Acquire) {
+            Ok(idx) if idx.0.wrapping_sub(q.next_avail()) > q.size() => {
+                bad_index = true;
+                outcome.broken = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
         }
         let mut popped = 0u32;
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             popped += 1;
             let head = chain.head_index();
             if in_flight.get(usize::from(head)).copied().unwrap_or(true) {
-                // Dropped without a used entry: never completed twice.
+                // Never completed twice, and nothing more is taken from this driver.
                 outcome.skipped += 1;
-                continue;
+                outcome.broken = true;
+                break;
             }
-            let walk: Vec<Descriptor> = chain
-                .clone()
-                .take(usize::from(ctx.queue_size) + 1)
-                .collect();
+            // Every descriptor virtio-queue yields: the parser walks a too-long chain to its
+            // end too.
+            let walk: Vec<Descriptor> = chain.clone().collect();
+            let expect = expected(mem, ctx, head, &walk);
             // The worker parses into buffers reused across chains: so does the harness.
             let parsed = parse_into(chain, ctx, &mut descs, &mut reused).map(|()| &reused);
-            let used_len = match parsed {
+            let (status, used_len) = match parsed {
                 Ok(req) => {
-                    check_accepted(mem, ctx, head, &walk, req);
+                    assert_eq!(req.head_index, head);
+                    check_accepted(mem, ctx, &walk, &expect, req);
+                    outcome.framings.accepted(&walk, req);
                     outcome.executed[type_index(req.request_type)] += 1;
                     let status_addr = req.status_addr.0;
                     if matches!(req.request_type, RequestType::In | RequestType::GetId) {
@@ -1224,40 +1797,77 @@ fn process<A: Arena>(
                     );
                     assert_eq!(arena.peek(status_addr), Some(c.status));
                     assert!(u64::from(c.used_len) <= writable_bytes(&walk));
-                    c.used_len
+                    (c.status, c.used_len)
                 }
                 Err(rej) => {
-                    check_rejected(mem, ctx, head, &walk, &rej);
+                    check_rejected(mem, head, &walk, &expect, &rej);
+                    outcome.framings.rejected(&rej);
                     let used_len = answer_rejected(mem, &rej);
                     match rej.status_addr {
                         Some(addr) => {
                             outcome.answered += 1;
                             assert_eq!(used_len, 1, "checked status byte not written");
                             allowed.push(span(addr.0, 1));
-                            assert_eq!(arena.peek(addr.0), rej.error.status());
+                            let status = rej.error.status().expect("answered");
+                            assert_eq!(arena.peek(addr.0), Some(status));
+                            (status, used_len)
                         }
                         None => {
+                            // No status byte: completing it would let the driver read a
+                            // status it wrote itself. The queue breaks instead.
                             outcome.dropped += 1;
                             assert_eq!(used_len, 0, "answered without a status address");
+                            outcome.broken = true;
+                            break;
                         }
                     }
-                    used_len
                 }
             };
-            let _ = q.add_used(mem, head, used_len);
+            q.add_used(mem, head, used_len)
+                .expect("used entry for a head inside the queue");
+            outcome.completions.push((head, status, used_len));
             if popped >= u32::from(q.size()) {
                 break;
             }
         }
-        if !q.event_idx_enabled() || rounds >= MAX_ROUNDS {
+        popped_total += popped;
+        if outcome.broken {
             break;
         }
         match q.enable_notification(mem) {
-            Ok(true) => continue,
-            Ok(false) | Err(_) => break,
+            // More arrived while popping; a round that popped nothing ends the loop.
+            Ok(true) if popped > 0 => continue,
+            Ok(_) | Err(_) => break,
         }
     }
     let _ = q.needs_notification(mem);
+
+    // The drain stops when, and only when, the queue breaks; otherwise it takes everything.
+    assert_eq!(
+        outcome.broken,
+        bad_index || outcome.dropped > 0 || outcome.skipped > 0
+    );
+    assert!(
+        outcome.dropped + outcome.skipped <= 1,
+        "popped past a break"
+    );
+    if impossible_at_start {
+        assert!(
+            bad_index && popped_total == 0,
+            "available index {avail_at_start} with next_avail {start} and {size} entries \
+             did not break the queue"
+        );
+    }
+    assert_eq!(q.next_avail(), start.wrapping_add(popped_total as u16));
+    if !outcome.broken {
+        let avail = q.avail_idx(mem, Ordering::Acquire).expect("mapped").0;
+        assert_eq!(avail, q.next_avail(), "available chains left behind");
+    }
+    assert_eq!(
+        q.next_used(),
+        start.wrapping_add(outcome.completions.len() as u16),
+        "a completed chain without exactly one used entry"
+    );
     (allowed, outcome)
 }
 
@@ -1286,10 +1896,15 @@ fn check_changes<A: Arena>(arena: &A, before: &[u8], after: &[u8], allowed: &[(u
 
 #[cfg(test)]
 mod tests {
-    //! The harness itself: well-formed inputs must reach execution, and the permission cases
-    //! must come out as the parser documents. Run with `cargo test` in this directory.
+    //! The harness itself: well-formed inputs must reach execution, the permission cases must
+    //! come out as the parser documents, every framing a driver may choose must parse as the
+    //! spec says (through `run`, where parser and oracle must also agree) and the oracle must
+    //! say so on its own. Run with `cargo test --release` in this directory.
 
     use super::*;
+
+    const IOERR: u8 = VIRTIO_BLK_S_IOERR;
+    const OK: u8 = VIRTIO_BLK_S_OK;
 
     fn device() -> DeviceSpec {
         DeviceSpec {
@@ -1327,6 +1942,23 @@ mod tests {
         }
     }
 
+    /// A chain with these mutations.
+    fn mutated(request: ReqType, size: u8, status_at: u16, mutations: Vec<Mutation>) -> ChainSpec {
+        ChainSpec {
+            mutations,
+            ..chain(request, size, status_at)
+        }
+    }
+
+    /// A chain without data descriptors.
+    fn bare(request: ReqType, status_at: u16, mutations: Vec<Mutation>) -> ChainSpec {
+        ChainSpec {
+            data: Vec::new(),
+            mutations,
+            ..chain(request, 0, status_at)
+        }
+    }
+
     fn input(memory: MemorySpec, chains: Vec<ChainSpec>) -> FuzzInput {
         FuzzInput {
             device: device(),
@@ -1350,14 +1982,37 @@ mod tests {
         ]
     }
 
+    /// Runs `chains` (in both memory types) and returns the `(status, used length)` of each,
+    /// after checking that every chain was completed and the queue did not break.
+    fn answers(chains: impl Fn() -> Vec<ChainSpec>) -> Vec<(u8, u32)> {
+        let rw = [PermSpec::ReadWrite; 5];
+        let mut first = None;
+        for memory in [MemorySpec::Mmap, MemorySpec::Iotlb(rw)] {
+            let c = chains();
+            let n = c.len();
+            let o = run(&input(memory, c));
+            assert!(!o.broken, "{memory:?}: {o:?}");
+            assert_eq!(o.completions.len(), n, "{memory:?}: {o:?}");
+            let got: Vec<(u8, u32)> = o.completions.iter().map(|&(_, s, u)| (s, u)).collect();
+            assert_eq!(*first.get_or_insert_with(|| got.clone()), got, "{memory:?}");
+        }
+        first.expect("two runs")
+    }
+
     #[test]
     fn well_formed_chains_of_every_type_execute() {
         let rw = [PermSpec::ReadWrite; 5];
         for memory in [MemorySpec::Mmap, MemorySpec::Iotlb(rw)] {
             let o = run(&input(memory, every_type()));
             assert_eq!(o.executed, [1; 6], "{memory:?}: {o:?}");
-            assert_eq!((o.answered, o.dropped, o.skipped), (0, 0, 0));
+            assert_eq!(
+                (o.answered, o.dropped, o.skipped, o.broken),
+                (0, 0, 0, false)
+            );
         }
+        // IN: 1024 bytes of data and the status; GET_ID: the 20-byte id and the status.
+        let used: Vec<u32> = answers(every_type).iter().map(|&(_, u)| u).collect();
+        assert_eq!(used, [1025, 1, 1, 21, 1, 1]);
     }
 
     #[test]
@@ -1379,18 +2034,21 @@ mod tests {
     #[test]
     fn permissions_decide_answer_or_drop() {
         use PermSpec::{ReadOnly, ReadWrite, WriteOnly};
-        // Read-only status region: no usable status descriptor, every chain is dropped.
+        // Read-only status region: the first chain has no usable status byte, it is dropped
+        // and the queue breaks.
         let o = run(&input(
             MemorySpec::Iotlb([ReadWrite, ReadWrite, ReadWrite, ReadOnly, ReadWrite]),
             every_type(),
         ));
-        assert_eq!((o.executed, o.dropped), ([0; 6], 6));
+        assert_eq!((o.executed, o.dropped, o.broken), ([0; 6], 1, true));
+        assert!(o.completions.is_empty());
         // Write-only headers: unreadable, every chain is answered with IOERR.
         let o = run(&input(
             MemorySpec::Iotlb([WriteOnly, ReadWrite, ReadWrite, ReadWrite, ReadWrite]),
             every_type(),
         ));
-        assert_eq!((o.executed, o.answered), ([0; 6], 6));
+        assert_eq!((o.executed, o.answered, o.broken), ([0; 6], 6, false));
+        assert!(o.completions.iter().all(|&(_, s, u)| (s, u) == (IOERR, 1)));
         // Read-only data: IN and GET_ID cannot write their buffers; the others execute.
         let o = run(&input(
             MemorySpec::Iotlb([ReadWrite, ReadOnly, ReadOnly, ReadWrite, ReadWrite]),
@@ -1400,13 +2058,62 @@ mod tests {
     }
 
     #[test]
-    fn in_flight_and_out_of_range_heads_get_no_used_entry() {
+    fn a_head_in_flight_breaks_the_queue() {
         let mut i = input(MemorySpec::Mmap, every_type());
         i.in_flight = vec![0];
-        i.extra_heads = vec![(0, 200)];
         let o = run(&i);
-        assert_eq!(o.skipped, 2);
-        assert_eq!(o.executed, [0, 1, 1, 1, 1, 1]);
+        assert_eq!((o.skipped, o.broken), (1, true));
+        assert_eq!(o.executed, [0; 6]);
+        assert!(o.completions.is_empty());
+    }
+
+    #[test]
+    fn a_head_out_of_range_breaks_the_queue_after_the_chains_before_it() {
+        let mut i = input(MemorySpec::Mmap, every_type());
+        i.extra_heads = vec![(3, 200)];
+        let o = run(&i);
+        assert_eq!((o.skipped, o.broken), (1, true));
+        assert_eq!(o.executed, [1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_chain_without_a_status_byte_breaks_the_queue_after_the_chains_before_it() {
+        let mut chains = every_type();
+        // The status descriptor of the third chain is device-readable.
+        chains[2].mutations = vec![Mutation::FlipWrite(2)];
+        let o = run(&input(MemorySpec::Mmap, chains));
+        assert_eq!((o.dropped, o.broken), (1, true));
+        assert_eq!(o.executed, [1, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn an_impossible_available_index_breaks_the_queue() {
+        for start in [0, 7, u16::MAX - 3] {
+            // Exactly a queue's worth ahead is possible: the ring entries past the six
+            // chains are 0, the IN chain again.
+            let mut i = input(MemorySpec::Mmap, every_type());
+            i.device.start_idx = start;
+            i.avail_idx = Some(start.wrapping_add(32));
+            let o = run(&i);
+            assert!(!o.broken, "{o:?}");
+            assert_eq!(o.completions.len(), 32);
+            assert_eq!(o.executed, [27, 1, 1, 1, 1, 1]);
+            // One more, or an index behind the device's, and nothing is popped.
+            for idx in [start.wrapping_add(33), start.wrapping_sub(1)] {
+                i.avail_idx = Some(idx);
+                let o = run(&i);
+                assert!(o.broken && o.completions.is_empty(), "{o:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn event_idx_drain_ends_by_itself() {
+        let mut i = input(MemorySpec::Mmap, every_type());
+        i.device.event_idx = true;
+        i.device.used_event = 3;
+        let o = run(&i);
+        assert_eq!((o.executed, o.broken), ([1; 6], false));
     }
 
     #[test]
@@ -1418,6 +2125,571 @@ mod tests {
         assert_eq!(o.executed, [0, 0, 1, 0, 0, 0]);
     }
 
+    // ---- Framings (virtio 1.2, 2.6.4.1: the device must not assume one). ----------------
+
+    #[test]
+    fn header_split_over_descriptors_executes() {
+        for k in 0..15u16 {
+            // Header 1 + k and 15 - k bytes; OUT and IN with two sectors, DISCARD, FLUSH.
+            let chains = || {
+                vec![
+                    mutated(ReqType::Out, 2, 2, vec![Mutation::Split(0, k)]),
+                    mutated(ReqType::In, 2, 3, vec![Mutation::Split(0, k)]),
+                    mutated(ReqType::Discard, 1, 4, vec![Mutation::Split(0, k)]),
+                    bare(ReqType::Flush, 5, vec![Mutation::Split(0, k)]),
+                    // Three pieces.
+                    bare(
+                        ReqType::Flush,
+                        6,
+                        vec![Mutation::Split(0, k), Mutation::Split(0, 0)],
+                    ),
+                ]
+            };
+            assert_eq!(
+                answers(chains),
+                [(OK, 1), (OK, 1025), (OK, 1), (OK, 1), (OK, 1)],
+                "header split after {} bytes",
+                k + 1
+            );
+        }
+    }
+
+    #[test]
+    fn data_split_off_sector_boundaries_executes() {
+        // 1024 bytes in 100 + 924: still two sectors.
+        let chains = || {
+            vec![
+                mutated(ReqType::Out, 2, 2, vec![Mutation::Split(1, 99)]),
+                mutated(ReqType::In, 2, 3, vec![Mutation::Split(1, 99)]),
+                // A segment split over two descriptors.
+                mutated(ReqType::WriteZeroes, 1, 4, vec![Mutation::Split(1, 6)]),
+            ]
+        };
+        assert_eq!(answers(chains), [(OK, 1), (OK, 1025), (OK, 1)]);
+    }
+
+    #[test]
+    fn header_and_data_in_one_descriptor() {
+        let chains = || {
+            vec![
+                // Device-readable data after the header: one descriptor serves both.
+                mutated(ReqType::Out, 2, 2, vec![Mutation::Join(0)]),
+                mutated(ReqType::Discard, 1, 3, vec![Mutation::Join(0)]),
+                mutated(ReqType::WriteZeroes, 1, 4, vec![Mutation::Join(0)]),
+                // Header and 16 bytes that FLUSH ignores.
+                mutated(ReqType::Flush, 1, 5, vec![Mutation::Join(0)]),
+                // IN data must be device-writable: the joined descriptor (device-writable,
+                // the data's direction) leaves no header.
+                mutated(ReqType::In, 2, 6, vec![Mutation::Join(0)]),
+                // Device-readable header and IN data: the data has the wrong direction.
+                mutated(
+                    ReqType::In,
+                    2,
+                    7,
+                    vec![Mutation::FlipWrite(1), Mutation::Join(0)],
+                ),
+            ]
+        };
+        assert_eq!(
+            answers(chains),
+            [(OK, 1), (OK, 1), (OK, 1), (OK, 1), (IOERR, 1), (IOERR, 1)]
+        );
+    }
+
+    #[test]
+    fn data_and_status_in_one_descriptor() {
+        let chains = || {
+            vec![
+                // The status byte right after 1024 bytes of IN data, in one descriptor.
+                mutated(ReqType::In, 2, 2, vec![Mutation::Join(1)]),
+                mutated(ReqType::GetId, 20, 3, vec![Mutation::Join(1)]),
+                // Everything in two descriptors: header + data, data + status.
+                mutated(
+                    ReqType::In,
+                    4,
+                    4,
+                    vec![Mutation::Split(1, 511), Mutation::Join(2)],
+                ),
+                // OUT data before the status must be device-readable: here it is not.
+                mutated(ReqType::Out, 2, 5, vec![Mutation::Join(1)]),
+            ]
+        };
+        assert_eq!(
+            answers(chains),
+            [(OK, 1025), (OK, 21), (OK, 2049), (IOERR, 1)]
+        );
+    }
+
+    #[test]
+    fn status_descriptor_longer_than_one_byte() {
+        let wide = |l| vec![Mutation::WidenStatus(l)];
+        let chains = || {
+            vec![
+                // FLUSH and GET_ID ignore / use the extra bytes; the status is the last byte.
+                bare(ReqType::Flush, 0x800, wide(LenSpec::Bytes(7))),
+                bare(ReqType::GetId, 0x801, wide(LenSpec::Bytes(20))),
+                bare(ReqType::GetId, 0x802, wide(LenSpec::Bytes(5))),
+                // IN data in the status descriptor: one sector, then the status.
+                bare(ReqType::In, 0x803, wide(LenSpec::Sectors(1))),
+                mutated(ReqType::In, 2, 0x804, wide(LenSpec::Sectors(2))),
+                // Not a sector.
+                bare(ReqType::In, 0x805, wide(LenSpec::Bytes(5))),
+                // OUT with device-writable bytes before the status.
+                bare(ReqType::Out, 0x806, wide(LenSpec::Bytes(1))),
+                // Segments cannot be device-writable.
+                mutated(ReqType::Discard, 1, 0x807, wide(LenSpec::Segments(1))),
+            ]
+        };
+        assert_eq!(
+            answers(chains),
+            [
+                (OK, 1),
+                (OK, 21),
+                (OK, 6),
+                (OK, 513),
+                (OK, 2049),
+                (IOERR, 1),
+                (IOERR, 1),
+                (IOERR, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn readable_after_writable_is_answered_ioerr() {
+        let raw = |at| {
+            vec![Mutation::ReadableAfterWritable(
+                at,
+                AddrSpec::Data(600),
+                LenSpec::Sectors(1),
+            )]
+        };
+        let chains = || {
+            vec![
+                mutated(ReqType::In, 2, 2, raw(0)),
+                mutated(ReqType::GetId, 20, 3, raw(7)),
+                // The status descriptor is copied first: readable after that copy.
+                mutated(ReqType::Out, 2, 4, raw(0)),
+                bare(ReqType::Flush, 5, raw(0)),
+                // An empty one counts too.
+                mutated(
+                    ReqType::In,
+                    2,
+                    6,
+                    vec![Mutation::ReadableAfterWritable(
+                        0,
+                        AddrSpec::Data(0),
+                        LenSpec::Bytes(0),
+                    )],
+                ),
+                // Unsupported type: the structure is checked first.
+                mutated(ReqType::Raw(77), 1, 7, raw(0)),
+            ]
+        };
+        assert_eq!(answers(chains), [(IOERR, 1); 6]);
+    }
+
+    #[test]
+    fn chains_longer_than_max_chain_are_answered_ioerr() {
+        // Direct chains against a limit of 4 descriptors.
+        let limited = |chains: Vec<ChainSpec>| {
+            let mut i = input(MemorySpec::Mmap, chains);
+            i.device.max_chain = Some(4);
+            let o = run(&i);
+            assert!(!o.broken, "{o:?}");
+            o.completions
+                .iter()
+                .map(|&(_, s, u)| (s, u))
+                .collect::<Vec<_>>()
+        };
+        let mut four = chain(ReqType::Out, 1, 2);
+        four.data.push(DataSpec { at: 40, size: 1 });
+        let mut five = chain(ReqType::Out, 1, 3);
+        five.data
+            .extend([DataSpec { at: 40, size: 1 }, DataSpec { at: 50, size: 1 }]);
+        let padded = mutated(ReqType::In, 2, 4, vec![Mutation::Pad(1, 2)]);
+        let flush = bare(ReqType::Flush, 5, vec![Mutation::Pad(0, 3)]);
+        assert_eq!(
+            limited(vec![four, five, padded, flush]),
+            [(OK, 1), (IOERR, 1), (IOERR, 1), (IOERR, 1)]
+        );
+        // Indirect tables longer than the queue (32): 34 descriptors (IN and GET_ID) are
+        // answered, 32 (FLUSH) execute.
+        let indirect = |mut c: ChainSpec| {
+            c.placement = Placement::Indirect {
+                skip: 0,
+                table_len: None,
+                head_flags: 0,
+            };
+            c
+        };
+        let chains = || {
+            vec![
+                indirect(mutated(ReqType::In, 2, 2, vec![Mutation::Pad(1, 31)])),
+                indirect(mutated(ReqType::GetId, 20, 3, vec![Mutation::Pad(2, 31)])),
+                indirect(bare(ReqType::Flush, 4, vec![Mutation::Pad(0, 30)])),
+                indirect(mutated(ReqType::In, 2, 5, vec![Mutation::Pad(1, 29)])),
+            ]
+        };
+        assert_eq!(
+            answers(chains),
+            [(IOERR, 1), (IOERR, 1), (OK, 1), (OK, 1025)]
+        );
+        // Too long and no usable status byte: dropped, the queue breaks.
+        let mut i = input(
+            MemorySpec::Mmap,
+            vec![indirect(mutated(
+                ReqType::In,
+                2,
+                2,
+                vec![Mutation::Pad(1, 40), Mutation::FlipWrite(42)],
+            ))],
+        );
+        i.device.max_chain = None;
+        let o = run(&i);
+        assert_eq!((o.dropped, o.broken), (1, true));
+    }
+
+    #[test]
+    fn framings_are_counted() {
+        let wide = Mutation::WidenStatus(LenSpec::Sectors(1));
+        let raw = Mutation::ReadableAfterWritable(0, AddrSpec::Data(9), LenSpec::Bytes(1));
+        let chains = vec![
+            mutated(ReqType::Out, 2, 2, vec![Mutation::Split(0, 3)]),
+            mutated(ReqType::Out, 2, 3, vec![Mutation::Join(0)]),
+            bare(ReqType::In, 0x804, vec![wide]),
+            mutated(ReqType::Flush, 0, 5, vec![Mutation::Pad(0, 1)]),
+            mutated(ReqType::In, 2, 6, vec![raw]),
+            ChainSpec {
+                placement: Placement::Indirect {
+                    skip: 0,
+                    table_len: None,
+                    head_flags: 0,
+                },
+                ..mutated(ReqType::In, 2, 7, vec![Mutation::Pad(1, 40)])
+            },
+        ];
+        let o = run(&input(MemorySpec::Mmap, chains));
+        let f = Framings {
+            split_header: 1,
+            header_with_data: 1,
+            wide_status: 1,
+            padded: 1,
+            readable_after_writable: 1,
+            too_long: 1,
+        };
+        assert_eq!(o.framings, f, "{o:?}");
+    }
+
+    /// `(addr, len, device-writable)` of a chain's descriptors after its mutations.
+    fn shape(spec: &ChainSpec) -> Vec<(u64, u32, bool)> {
+        let arena = MmapArena::new();
+        let mut protos = chain_protos(&arena, spec, 2048);
+        for m in &spec.mutations {
+            mutate(&arena, &mut protos, *m, TOP_MMAP);
+        }
+        protos.iter().map(|p| (p.addr, p.len, p.write)).collect()
+    }
+
+    #[test]
+    fn mutations_build_the_framings() {
+        // chain(_, 2, 1): header at slot 1, 1024 bytes of data at sector 8, status at 1.
+        let (h, d, st) = (HEADERS + 16, DATA1 + 8 * 512, STATUS + 1);
+        let out = |m| shape(&mutated(ReqType::Out, 2, 1, vec![m]));
+        let in_ = |m| shape(&mutated(ReqType::In, 2, 1, vec![m]));
+        assert_eq!(
+            out(Mutation::Split(0, 4)),
+            [
+                (h, 5, false),
+                (h + 5, 11, false),
+                (d, 1024, false),
+                (st, 1, true)
+            ]
+        );
+        assert_eq!(
+            out(Mutation::Join(0)),
+            [(d - 16, 1040, false), (st, 1, true)]
+        );
+        assert_eq!(in_(Mutation::Join(1)), [(h, 16, false), (d, 1025, true)]);
+        assert_eq!(
+            in_(Mutation::WidenStatus(LenSpec::Bytes(3))),
+            [(h, 16, false), (d, 1024, true), (st - 3, 4, true)]
+        );
+        let x = AddrSpec::Data(600).resolve(TOP_MMAP);
+        let raw = Mutation::ReadableAfterWritable(0, AddrSpec::Data(600), LenSpec::Bytes(9));
+        assert_eq!(
+            in_(raw),
+            [
+                (h, 16, false),
+                (d, 1024, true),
+                (x, 9, false),
+                (st, 1, true)
+            ]
+        );
+        assert_eq!(
+            out(raw),
+            [
+                (h, 16, false),
+                (d, 1024, false),
+                (st, 1, true),
+                (x, 9, false),
+                (st, 1, true)
+            ]
+        );
+        let padded = out(Mutation::Pad(2, 3));
+        assert_eq!(padded.len(), 6);
+        assert_eq!(padded[2..5], [(st, 0, true); 3]);
+        // The moved bytes are where the joined descriptor says: the header before the data.
+        let arena = MmapArena::new();
+        let spec = mutated(ReqType::Out, 2, 1, vec![Mutation::Join(0)]);
+        let mut protos = chain_protos(&arena, &spec, 2048);
+        mutate(&arena, &mut protos, Mutation::Join(0), TOP_MMAP);
+        assert_eq!(arena.peek(d - 16), Some(VIRTIO_BLK_T_OUT as u8));
+        assert_eq!(arena.peek(d - 8), Some(4)); // sector 4
+    }
+
+    // ---- The oracle on its own. ---------------------------------------------------------
+
+    const H: u64 = HEADERS + 0x100;
+    const D: u64 = DATA1 + 0x1000;
+    const S: u64 = STATUS + 0x100;
+
+    fn ctx() -> ParseContext {
+        ParseContext {
+            capacity: 2048,
+            read_only: false,
+            max_chain: 8,
+            discard: true,
+            write_zeroes: true,
+            max_discard_sectors: 1024,
+            max_discard_seg: 4,
+            max_write_zeroes_sectors: 1024,
+            max_write_zeroes_seg: 4,
+        }
+    }
+
+    fn header(arena: &MmapArena, at: u64, type_: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&type_.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        arena.poke(at, &h);
+    }
+
+    /// A chain of `(addr, len, device-writable)`, linked in order.
+    fn walk(bufs: &[(u64, u32, bool)]) -> Vec<Descriptor> {
+        bufs.iter()
+            .enumerate()
+            .map(|(i, &(addr, len, w))| {
+                let mut flags = if w { F_WRITE } else { 0 };
+                if i + 1 < bufs.len() {
+                    flags |= F_NEXT;
+                }
+                Descriptor::new(addr, len, flags, i as u16 + 1)
+            })
+            .collect()
+    }
+
+    fn accepted(e: Expected) -> Request {
+        match e {
+            Expected::Accept(r) => r,
+            other => panic!("expected a valid request, got {other:?}"),
+        }
+    }
+
+    fn answered(e: Expected) -> (GuestAddress, Vec<Error>) {
+        match e {
+            Expected::Answer(a, errors) => (a, errors),
+            other => panic!("expected an answered rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oracle_header_split_and_data_with_status() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_IN, 3);
+        let w = walk(&[(H, 5, false), (H + 5, 11, false), (D, 1025, true)]);
+        let r = accepted(expected(arena.mem(), &ctx(), 9, &w));
+        assert_eq!(r.request_type, RequestType::In);
+        assert_eq!((r.head_index, r.sector), (9, 3));
+        assert_eq!(r.data, [(GuestAddress(D), 1024)]);
+        assert_eq!(r.data_len, 1024);
+        assert_eq!(r.status_addr, GuestAddress(D + 1024));
+        assert_eq!(r.used_len_ok(), 1025);
+    }
+
+    #[test]
+    fn oracle_header_and_data_in_one_descriptor() {
+        let arena = MmapArena::new();
+        header(&arena, D, VIRTIO_BLK_T_OUT, 0);
+        let w = walk(&[(D, 16 + 512, false), (D + 0x800, 512, false), (S, 1, true)]);
+        let r = accepted(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(r.request_type, RequestType::Out);
+        assert_eq!(
+            r.data,
+            [(GuestAddress(D + 16), 512), (GuestAddress(D + 0x800), 512)]
+        );
+        assert_eq!((r.data_len, r.status_addr), (1024, GuestAddress(S)));
+        // A discard segment right after the header, in the same descriptor.
+        header(&arena, D, VIRTIO_BLK_T_DISCARD, 0);
+        let mut seg = [0u8; 16];
+        seg[..8].copy_from_slice(&100u64.to_le_bytes());
+        seg[8..12].copy_from_slice(&7u32.to_le_bytes());
+        arena.poke(D + 16, &seg);
+        let w = walk(&[(D, 32, false), (S, 1, true)]);
+        let r = accepted(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(r.data, [(GuestAddress(D + 16), 16)]);
+        let s = Segment {
+            sector: 100,
+            num_sectors: 7,
+            unmap: false,
+        };
+        assert_eq!(r.segments, [s]);
+    }
+
+    #[test]
+    fn oracle_out_with_writable_bytes_before_the_status_is_wrong_direction() {
+        let arena = MmapArena::new();
+        header(&arena, D, VIRTIO_BLK_T_OUT, 0);
+        let w = walk(&[(D, 16 + 512, false), (S, 2, true)]);
+        let (st, errors) = answered(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(st, GuestAddress(S + 1));
+        assert_eq!(errors, [Error::WrongDirection]);
+    }
+
+    #[test]
+    fn oracle_wide_status_descriptor() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_FLUSH, 0);
+        let w = walk(&[(H, 16, false), (S, 8, true)]);
+        let r = accepted(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!((r.status_addr, r.data.len()), (GuestAddress(S + 7), 0));
+        header(&arena, H, VIRTIO_BLK_T_GET_ID, 0);
+        let r = accepted(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(r.data, [(GuestAddress(S), 7)]);
+        assert_eq!(r.used_len_ok(), 8);
+    }
+
+    #[test]
+    fn oracle_readable_after_writable() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_IN, 0);
+        let w = walk(&[
+            (H, 16, false),
+            (D, 512, true),
+            (D + 512, 512, false),
+            (S, 1, true),
+        ]);
+        let (st, errors) = answered(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(st, GuestAddress(S));
+        assert_eq!(errors, [Error::ReadableAfterWritable]);
+    }
+
+    #[test]
+    fn oracle_chain_too_long() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_FLUSH, 0);
+        let mut bufs = vec![(H, 16, false)];
+        bufs.extend([(D, 0, false); 7]);
+        bufs.push((S + 3, 2, true));
+        // Nine descriptors, the limit is eight: answered at the last byte.
+        let (st, errors) = answered(expected(arena.mem(), &ctx(), 0, &walk(&bufs)));
+        assert_eq!(st, GuestAddress(S + 4));
+        assert_eq!(errors, [Error::ChainTooLong(8)]);
+        // Eight are fine.
+        bufs.remove(1);
+        let r = accepted(expected(arena.mem(), &ctx(), 0, &walk(&bufs)));
+        assert_eq!(r.request_type, RequestType::Flush);
+        // Too long and cut short: dropped.
+        bufs.insert(1, (D, 0, false));
+        let mut w = walk(&bufs);
+        w.pop();
+        match expected(arena.mem(), &ctx(), 0, &w) {
+            Expected::Drop(errors) => assert!(errors.contains(&Error::ChainTruncated)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oracle_one_writable_descriptor_is_answered() {
+        // A usable status byte and nothing else: no header, but answered.
+        let arena = MmapArena::new();
+        let w = walk(&[(S, 1, true)]);
+        let (st, errors) = answered(expected(arena.mem(), &ctx(), 0, &w));
+        assert_eq!(
+            (st, errors),
+            (GuestAddress(S), vec![Error::WriteOnlyHeader])
+        );
+        // A readable one is dropped.
+        let w = walk(&[(H, 16, false)]);
+        assert!(matches!(
+            expected(arena.mem(), &ctx(), 0, &w),
+            Expected::Drop(e) if e == [Error::StatusNotWritable]
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "accepted request differs from the chain")]
+    fn oracle_catches_a_status_at_the_first_byte_of_its_descriptor() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_FLUSH, 0);
+        let w = walk(&[(H, 16, false), (S, 8, true)]);
+        let e = expected(arena.mem(), &ctx(), 0, &w);
+        let mut wrong = match &e {
+            Expected::Accept(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        wrong.status_addr = GuestAddress(S);
+        check_accepted(arena.mem(), &ctx(), &w, &e, &wrong);
+    }
+
+    #[test]
+    #[should_panic(expected = "accepted request differs from the chain")]
+    fn oracle_catches_data_taken_by_descriptor() {
+        let arena = MmapArena::new();
+        header(&arena, D, VIRTIO_BLK_T_OUT, 0);
+        let w = walk(&[(D, 16 + 512, false), (S, 1, true)]);
+        let e = expected(arena.mem(), &ctx(), 0, &w);
+        let mut wrong = match &e {
+            Expected::Accept(r) => r.clone(),
+            other => panic!("{other:?}"),
+        };
+        wrong.data = vec![(GuestAddress(D), 528)];
+        wrong.data_len = 528;
+        check_accepted(arena.mem(), &ctx(), &w, &e, &wrong);
+    }
+
+    #[test]
+    #[should_panic(expected = "is usable but the chain is not answered there")]
+    fn oracle_catches_a_dropped_too_long_chain() {
+        let arena = MmapArena::new();
+        let mut bufs = vec![(H, 16, false)];
+        bufs.extend([(D, 0, false); 8]);
+        bufs.push((S, 1, true));
+        let w = walk(&bufs);
+        let e = expected(arena.mem(), &ctx(), 0, &w);
+        let rej = Rejected {
+            head_index: 0,
+            error: Error::ChainTooLong(8),
+            status_addr: None,
+        };
+        check_rejected(arena.mem(), 0, &w, &e, &rej);
+    }
+
+    #[test]
+    #[should_panic(expected = "rejected (HeaderTooShort(5)) a valid chain")]
+    fn oracle_catches_a_split_header_rejected() {
+        let arena = MmapArena::new();
+        header(&arena, H, VIRTIO_BLK_T_FLUSH, 0);
+        let w = walk(&[(H, 5, false), (H + 5, 11, false), (S, 1, true)]);
+        let e = expected(arena.mem(), &ctx(), 0, &w);
+        let rej = Rejected {
+            head_index: 0,
+            error: Error::HeaderTooShort(5),
+            status_addr: Some(GuestAddress(S)),
+        };
+        check_rejected(arena.mem(), 0, &w, &e, &rej);
+    }
+
     /// Outcome totals over the local corpus:
     /// `cargo test --release -- --ignored --nocapture corpus_statistics`.
     #[test]
@@ -1425,7 +2697,7 @@ mod tests {
     fn corpus_statistics() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/descriptor_chain");
         let mut total = Outcome::default();
-        let mut inputs = 0;
+        let (mut inputs, mut broken) = (0, 0);
         for entry in std::fs::read_dir(dir).expect("corpus directory") {
             let data = std::fs::read(entry.expect("entry").path()).expect("read input");
             let u = arbitrary::Unstructured::new(&data);
@@ -1440,7 +2712,13 @@ mod tests {
             total.answered += o.answered;
             total.dropped += o.dropped;
             total.skipped += o.skipped;
+            broken += u32::from(o.broken);
+            total.framings.add(&o.framings);
         }
-        println!("{inputs} inputs: {total:?}");
+        println!(
+            "{inputs} inputs ({broken} broke the queue): executed {:?}, answered {}, \
+             dropped {}, skipped {}; {:?}",
+            total.executed, total.answered, total.dropped, total.skipped, total.framings
+        );
     }
 }
