@@ -15,28 +15,28 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
-
-use crate::blk::exec::write_status;
+use vm_memory::GuestAddress;
 
 use crate::backing::Backing;
-use crate::blk::request::{ParseContext, Request, VIRTIO_BLK_ID_BYTES};
-use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable, SnapshotCache};
+use crate::blk::request::{ParseContext, VIRTIO_BLK_ID_BYTES};
+use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
 
-mod drain;
+mod complete;
+pub mod drain;
 mod exec;
 mod fault_in;
 mod instance;
 mod signal;
 mod stats;
 
-use exec::Slot;
+use drain::Drain;
+use exec::{Exec, Slot};
 pub use instance::{DriverInstance, Instances};
 pub use signal::{EventFd, Interrupt};
 pub use stats::{snapshot_all, QueueStats, QueueStatsSnapshot};
@@ -216,54 +216,21 @@ pub fn spawn(p: WorkerParams) -> Result<WorkerHandle, WorkerError> {
     })
 }
 
+/// One queue's worker: the loop (this file) around the drain of the available ring
+/// ([`drain::Drain`]) and the io_uring executor ([`exec::Exec`]).
 struct Worker {
-    q: Queue,
-    index: u16,
-    ring: IoUring,
-    parse: ParseContext,
-    backing: Arc<Backing>,
-    iotlb: Arc<IotlbTable>,
-    /// This thread's copy of the current IOTLB snapshot.
-    mem: SnapshotCache,
+    drain: Drain,
+    exec: Exec,
     kick: EventFd,
     stop: EventFd,
     kick_buf: Box<u64>,
     stop_buf: Box<u64>,
-    /// Weak: a worker left running past a reset must not keep the device fd open (VDUSE
-    /// refuses to destroy a device whose fd is open).
-    irq: Weak<dyn Interrupt>,
-    stats: Arc<QueueStats>,
-    id: [u8; VIRTIO_BLK_ID_BYTES],
-    /// One per head index.
-    slots: Vec<Slot>,
-    /// Requests in flight (busy slots).
-    busy: usize,
-    /// Scratch for the descriptors of the chain being parsed.
-    descs: Vec<virtio_queue::desc::split::Descriptor>,
-    /// The request being parsed.
-    req: Request,
-    /// Scratch for the SQEs of the request being started.
-    sqes: Vec<io_uring::squeue::Entry>,
     next_avail: Arc<AtomicU16>,
-    used_since_notify: bool,
     capacity: Option<Arc<AtomicU64>>,
-    fault: Option<Weak<dyn IotlbSource + Send + Sync>>,
     poll: Duration,
-    instance: DriverInstance,
-    /// Once stopping (or the instance ended), the worker keeps the snapshot it has: the table
-    /// may already describe the next driver's memory.
-    pinned: bool,
-    /// Completions waiting for their ring or status byte to be mapped again.
-    parked: Vec<Parked>,
     /// The kick / stop eventfd reads are in the ring (their buffers must outlive them).
     kick_armed: bool,
     stop_armed: bool,
-    /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
-    /// EOPNOTSUPP (before 6.12, or a device without discard).
-    discard_cmd: bool,
-    /// The driver broke the queue: no request is taken until the reset (in-flight I/O still
-    /// completes).
-    broken: bool,
 }
 
 /// What the completions of one reap said besides finished I/O.
@@ -311,64 +278,45 @@ impl Worker {
             source,
         })?;
         Ok(Worker {
-            q,
-            index,
-            ring,
-            parse: p.parse,
-            discard_cmd: p.backing.is_block(),
-            backing: p.backing,
-            mem: p.iotlb.cache(),
-            iotlb: p.iotlb,
+            drain: Drain::new(q, index, p.parse, p.stats.clone()),
+            exec: Exec {
+                index,
+                ring,
+                discard_cmd: p.backing.is_block(),
+                backing: p.backing,
+                mem: p.iotlb.cache(),
+                iotlb: p.iotlb,
+                irq: Arc::downgrade(&p.irq),
+                stats: p.stats,
+                id: p.id,
+                slots: (0..p.queue.size)
+                    .map(|_| Slot::new(usize::from(p.parse.max_chain)))
+                    .collect(),
+                busy: 0,
+                sqes: Vec::with_capacity(16),
+                used_since_notify: false,
+                fault: p.fault.as_ref().map(Arc::downgrade),
+                instance: p.instance,
+                pinned: false,
+                parked: Vec::with_capacity(usize::from(p.queue.size)),
+            },
             kick: p.kick,
             stop,
             kick_buf: Box::new(0),
             stop_buf: Box::new(0),
-            irq: Arc::downgrade(&p.irq),
-            stats: p.stats,
-            id: p.id,
-            slots: (0..p.queue.size)
-                .map(|_| Slot::new(usize::from(p.parse.max_chain)))
-                .collect(),
-            busy: 0,
-            descs: Vec::with_capacity(usize::from(p.parse.max_chain)),
-            req: Request::with_capacity(usize::from(p.parse.max_chain), 16),
-            sqes: Vec::with_capacity(16),
             next_avail,
-            used_since_notify: false,
             capacity: p.capacity,
-            fault: p.fault.as_ref().map(Arc::downgrade),
             poll: p.poll,
-            instance: p.instance,
-            pinned: false,
-            parked: Vec::with_capacity(usize::from(p.queue.size)),
             kick_armed: false,
             stop_armed: false,
-            broken: false,
         })
     }
 
     fn io_err(&self, op: &'static str, source: io::Error) -> WorkerError {
         WorkerError::Io {
-            queue: self.index,
+            queue: self.exec.index,
             op,
             source,
-        }
-    }
-
-    /// Pushes one SQE, flushing the SQ with a submit if it is full.
-    fn push(&mut self, sqe: io_uring::squeue::Entry) -> Result<(), WorkerError> {
-        loop {
-            // SAFETY: every buffer an SQE points to (kick/stop buffers, iovec arrays and the
-            // guest mappings they reference) is owned by this worker and kept alive until the
-            // matching completion is reaped: the boxes live as long as the worker, iovec arrays
-            // and the IOTLB snapshot live in the in-flight slot until its last completion.
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            self.ring
-                .submit()
-                .map_err(|e| self.io_err("io_uring_enter (SQ full)", e))?;
         }
     }
 
@@ -380,7 +328,7 @@ impl Worker {
         )
         .build()
         .user_data(KICK_TOKEN);
-        self.push(sqe)?;
+        self.exec.push(sqe)?;
         self.kick_armed = true;
         Ok(())
     }
@@ -393,7 +341,7 @@ impl Worker {
         )
         .build()
         .user_data(STOP_TOKEN);
-        self.push(sqe)?;
+        self.exec.push(sqe)?;
         self.stop_armed = true;
         Ok(())
     }
@@ -406,23 +354,27 @@ impl Worker {
                 let sqe = opcode::AsyncCancel::new(token)
                     .build()
                     .user_data(CANCEL_TOKEN);
-                if let Err(e) = self.push(sqe) {
-                    tracing::warn!(queue = self.index, "cancel eventfd read: {e}");
+                if let Err(e) = self.exec.push(sqe) {
+                    tracing::warn!(queue = self.exec.index, "cancel eventfd read: {e}");
                 }
             }
         }
-        while self.kick_armed || self.stop_armed || self.busy > 0 {
-            match self.ring.submit_and_wait(1) {
+        while self.kick_armed || self.stop_armed || self.exec.busy > 0 {
+            match self.exec.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
                     // The ring is unusable; closing it makes the kernel cancel what is left.
-                    tracing::error!(queue = self.index, "io_uring_enter while quiescing: {e}");
+                    tracing::error!(
+                        queue = self.exec.index,
+                        "io_uring_enter while quiescing: {e}"
+                    );
                     return;
                 }
             }
             let done: Vec<(u64, i32)> = self
+                .exec
                 .ring
                 .completion()
                 .map(|c| (c.user_data(), c.result()))
@@ -433,40 +385,37 @@ impl Worker {
                     KICK_TOKEN => self.kick_armed = false,
                     STOP_TOKEN => self.stop_armed = false,
                     CANCEL_TOKEN => {}
-                    _ => self.complete_op(&mem, ud, res),
+                    _ => self.exec.complete_op(&mut self.drain.q, &mem, ud, res),
                 }
             }
         }
     }
 
     fn in_flight(&self) -> usize {
-        self.busy
+        self.exec.busy
     }
 
-    /// The current IOTLB snapshot (one atomic load unless it changed); once pinned, the one
-    /// the worker has.
     fn mem(&mut self) -> Arc<IotlbMemory> {
-        if self.pinned {
-            return self.mem.cached().clone();
-        }
-        self.mem.current(&self.iotlb).clone()
+        self.exec.mem()
     }
 
-    /// Whether guest memory and interrupts may still be touched: false once the driver
-    /// instance this worker serves has ended (a reset was acknowledged without it).
-    fn instance_live(&mut self) -> bool {
-        if self.instance.is_current() {
-            return true;
+    /// Pops, parses and starts every available chain (see [`Drain::drain`]).
+    fn process_available(&mut self, rearm: bool) -> u32 {
+        if self.drain.broken() || !self.exec.instance_live() {
+            return 0;
         }
-        if !self.pinned {
-            self.pinned = true;
-            tracing::warn!(
-                queue = self.index,
-                "the driver reset the device while this queue still had I/O in flight: its \
-                 completions are not written to the next driver's rings"
-            );
+        if let Some(c) = &self.capacity {
+            self.drain.set_capacity(c.load(Ordering::Acquire));
         }
-        false
+        let mut mem = self.exec.mem();
+        let n = self.drain.drain(&mut mem, &mut self.exec, rearm);
+        self.next_avail
+            .store(self.drain.q.next_avail(), Ordering::Release);
+        n
+    }
+
+    fn notify_if_needed(&mut self) {
+        self.exec.notify_if_needed(&mut self.drain.q);
     }
 
     fn run(&mut self) -> Result<u16, WorkerError> {
@@ -480,11 +429,11 @@ impl Worker {
         // Whether the last wake-up found work: only then is polling worth its CPU time.
         let mut busy = false;
         // Room for a full completion queue: reaping never grows it.
-        let cq_entries = self.ring.params().cq_entries() as usize;
+        let cq_entries = self.exec.ring.params().cq_entries() as usize;
         let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(cq_entries);
         loop {
-            if !self.parked.is_empty() {
-                self.retry_parked();
+            if !self.exec.parked.is_empty() {
+                self.exec.retry_parked(&mut self.drain.q);
             }
             if ev.kicked && !ev.stopping {
                 busy |= self.process_available(true) > 0;
@@ -503,7 +452,7 @@ impl Worker {
                 continue;
             }
             // One system call: submit everything queued, wait for at least one completion.
-            match self.ring.submit_and_wait(1) {
+            match self.exec.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
@@ -511,7 +460,7 @@ impl Worker {
             }
             busy = self.reap(&mut cqes, &mut ev)? > 0;
         }
-        let na = self.q.next_avail();
+        let na = self.drain.q.next_avail();
         self.next_avail.store(na, Ordering::Release);
         Ok(na)
     }
@@ -519,7 +468,12 @@ impl Worker {
     /// Handles every completion in the CQ (no system call). Returns how many there were.
     fn reap(&mut self, cqes: &mut Vec<(u64, i32)>, ev: &mut Events) -> Result<usize, WorkerError> {
         cqes.clear();
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        cqes.extend(
+            self.exec
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result())),
+        );
         if cqes.is_empty() {
             return Ok(0);
         }
@@ -530,7 +484,7 @@ impl Worker {
                 KICK_TOKEN => {
                     self.kick_armed = false;
                     ev.kicked = true;
-                    self.stats.kicks.fetch_add(1, Ordering::Relaxed);
+                    self.exec.stats.kicks.fetch_add(1, Ordering::Relaxed);
                     if res < 0 && res != -libc::EINTR && res != -libc::EAGAIN {
                         return Err(
                             self.io_err("read kick eventfd", io::Error::from_raw_os_error(-res))
@@ -544,10 +498,10 @@ impl Worker {
                     self.stop_armed = false;
                     ev.stopping = true;
                     // The table may describe the next driver's memory soon: keep this one.
-                    self.pinned = true;
+                    self.exec.pinned = true;
                 }
                 CANCEL_TOKEN => {}
-                _ => self.complete_op(&mem, ud, res),
+                _ => self.exec.complete_op(&mut self.drain.q, &mem, ud, res),
             }
         }
         Ok(cqes.len())
@@ -563,14 +517,14 @@ impl Worker {
         ev: &mut Events,
     ) -> Result<(), WorkerError> {
         let mem = self.mem();
-        if let Err(e) = self.q.disable_notification(&*mem) {
-            tracing::debug!(queue = self.index, "disable_notification: {e}");
+        if let Err(e) = self.drain.q.disable_notification(&*mem) {
+            tracing::debug!(queue = self.exec.index, "disable_notification: {e}");
         }
         drop(mem);
         let mut deadline = Instant::now() + self.poll;
         loop {
-            if !self.ring.submission().is_empty() {
-                match self.ring.submit() {
+            if !self.exec.ring.submission().is_empty() {
+                match self.exec.ring.submit() {
                     Ok(_) => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {
                     }
@@ -590,7 +544,8 @@ impl Worker {
                 0
             };
             if popped > 0 {
-                self.stats
+                self.exec
+                    .stats
                     .polled
                     .fetch_add(u64::from(popped), Ordering::Relaxed);
                 active = true;
@@ -606,119 +561,16 @@ impl Worker {
         }
     }
 
-    /// Whether the driver made chains available that were not popped yet.
+    /// Whether the driver made chains available that were not popped yet (without cloning
+    /// the snapshot's `Arc`, whose count every polling worker shares).
     fn has_available(&mut self) -> bool {
-        if self.broken {
-            return false;
-        }
-        let mem = self.mem.current(&self.iotlb);
-        self.q
-            .avail_idx(&**mem, Ordering::Acquire)
-            .is_ok_and(|i| i.0 != self.q.next_avail())
-    }
-
-    fn notify_if_needed(&mut self) {
-        if !self.used_since_notify {
-            return;
-        }
-        self.used_since_notify = false;
-        if !self.instance_live() {
-            return;
-        }
-        let mem = self.mem();
-        let needed = match self.q.needs_notification(&*mem) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(queue = self.index, "needs_notification: {e}");
-                true
-            }
+        let e = &mut self.exec;
+        let mem = if e.pinned {
+            e.mem.cached()
+        } else {
+            e.mem.current(&e.iotlb)
         };
-        if needed {
-            let Some(irq) = self.irq.upgrade() else {
-                // The device is being torn down.
-                return;
-            };
-            match irq.notify(self.index) {
-                Ok(()) => {
-                    self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(queue = self.index, "inject irq: {e}"),
-            }
-        }
-    }
-
-    /// Completes one chain: its status byte (if any) and its used entry. When either is not
-    /// mapped in `mem` (an IOTLB update moved it), the completion is parked and written once
-    /// it is mapped again; after a reset acknowledged without this worker, nothing is written.
-    fn complete_chain(
-        &mut self,
-        mem: &IotlbMemory,
-        head: u16,
-        status: Option<(GuestAddress, u8)>,
-        used_len: u32,
-    ) {
-        let p = Parked {
-            head,
-            status,
-            used_len,
-        };
-        if let Some(p) = self.try_complete(mem, p) {
-            if !self.parked.iter().any(|q| q.head == p.head) {
-                tracing::debug!(queue = self.index, head, "completion parked until remapped");
-                self.parked.push(p);
-                self.stats.parked.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Writes what `p` still needs; returns what is left to write (None: done, or dropped
-    /// because the driver instance ended).
-    fn try_complete(&mut self, mem: &IotlbMemory, mut p: Parked) -> Option<Parked> {
-        if !self.instance_live() {
-            return None;
-        }
-        if let Some((addr, status)) = p.status {
-            if !write_status(mem, addr, status) {
-                return Some(p);
-            }
-            p.status = None;
-        }
-        // Checked first, so that add_used never fails half-way (entry written, index not).
-        let size = u64::from(self.q.size());
-        let used = GuestAddress(self.q.used_ring());
-        let slot = 4 + 8 * (u64::from(self.q.next_used()) % size);
-        let writable = |off: u64, len: usize| {
-            used.checked_add(off)
-                .is_some_and(|a| mem.check_range(a, len, Permissions::Write))
-        };
-        if !(writable(2, 2) && writable(slot, 8)) {
-            return Some(p);
-        }
-        if let Err(e) = self.q.add_used(mem, p.head, p.used_len) {
-            tracing::debug!(queue = self.index, head = p.head, "add_used: {e}");
-            return Some(p);
-        }
-        self.used_since_notify = true;
-        None
-    }
-
-    /// Writes the parked completions whose memory is mapped again.
-    fn retry_parked(&mut self) {
-        let mem = self.mem();
-        let mut i = 0;
-        while i < self.parked.len() {
-            let p = self.parked[i];
-            match self.try_complete(&mem, p) {
-                Some(left) => {
-                    self.parked[i] = left;
-                    i += 1;
-                }
-                None => {
-                    self.parked.swap_remove(i);
-                    self.stats.parked.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        }
+        self.drain.has_available(&**mem)
     }
 }
 

@@ -1,47 +1,121 @@
 //! Draining the available ring: pop every chain the driver made available (EVENT_IDX rounds),
-//! parse it, start it or answer it, and mark the queue broken when the driver breaks it.
+//! parse it, and hand it to a [`Sink`] to start or answer; mark the queue broken when the
+//! driver breaks it.
+//!
+//! The worker's sink is its io_uring executor; the fuzz harness (`vdpa-blk/fuzz`) drives this
+//! same [`Drain`] with a sink of its own, so what the fuzzer finds is what the worker does.
 
+use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
 
-use super::fault_in::MAX_FAULT_RETRIES;
-use super::Worker;
-use crate::blk::request::parse_into;
-use crate::iotlb::IotlbMemory;
+use super::QueueStats;
+use crate::blk::request::{parse_into, ParseContext, Rejected, Request};
 
-impl Worker {
-    /// Pops, parses and starts every available chain. With `rearm`, notifications are turned
-    /// back on at the end and the ring checked once more (so a request that raced with the
-    /// re-enable is not left waiting for a kick); without it (polling) they stay off.
-    /// Returns the number of chains popped.
-    pub(super) fn process_available(&mut self, rearm: bool) -> u32 {
-        if self.broken || !self.instance_live() {
+/// How often one chain is popped again after the sink mapped what it points to (an indirect
+/// table first, then the buffers it lists).
+pub const MAX_FAULT_RETRIES: u32 = 4;
+
+/// What a [`Drain`] does with the chains it pops.
+pub trait Sink<M> {
+    /// Whether a request with this head is in flight (popping it again breaks the queue).
+    /// Heads past the queue size never reach the sink.
+    fn in_flight(&self, head: u16) -> bool;
+    /// Starts a parsed request. Its status byte and used entry are the sink's to write.
+    fn start(&mut self, q: &mut Queue, mem: &M, req: &Request);
+    /// Answers a rejected chain whose status byte is usable (`rej.status_addr`): writes
+    /// `status` there and adds a used entry of length 1.
+    fn answer(&mut self, q: &mut Queue, mem: &M, rej: &Rejected, status: u8);
+    /// A rejected chain may point to memory the snapshot lacks: map what is missing and return
+    /// the memory to pop it again with, or `None` (nothing new).
+    fn fault_in(&mut self, _q: &Queue, _mem: &M, _head: u16) -> Option<M> {
+        None
+    }
+}
+
+/// One queue's available side: the queue, the parse limits and the buffers a parse reuses.
+pub struct Drain {
+    /// The queue (the worker also writes its used ring through it).
+    pub q: Queue,
+    index: u16,
+    parse: ParseContext,
+    /// Scratch for the descriptors of the chain being parsed.
+    descs: Vec<Descriptor>,
+    /// The request being parsed.
+    req: Request,
+    broken: bool,
+    stats: Arc<QueueStats>,
+}
+
+impl Drain {
+    /// A drain of queue `index` (`q` set up and ready) with its counters.
+    pub fn new(q: Queue, index: u16, parse: ParseContext, stats: Arc<QueueStats>) -> Self {
+        let n = usize::from(parse.max_chain);
+        Drain {
+            q,
+            index,
+            parse,
+            descs: Vec::with_capacity(n),
+            req: Request::with_capacity(n, 16),
+            broken: false,
+            stats,
+        }
+    }
+
+    /// Whether the driver broke the queue (nothing is popped until a reset).
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The capacity requests are checked against (a resize changes it).
+    pub fn set_capacity(&mut self, sectors: u64) {
+        self.parse.capacity = sectors;
+    }
+
+    /// Whether the driver made chains available that were not popped yet.
+    pub fn has_available<G: GuestMemory + ?Sized>(&self, mem: &G) -> bool {
+        !self.broken
+            && self
+                .q
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|i| i.0 != self.q.next_avail())
+    }
+
+    /// Pops, parses and hands to `sink` every available chain. With `rearm`, notifications
+    /// are turned back on at the end and the ring checked once more (so a request that raced
+    /// with the re-enable is not left waiting for a kick); without it (polling) they stay off.
+    /// Returns the number of chains popped. Ends: a round pops at most a queue's worth, a
+    /// round that pops nothing ends the loop, and an impossible index breaks the queue.
+    pub fn drain<M, S>(&mut self, mem: &mut M, sink: &mut S, rearm: bool) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+        S: Sink<M>,
+    {
+        if self.broken {
             return 0;
         }
-        if let Some(c) = &self.capacity {
-            self.parse.capacity = c.load(Ordering::Acquire);
-        }
-        let mut mem = self.mem();
         let mut total = 0u32;
         loop {
             // A no-op with EVENT_IDX (the avail event is only moved by the re-enable);
             // VRING_USED_F_NO_NOTIFY otherwise. A polling caller disabled them already.
             if rearm {
-                if let Err(e) = self.q.disable_notification(&*mem) {
+                if let Err(e) = self.q.disable_notification(&**mem) {
                     tracing::debug!(queue = self.index, "disable_notification: {e}");
                 }
             }
             // The driver cannot have more chains available than the queue has entries: such
             // an index is a broken (or hostile) driver, and popping would find nothing forever.
-            match self.q.avail_idx(&*mem, Ordering::Acquire) {
+            match self.q.avail_idx(&**mem, Ordering::Acquire) {
                 Ok(idx) if idx.0.wrapping_sub(self.q.next_avail()) > self.q.size() => {
+                    let (i, size, next) = (idx.0, self.q.size(), self.q.next_avail());
                     self.mark_broken(format_args!(
-                        "available index {} is more than the queue size {} ahead of {}",
-                        idx.0,
-                        self.q.size(),
-                        self.q.next_avail()
+                        "available index {i} is more than the queue size {size} ahead of {next}"
                     ));
                     break;
                 }
@@ -53,14 +127,12 @@ impl Worker {
                     break;
                 }
             }
-            let popped = self.pop_round(&mut mem);
-            self.next_avail
-                .store(self.q.next_avail(), Ordering::Release);
+            let popped = self.pop_round(mem, sink);
             total += popped;
             if !rearm || self.broken {
                 break;
             }
-            match self.q.enable_notification(&*mem) {
+            match self.q.enable_notification(&**mem) {
                 // More arrived while popping. A round that popped nothing ends the loop
                 // (an unreadable available entry): the next kick tries again.
                 Ok(true) if popped > 0 => continue,
@@ -77,7 +149,7 @@ impl Worker {
     }
 
     /// Stops taking requests from a queue the driver broke, until the reset; said once.
-    fn mark_broken(&mut self, why: std::fmt::Arguments<'_>) {
+    fn mark_broken(&mut self, why: fmt::Arguments<'_>) {
         if !self.broken {
             self.broken = true;
             self.stats.broken.store(1, Ordering::Relaxed);
@@ -89,16 +161,21 @@ impl Worker {
         }
     }
 
-    /// One round: pops, parses and starts at most a queue's worth of available chains.
+    /// One round: pops, parses and hands over at most a queue's worth of available chains.
     /// Returns the number popped.
-    fn pop_round(&mut self, mem: &mut Arc<IotlbMemory>) -> u32 {
+    fn pop_round<M, S>(&mut self, mem: &mut M, sink: &mut S) -> u32
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+        S: Sink<M>,
+    {
         let mut popped = 0u32;
         // Times the chain at the current next-avail index was popped again after a fault-in.
         let mut retries = 0u32;
         while let Some(chain) = self.q.pop_descriptor_chain(&**mem) {
             popped += 1;
             let head = chain.head_index();
-            if self.slots.get(usize::from(head)).is_none_or(|s| s.busy) {
+            if head >= self.q.size() || sink.in_flight(head) {
                 // A head already in flight (or out of range): the driver is confused or
                 // hostile. Never complete it twice, and take nothing more from it.
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -108,53 +185,46 @@ impl Worker {
                 ));
                 break;
             }
-            // The same parse path the fuzz target (vdpa-blk/fuzz) drives, into buffers
-            // reused across requests.
-            let mut req = std::mem::take(&mut self.req);
-            let parsed = parse_into(chain, &self.parse, &mut self.descs, &mut req);
-            match parsed {
+            // Into buffers reused across requests: no allocation per request.
+            match parse_into(chain, &self.parse, &mut self.descs, &mut self.req) {
                 Ok(()) => {
                     retries = 0;
-                    self.start_request(mem, &req);
+                    sink.start(&mut self.q, mem, &self.req);
                 }
                 Err(rej) => {
                     // The VDUSE bounce region (virtio_vdpa) appears on the driver's first
                     // DMA mapping and is announced by no message: when a chain does not
-                    // parse, map on demand whatever it (including an indirect table)
-                    // points to that we have not mapped yet, then pop the same chain again
-                    // with the new snapshot. Only rejected chains pay for this walk.
+                    // parse, the sink maps on demand whatever it points to that is not mapped
+                    // yet, and the same chain is popped again with the new memory. Only
+                    // rejected chains pay for this.
                     if retries < MAX_FAULT_RETRIES {
-                        if let Some(src) = self.fault.as_ref().and_then(|w| w.upgrade()) {
-                            if self.fault_in_chain(mem, &*src, head) > 0 {
-                                // Un-pop: the chain is read again with the new snapshot.
-                                self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
-                                popped -= 1;
-                                retries += 1;
-                                *mem = self.mem();
-                                self.req = req;
-                                continue;
-                            }
+                        if let Some(m) = sink.fault_in(&self.q, mem, head) {
+                            // Un-pop: the chain is read again with the new snapshot.
+                            self.q.set_next_avail(self.q.next_avail().wrapping_sub(1));
+                            popped -= 1;
+                            retries += 1;
+                            *mem = m;
+                            continue;
                         }
                     }
                     retries = 0;
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     self.stats.requests.fetch_add(1, Ordering::Relaxed);
                     match (rej.error.status(), rej.status_addr) {
-                        (Some(status), Some(addr)) => {
+                        (Some(status), Some(_)) => {
                             tracing::debug!(
                                 queue = self.index,
                                 head = rej.head_index,
                                 "request failed: {}",
                                 rej.error
                             );
-                            self.complete_chain(mem, rej.head_index, Some((addr, status)), 1);
+                            sink.answer(&mut self.q, mem, &rej, status);
                         }
                         _ => {
                             // No status byte to answer: completing it with a zero length
                             // would let the driver read a status it wrote itself (often 0,
                             // OK). Fail the queue instead, loudly.
                             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            self.req = req;
                             self.mark_broken(format_args!(
                                 "chain at head {} has no usable status byte: {}",
                                 rej.head_index, rej.error
@@ -164,7 +234,6 @@ impl Worker {
                     }
                 }
             }
-            self.req = req;
             if popped >= u32::from(self.q.size()) {
                 break;
             }

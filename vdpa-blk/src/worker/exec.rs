@@ -9,10 +9,19 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-use super::Worker;
+use std::sync::Weak;
+
+use io_uring::IoUring;
+use virtio_queue::Queue;
+
+use super::drain::Sink;
+use super::{DriverInstance, Interrupt, Parked, QueueStats};
+use crate::backing::Backing;
 use crate::blk::exec::write_id;
+use crate::blk::request::{Rejected, VIRTIO_BLK_ID_BYTES};
 use crate::blk::request::{Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use crate::iotlb::IotlbMemory;
+use crate::iotlb::{IotlbSource, IotlbTable, SnapshotCache};
 
 /// Most iovecs per readv/writev SQE (`IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
@@ -115,8 +124,68 @@ fn token(slot: u32, sub: u32) -> u64 {
     (u64::from(sub) << 32) | u64::from(slot)
 }
 
-impl Worker {
-    pub(super) fn finish_now(&mut self, mem: &IotlbMemory, req: &Request, ok: bool) {
+/// The executor's state: the ring, the in-flight slots and what completions need.
+pub(crate) struct Exec {
+    pub(super) index: u16,
+    pub(super) ring: IoUring,
+    pub(super) backing: Arc<Backing>,
+    pub(super) iotlb: Arc<IotlbTable>,
+    /// This thread's copy of the current IOTLB snapshot.
+    pub(super) mem: SnapshotCache,
+    /// Weak: a worker left running past a reset must not keep the device fd open (VDUSE
+    /// refuses to destroy a device whose fd is open).
+    pub(super) irq: Weak<dyn Interrupt>,
+    pub(super) stats: Arc<QueueStats>,
+    pub(super) id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// One per head index.
+    pub(super) slots: Vec<Slot>,
+    /// Requests in flight (busy slots).
+    pub(super) busy: usize,
+    /// Scratch for the SQEs of the request being started.
+    pub(super) sqes: Vec<io_uring::squeue::Entry>,
+    pub(super) used_since_notify: bool,
+    pub(super) fault: Option<Weak<dyn IotlbSource + Send + Sync>>,
+    pub(super) instance: DriverInstance,
+    /// Once stopping (or the instance ended), the worker keeps the snapshot it has: the table
+    /// may already describe the next driver's memory.
+    pub(super) pinned: bool,
+    /// Completions waiting for their ring or status byte to be mapped again.
+    pub(super) parked: Vec<Parked>,
+    /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
+    /// EOPNOTSUPP (before 6.12, or a device without discard).
+    pub(super) discard_cmd: bool,
+}
+
+/// The production sink of the drain: parsed requests go to the ring, rejected ones are
+/// answered through the completion path, and rejected chains may fault in memory.
+impl Sink<Arc<IotlbMemory>> for Exec {
+    fn in_flight(&self, head: u16) -> bool {
+        self.slots.get(usize::from(head)).is_some_and(|s| s.busy)
+    }
+
+    fn start(&mut self, q: &mut Queue, mem: &Arc<IotlbMemory>, req: &Request) {
+        self.start_request(q, mem, req);
+    }
+
+    fn answer(&mut self, q: &mut Queue, mem: &Arc<IotlbMemory>, rej: &Rejected, status: u8) {
+        if let Some(addr) = rej.status_addr {
+            self.complete_chain(q, mem, rej.head_index, Some((addr, status)), 1);
+        }
+    }
+
+    fn fault_in(
+        &mut self,
+        q: &Queue,
+        mem: &Arc<IotlbMemory>,
+        head: u16,
+    ) -> Option<Arc<IotlbMemory>> {
+        let src = self.fault.as_ref()?.upgrade()?;
+        (self.fault_in_chain(q, mem, &*src, head) > 0).then(|| self.mem())
+    }
+}
+
+impl Exec {
+    pub(super) fn finish_now(&mut self, q: &mut Queue, mem: &IotlbMemory, req: &Request, ok: bool) {
         let status = if ok {
             VIRTIO_BLK_S_OK
         } else {
@@ -128,6 +197,7 @@ impl Worker {
         }
         let used_len = if ok { req.used_len_ok() } else { 1 };
         self.complete_chain(
+            q,
             mem,
             req.head_index,
             Some((req.status_addr, status)),
@@ -161,11 +231,11 @@ impl Worker {
         true
     }
 
-    pub(super) fn start_request(&mut self, mem: &Arc<IotlbMemory>, req: &Request) {
+    pub(super) fn start_request(&mut self, q: &mut Queue, mem: &Arc<IotlbMemory>, req: &Request) {
         let fd = types::Fd(self.backing.fd());
         let Some(slot) = self.slots.get_mut(usize::from(req.head_index)) else {
             // Unreachable: the caller checked the head against the slots.
-            self.finish_now(mem, req, false);
+            self.finish_now(q, mem, req, false);
             return;
         };
         debug_assert!(!slot.busy);
@@ -176,13 +246,13 @@ impl Worker {
             RequestType::GetId => {
                 let ok = self.instance_live() && write_id(&**mem, req, &self.id);
                 self.sqes = sqes;
-                self.finish_now(mem, req, ok);
+                self.finish_now(q, mem, req, ok);
                 return;
             }
             RequestType::In | RequestType::Out => {
                 if req.data_len == 0 {
                     self.sqes = sqes;
-                    self.finish_now(mem, req, true);
+                    self.finish_now(q, mem, req, true);
                     return;
                 }
                 let read = req.request_type == RequestType::In;
@@ -194,7 +264,7 @@ impl Worker {
                 if !Self::fill_iovecs(mem, req, access, &mut slot.iovecs.0) {
                     // Parsing checked the ranges in this snapshot; unreachable in practice.
                     self.sqes = sqes;
-                    self.finish_now(mem, req, false);
+                    self.finish_now(q, mem, req, false);
                     return;
                 }
                 let mut offset = req.offset();
@@ -254,7 +324,7 @@ impl Worker {
                 }
                 if sqes.is_empty() {
                     self.sqes = sqes;
-                    self.finish_now(mem, req, true);
+                    self.finish_now(q, mem, req, true);
                     return;
                 }
             }
@@ -273,13 +343,13 @@ impl Worker {
             if let Err(e) = self.push(sqe.user_data(ud)) {
                 tracing::warn!(queue = self.index, "cannot queue I/O: {e}");
                 // The SQE never reached the kernel: account it as a failed completion.
-                self.complete_op(mem, ud, -libc::EIO);
+                self.complete_op(q, mem, ud, -libc::EIO);
             }
         }
         self.sqes = sqes;
     }
 
-    pub(super) fn complete_op(&mut self, mem: &IotlbMemory, ud: u64, res: i32) {
+    pub(super) fn complete_op(&mut self, q: &mut Queue, mem: &IotlbMemory, ud: u64, res: i32) {
         let slot = (ud & 0xffff_ffff) as usize;
         let sub = (ud >> 32) as usize;
         let fd = types::Fd(self.backing.fd());
@@ -366,6 +436,6 @@ impl Worker {
             VIRTIO_BLK_S_OK
         };
         let used_len = if failed { 1 } else { used_len_ok };
-        self.complete_chain(mem, head, Some((status_addr, status)), used_len);
+        self.complete_chain(q, mem, head, Some((status_addr, status)), used_len);
     }
 }

@@ -4,18 +4,17 @@
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::Worker;
+use virtio_queue::Queue;
+
+use super::exec::Exec;
 use crate::iotlb::{IotlbMemory, IotlbSource};
 
-/// How often one chain is popped again after mapping what it points to (an indirect table
-/// first, then the buffers it lists).
-pub(super) const MAX_FAULT_RETRIES: u32 = 4;
-
-impl Worker {
+impl Exec {
     /// Walks the chain at `head` with raw reads and maps every range it needs that the
     /// snapshot lacks and the source knows. Returns the number of regions mapped.
     pub(super) fn fault_in_chain(
         &self,
+        q: &Queue,
         mem: &IotlbMemory,
         src: &dyn IotlbSource,
         head: u16,
@@ -23,8 +22,8 @@ impl Worker {
         const F_NEXT: u16 = 1;
         const F_INDIRECT: u16 = 4;
         let mut missing: Vec<(u64, u32)> = Vec::new();
-        let mut table = self.q.desc_table();
-        let mut size = self.q.size();
+        let mut table = q.desc_table();
+        let mut size = q.size();
         let mut idx = head;
         let mut indirect = false;
         let mut ttl = u32::from(size);

@@ -788,7 +788,8 @@ fn a_completion_whose_status_or_ring_is_unmapped_is_parked_and_written_after_the
     let mut w =
         Worker::new(r.params(&vq, false, false, Duration::ZERO).0, stop, na).expect("worker");
     let unmapped = IotlbMemory::new();
-    w.complete_chain(
+    w.exec.complete_chain(
+        &mut w.drain.q,
         &unmapped,
         3,
         Some((GuestAddress(STATUS), VIRTIO_BLK_S_IOERR)),
@@ -797,8 +798,8 @@ fn a_completion_whose_status_or_ring_is_unmapped_is_parked_and_written_after_the
     assert_eq!(r.stats.snapshot(0).parked, 1);
     assert_eq!(r.used_idx(&vq), 0);
     // Mapped again (the table the rig maps): the parked completion is written, once.
-    w.retry_parked();
-    w.retry_parked();
+    w.exec.retry_parked(&mut w.drain.q);
+    w.exec.retry_parked(&mut w.drain.q);
     assert_eq!(r.stats.snapshot(0).parked, 0);
     assert_eq!(r.used_idx(&vq), 1);
     assert_eq!(r.used_elem(&vq, 0), (3, 1));

@@ -1,0 +1,166 @@
+//! Completions: a finished chain's status byte and used entry, written through the snapshot
+//! of the moment or parked until its memory is mapped again, and the interrupt that tells the
+//! driver; nothing is written once the driver instance the worker serves has ended.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
+
+use super::exec::Exec;
+use super::{Parked, WorkerError};
+use crate::blk::exec::write_status;
+use crate::iotlb::IotlbMemory;
+
+impl Exec {
+    /// Pushes one SQE, flushing the SQ with a submit if it is full.
+    pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) -> Result<(), WorkerError> {
+        loop {
+            // SAFETY: every buffer an SQE points to (kick/stop buffers, iovec arrays and the
+            // guest mappings they reference) is owned by this worker and kept alive until the
+            // matching completion is reaped: the boxes live as long as the worker, iovec arrays
+            // and the IOTLB snapshot live in the in-flight slot until its last completion.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit().map_err(|source| WorkerError::Io {
+                queue: self.index,
+                op: "io_uring_enter (SQ full)",
+                source,
+            })?;
+        }
+    }
+
+    /// The current IOTLB snapshot (one atomic load unless it changed); once pinned, the one
+    /// the worker has.
+    pub(super) fn mem(&mut self) -> Arc<IotlbMemory> {
+        if self.pinned {
+            return self.mem.cached().clone();
+        }
+        self.mem.current(&self.iotlb).clone()
+    }
+
+    /// Whether guest memory and interrupts may still be touched: false once the driver
+    /// instance this worker serves has ended (a reset was acknowledged without it).
+    pub(super) fn instance_live(&mut self) -> bool {
+        if self.instance.is_current() {
+            return true;
+        }
+        if !self.pinned {
+            self.pinned = true;
+            tracing::warn!(
+                queue = self.index,
+                "the driver reset the device while this queue still had I/O in flight: its \
+                 completions are not written to the next driver's rings"
+            );
+        }
+        false
+    }
+
+    pub(super) fn notify_if_needed(&mut self, q: &mut Queue) {
+        if !self.used_since_notify {
+            return;
+        }
+        self.used_since_notify = false;
+        if !self.instance_live() {
+            return;
+        }
+        let mem = self.mem();
+        let needed = match q.needs_notification(&*mem) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(queue = self.index, "needs_notification: {e}");
+                true
+            }
+        };
+        if needed {
+            let Some(irq) = self.irq.upgrade() else {
+                // The device is being torn down.
+                return;
+            };
+            match irq.notify(self.index) {
+                Ok(()) => {
+                    self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(queue = self.index, "inject irq: {e}"),
+            }
+        }
+    }
+
+    /// Completes one chain: its status byte (if any) and its used entry. When either is not
+    /// mapped in `mem` (an IOTLB update moved it), the completion is parked and written once
+    /// it is mapped again; after a reset acknowledged without this worker, nothing is written.
+    pub(super) fn complete_chain(
+        &mut self,
+        q: &mut Queue,
+        mem: &IotlbMemory,
+        head: u16,
+        status: Option<(GuestAddress, u8)>,
+        used_len: u32,
+    ) {
+        let p = Parked {
+            head,
+            status,
+            used_len,
+        };
+        if let Some(p) = self.try_complete(q, mem, p) {
+            if !self.parked.iter().any(|q| q.head == p.head) {
+                tracing::debug!(queue = self.index, head, "completion parked until remapped");
+                self.parked.push(p);
+                self.stats.parked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes what `p` still needs; returns what is left to write (None: done, or dropped
+    /// because the driver instance ended).
+    fn try_complete(&mut self, q: &mut Queue, mem: &IotlbMemory, mut p: Parked) -> Option<Parked> {
+        if !self.instance_live() {
+            return None;
+        }
+        if let Some((addr, status)) = p.status {
+            if !write_status(mem, addr, status) {
+                return Some(p);
+            }
+            p.status = None;
+        }
+        // Checked first, so that add_used never fails half-way (entry written, index not).
+        let size = u64::from(q.size());
+        let used = GuestAddress(q.used_ring());
+        let slot = 4 + 8 * (u64::from(q.next_used()) % size);
+        let writable = |off: u64, len: usize| {
+            used.checked_add(off)
+                .is_some_and(|a| mem.check_range(a, len, Permissions::Write))
+        };
+        if !(writable(2, 2) && writable(slot, 8)) {
+            return Some(p);
+        }
+        if let Err(e) = q.add_used(mem, p.head, p.used_len) {
+            tracing::debug!(queue = self.index, head = p.head, "add_used: {e}");
+            return Some(p);
+        }
+        self.used_since_notify = true;
+        None
+    }
+
+    /// Writes the parked completions whose memory is mapped again.
+    pub(super) fn retry_parked(&mut self, q: &mut Queue) {
+        let mem = self.mem();
+        let mut i = 0;
+        while i < self.parked.len() {
+            let p = self.parked[i];
+            match self.try_complete(q, &mem, p) {
+                Some(left) => {
+                    self.parked[i] = left;
+                    i += 1;
+                }
+                None => {
+                    self.parked.swap_remove(i);
+                    self.stats.parked.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
