@@ -162,8 +162,9 @@ fn alloc(memory: Memory) -> anyhow::Result<(*mut u8, Option<File>)> {
     Ok((p.cast(), file))
 }
 
-/// Sets up queue 0 in a region of `memory`, sets DRIVER_OK, waits `hold`, resets.
-pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
+/// Opens the device and negotiates like a VMM: owner, features (VERSION_1 and
+/// ACCESS_PLATFORM), status up to FEATURES_OK.
+fn open_negotiated(path: &str) -> anyhow::Result<File> {
     let dev = OpenOptions::new()
         .read(true)
         .write(true)
@@ -190,75 +191,17 @@ pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
     let mut f = wanted;
     ioctl(&dev, "VHOST_SET_FEATURES", VHOST_SET_FEATURES, &mut f)?;
     set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK)?;
+    Ok(dev)
+}
 
+/// Sets up queue 0 in a region of `memory`, sets DRIVER_OK, waits `hold`, resets.
+pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
+    let dev = open_negotiated(path)?;
     let (mem, _keep) = alloc(memory)?;
-    let msg = IotlbMsg {
-        type_: VHOST_IOTLB_MSG,
-        _pad: 0,
-        iova: IOVA,
-        size: REGION as u64,
-        uaddr: mem as u64,
-        perm: VHOST_ACCESS_RW,
-        kind: VHOST_IOTLB_UPDATE,
-        _rest: [0; 38],
-    };
-    // SAFETY: `msg` is a #[repr(C)] plain-data struct of exactly this size.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&msg as *const IotlbMsg).cast::<u8>(),
-            std::mem::size_of::<IotlbMsg>(),
-        )
-    };
-    (&dev)
-        .write_all(bytes)
-        .context("VHOST_IOTLB_UPDATE (write)")?;
-
-    // Queue 0: descriptors at the region's start, the available ring after them, the used
-    // ring on the next page.
-    let mut num = VringState {
-        index: 0,
-        num: QUEUE_SIZE,
-    };
-    ioctl(&dev, "VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM, &mut num)?;
-    let mut addr = VringAddr {
-        index: 0,
-        flags: 0,
-        desc: IOVA,
-        avail: IOVA + 16 * u64::from(QUEUE_SIZE),
-        used: IOVA + 4096,
-        log: 0,
-    };
-    ioctl(
-        &dev,
-        "VHOST_SET_VRING_ADDR",
-        VHOST_SET_VRING_ADDR,
-        &mut addr,
-    )?;
-    let mut base = VringState { index: 0, num: 0 };
-    ioctl(
-        &dev,
-        "VHOST_SET_VRING_BASE",
-        VHOST_SET_VRING_BASE,
-        &mut base,
-    )?;
+    iotlb_update(&dev, mem)?;
     let (kick, call) = (eventfd()?, eventfd()?);
-    let mut kf = VringFile {
-        index: 0,
-        fd: kick.as_raw_fd(),
-    };
-    ioctl(&dev, "VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK, &mut kf)?;
-    let mut cf = VringFile {
-        index: 0,
-        fd: call.as_raw_fd(),
-    };
-    ioctl(&dev, "VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL, &mut cf)?;
-    let mut en = VringState { index: 0, num: 1 };
-    ioctl(
-        &dev,
-        "VHOST_VDPA_SET_VRING_ENABLE",
-        VHOST_VDPA_SET_VRING_ENABLE,
-        &mut en,
-    )?;
+    setup_queue(&dev, &QUEUE_LAYOUT[0], &kick, &call)?;
+    enable(&dev, 0)?;
     set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)?;
     std::thread::sleep(hold);
     let mut status = 0u8;
@@ -411,32 +354,7 @@ fn flush_on(mem: *mut u8, r: &Ring, kick: &File) -> String {
 /// VMM may report for a queue its guest ignored). Prints whether DRIVER_OK held and whether a
 /// FLUSH on queue 0, then on queue 1, was served.
 pub fn run_subset(path: &str) -> anyhow::Result<()> {
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("open {path}"))?;
-    ioctl::<u8>(
-        &dev,
-        "VHOST_SET_OWNER",
-        VHOST_SET_OWNER,
-        std::ptr::null_mut(),
-    )?;
-    let mut features = 0u64;
-    ioctl(
-        &dev,
-        "VHOST_GET_FEATURES",
-        VHOST_GET_FEATURES,
-        &mut features,
-    )?;
-    let wanted = F_VERSION_1 | F_ACCESS_PLATFORM;
-    if features & wanted != wanted {
-        bail!("device features {features:#x} lack VERSION_1 or ACCESS_PLATFORM");
-    }
-    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER)?;
-    let mut f = wanted;
-    ioctl(&dev, "VHOST_SET_FEATURES", VHOST_SET_FEATURES, &mut f)?;
-    set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK)?;
+    let dev = open_negotiated(path)?;
     let (mem, _keep) = alloc(Memory::Memfd)?;
     iotlb_update(&dev, mem)?;
     let fds: Vec<(File, File)> = (0..2)

@@ -127,6 +127,36 @@ pub(super) fn local(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) ->
     stop_daemon(bed, "vb6", None)
 }
 
+/// A VMM that exits with a write in flight (see `sh/abandon_stuck_io.sh`).
+fn abandon(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<()> {
+    bed.step(
+        Role::Compute,
+        "io",
+        what,
+        &script(vars, include_str!("sh/abandon_stuck_io.sh")),
+        secs(180),
+    )?;
+    Ok(())
+}
+
+/// A new driver instance brings the device up: the device status it read back after
+/// DRIVER_OK, and how many DRIVER_OKs the daemon has refused so far.
+fn new_driver(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<(u64, Option<u64>)> {
+    let step = bed.step(
+        Role::Compute,
+        "check",
+        what,
+        &script(vars, include_str!("sh/driver_ok_status.sh")),
+        secs(60),
+    )?;
+    let status = result_with(&step, "vhost_driver", "vhost-driver status")?;
+    let counts = result_with(&step, "refusals", "refusal count")?;
+    let s = status["vhost_driver"]["status"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    Ok((s, num(&counts, "refusals")))
+}
+
 /// Pair topology: `backing_dev` is the nvme-rdma namespace of subsystem `nqn`.
 pub(super) fn fabric(
     bed: &mut Bed,
@@ -162,29 +192,16 @@ pub(super) fn fabric(
         )
     };
     cut(bed)?;
-    bed.step(
-        Role::Compute,
-        "io",
+    abandon(
+        bed,
+        &vars,
         "a VMM goes away with a write stuck behind the cut path",
-        &script(&vars, include_str!("sh/abandon_stuck_io.sh")),
-        secs(180),
     )?;
-    let refused = bed.step(
-        Role::Compute,
-        "check",
-        "a new driver while the stuck write lives",
-        &script(&vars, include_str!("sh/driver_ok_status.sh")),
-        secs(60),
-    )?;
-    let status = result_with(&refused, "vhost_driver", "vhost-driver status")?;
-    let counts = result_with(&refused, "refusals", "refusal count")?;
+    let (status, refusals) = new_driver(bed, &vars, "a new driver while the stuck write lives")?;
     check(
-        status["vhost_driver"]["status"]
-            .as_u64()
-            .is_some_and(|s| s & 4 == 0)
-            && num(&counts, "refusals") == Some(1),
+        status & 4 == 0 && refusals == Some(1),
         "DRIVER_OK is refused while the previous driver's write is stuck",
-        || format!("{status} {counts}"),
+        || format!("status {status}, {refusals:?} refusals"),
     )?;
     restore(bed)?;
     bed.step(
@@ -194,30 +211,19 @@ pub(super) fn fabric(
         &script(&vars, include_str!("sh/orphan_done.sh")),
         secs(150),
     )?;
-    let accepted = bed.step(
-        Role::Compute,
-        "check",
-        "a new driver after the stuck write completed",
-        &script(&vars, include_str!("sh/driver_ok_status.sh")),
-        secs(60),
-    )?;
-    let status = result_with(&accepted, "vhost_driver", "vhost-driver status")?;
+    let (status, _) = new_driver(bed, &vars, "a new driver after the stuck write completed")?;
     check(
-        status["vhost_driver"]["status"]
-            .as_u64()
-            .is_some_and(|s| s & 4 != 0),
+        status & 4 != 0,
         "DRIVER_OK holds once the stuck write completed",
-        || status.to_string(),
+        || format!("status {status}"),
     )?;
     // Again, and this time the daemon is stopped while the orphan still waits: it must still
     // remove its vdpa and VDUSE devices (the orphan holds no reference to the device fd).
     cut(bed)?;
-    bed.step(
-        Role::Compute,
-        "io",
+    abandon(
+        bed,
+        &vars,
         "a VMM goes away with a write stuck behind the cut path (again)",
-        &script(&vars, include_str!("sh/abandon_stuck_io.sh")),
-        secs(180),
     )?;
     let stopped = stop_daemon(bed, "vb7", None);
     restore(bed)?;
