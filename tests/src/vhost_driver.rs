@@ -116,6 +116,13 @@ fn set_status(f: &File, status: u8) -> anyhow::Result<()> {
     ioctl(f, "VHOST_VDPA_SET_STATUS", VHOST_VDPA_SET_STATUS, &mut s)
 }
 
+/// The device status as the kernel holds it (VDUSE keeps DRIVER_OK only if the device took it).
+fn get_status(f: &File) -> anyhow::Result<u8> {
+    let mut s = 0u8;
+    ioctl(f, "VHOST_VDPA_GET_STATUS", VHOST_VDPA_GET_STATUS, &mut s)?;
+    Ok(s)
+}
+
 fn eventfd() -> anyhow::Result<File> {
     // SAFETY: plain eventfd(2); the result is checked.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -204,13 +211,7 @@ pub fn run(path: &str, memory: Memory, hold: Duration) -> anyhow::Result<()> {
     enable(&dev, 0)?;
     set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)?;
     std::thread::sleep(hold);
-    let mut status = 0u8;
-    ioctl(
-        &dev,
-        "VHOST_VDPA_GET_STATUS",
-        VHOST_VDPA_GET_STATUS,
-        &mut status,
-    )?;
+    let status = get_status(&dev)?;
     set_status(&dev, 0)?;
     println!(
         "RESULT {}",
@@ -365,13 +366,7 @@ pub fn run_subset(path: &str) -> anyhow::Result<()> {
     setup_queue(&dev, &QUEUE_LAYOUT[1], &fds[1].0, &fds[1].1)?;
     enable(&dev, 2)?;
     set_status(&dev, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)?;
-    let mut status = 0u8;
-    ioctl(
-        &dev,
-        "VHOST_VDPA_GET_STATUS",
-        VHOST_VDPA_GET_STATUS,
-        &mut status,
-    )?;
+    let status = get_status(&dev)?;
     let driver_ok = status & S_DRIVER_OK != 0;
     let q0 = flush_on(mem, &QUEUE_LAYOUT[0], &fds[0].0);
     enable(&dev, 1)?;
