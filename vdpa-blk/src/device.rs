@@ -153,6 +153,8 @@ pub struct Controller<O: VduseOps> {
     orphans: Vec<WorkerHandle>,
     /// Restarts of each queue's worker since DRIVER_OK.
     restarts: Vec<u32>,
+    /// Why each idle queue could not be started, last time (logged when it changes).
+    idle_errors: Vec<Option<String>>,
     /// EVENT_IDX negotiated (read at DRIVER_OK).
     event_idx: bool,
     /// Guest pages the SIGBUS handler had replaced at the last tick.
@@ -197,6 +199,7 @@ impl<O: VduseOps> Controller<O> {
             instances: Instances::new(),
             orphans: Vec::new(),
             restarts: vec![0; n],
+            idle_errors: vec![None; n],
             event_idx: false,
             lost_pages: 0,
             warn_unmapped,
@@ -376,6 +379,7 @@ impl<O: VduseOps> Controller<O> {
                 .vq_setup_kickfd(u32::from(q), Some(kick.as_raw_fd()))?;
             self.kicks[i] = Some(kick);
             self.restarts[i] = 0;
+            self.idle_errors[i] = None;
             match self.start_queue(i) {
                 Ok(true) => {}
                 Ok(false) => tracing::debug!(queue = i, "queue not enabled (yet)"),
@@ -384,6 +388,7 @@ impl<O: VduseOps> Controller<O> {
                         queue = i,
                         "queue skipped until the driver sets it up again: {e}"
                     );
+                    self.idle_errors[i] = Some(e.to_string());
                     first_err = first_err.or(Some(e));
                 }
             }
@@ -493,9 +498,15 @@ impl<O: VduseOps> Controller<O> {
             return;
         }
         match self.start_queue(i) {
-            Ok(true) => {}
-            Ok(false) => {}
-            Err(e) => tracing::warn!(queue = i, "queue enabled but not started: {e}"),
+            Ok(_) => self.idle_errors[i] = None,
+            Err(e) => {
+                // Checked every second: say it once, not every time.
+                let text = e.to_string();
+                if self.idle_errors[i].as_deref() != Some(text.as_str()) {
+                    tracing::warn!(queue = i, "queue enabled but not started: {text}");
+                    self.idle_errors[i] = Some(text);
+                }
+            }
         }
     }
 
