@@ -1,5 +1,5 @@
-//! Descriptor chains built from structured input, through the worker's parse path, with the
-//! invariants of `vdpa_blk_fuzz::run` checked after every run.
+//! Descriptor chains built from structured input, drained by the worker's own `Drain` (its
+//! parse path included), with the invariants of `vdpa_blk_fuzz::run` checked on every run.
 
 #![no_main]
 

@@ -17,17 +17,29 @@
 //! type: mappings of one memfd with per-region read-only / write-only / read-write
 //! permissions, one of them ending at the top of the 64-bit IOVA space).
 //!
-//! [`run`] then drains the queue the way `worker.rs` (`process_available` / `pop_round`) does
-//! on a kick: rounds of at most the queue size, notifications disabled during a round and
-//! re-enabled after it, another round while more chains arrived and the last one popped
-//! something. The driver breaks the queue, and nothing more is popped, with an available
-//! index more than the queue size ahead of the device's, a head already in flight or out of
-//! range (no used entry), or a chain without a usable status byte (dropped, no used entry).
-//! Each chain goes through `blk::request::parse_into`, the function the worker calls, into
-//! descriptor and request buffers reused across chains as the worker reuses them. Accepted
-//! requests run on the reference executor (`blk::exec::execute`, in-memory backend) which
-//! shares the status/id writers with the worker; rejected ones go to
-//! `blk::exec::answer_rejected`, as in the worker.
+//! [`run`] then drives the worker's own drain, `vdpa_blk::worker::drain::Drain` (what
+//! `worker.rs` calls on a kick and while polling), through a sink of the harness's, so what
+//! the fuzzer finds is what the worker does. On a kick (`rearm`) the drain pops rounds of at
+//! most the queue size, notifications disabled during a round and re-enabled after it,
+//! another round while more chains arrived and the last one popped something; with
+//! [`DeviceSpec::poll`] it is driven as the worker's polling loop drives it (notifications
+//! off, drained without re-arming while chains are available, then once more re-armed). The
+//! driver breaks the queue, and nothing more is popped, with an available index more than the
+//! queue size ahead of the device's, a head already in flight or out of range (no used
+//! entry), or a chain without a usable status byte (dropped, no used entry). The drain parses
+//! each chain with `blk::request::parse_into` into buffers it reuses across chains.
+//!
+//! The harness's sink stands in for the worker's io_uring executor: heads of
+//! [`FuzzInput::in_flight`] are in flight for it; it runs accepted requests on the reference
+//! executor (`blk::exec::execute`, in-memory backend, sharing the status/id writers with the
+//! worker) and answers rejected ones with the status the drain gives it
+//! (`blk::exec::write_status`, as the worker's completions do), each with its status byte
+//! and one used entry (the outcome's used length; 1 for an answer), and records what it saw.
+//! With [`DeviceSpec::fault_in`] each fault-in the drain asks for "maps" something that does
+//! not help, so every rejected chain is popped again as often as the drain allows. The oracle
+//! runs in the sink, on each chain the moment the drain hands it over (re-walking it from the
+//! ring position just popped: memory is as the drain parsed it), and over the whole drain
+//! afterwards (the chain the queue broke on, parsed again, the indexes, the drain's counters).
 //!
 //! The oracle re-derives, from the descriptors virtio-queue yields for the chain and the
 //! guest memory alone (never from the parser), what the chain must become (`Expected`): the
@@ -60,7 +72,12 @@
 //!   limits) and its used length does not exceed the chain's device-writable bytes;
 //! - the drain stops exactly when the queue breaks (impossible available index, head in
 //!   flight or out of range, chain dropped), otherwise it consumes every available chain, and
-//!   every chain it completes has one used entry;
+//!   every chain it completes has one used entry; a head in flight or out of range never
+//!   reaches the sink's `start` or `answer`, nor one past the queue size its `in_flight`;
+//! - a rejected chain is offered to fault-in once, or as often as `MAX_FAULT_RETRIES` allows
+//!   when each fault-in maps something, and a parsed one never;
+//! - the drain's counters (`QueueStats`: requests, errors, dropped, broken) add up to what
+//!   the sink saw and the chain the queue broke on;
 //! - comparing all of guest memory before and after, every changed byte lies in the used
 //!   ring, in a status byte that was written, or in a device-writable data range of an
 //!   executed IN or GET_ID request.
@@ -76,9 +93,10 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
-use vdpa_blk::blk::exec::{answer_rejected, execute, MemBackend};
+use vdpa_blk::blk::exec::{execute, write_status, MemBackend};
 use vdpa_blk::blk::request::{
     parse_into, Error, ParseContext, Rejected, Request, RequestType, Segment, HEADER_SIZE,
     SECTOR_SIZE, SEGMENT_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -88,6 +106,8 @@ use vdpa_blk::blk::request::{
 };
 use vdpa_blk::iotlb::{IotlbMemory, Mapping};
 use vdpa_blk::uapi::vduse::{VduseIotlbEntry, VDUSE_ACCESS_RO, VDUSE_ACCESS_RW, VDUSE_ACCESS_WO};
+use vdpa_blk::worker::drain::{Drain, Sink, MAX_FAULT_RETRIES};
+use vdpa_blk::worker::QueueStats;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::{Queue, QueueT};
@@ -209,6 +229,12 @@ pub struct DeviceSpec {
     pub limits: [u32; 4],
     /// VIRTIO_RING_F_EVENT_IDX negotiated.
     pub event_idx: bool,
+    /// The worker polls (`--poll-us`): the queue is drained without re-arming notifications
+    /// while chains are available, then once more re-armed; otherwise as on a kick.
+    pub poll: bool,
+    /// Every fault-in the drain asks for maps something, but nothing that helps: each
+    /// rejected chain is popped again `MAX_FAULT_RETRIES` times.
+    pub fault_in: bool,
     /// Ring index where the driver and the device start (tests wrap-around).
     pub start_idx: u16,
     /// `used_event` in the available ring.
@@ -1703,20 +1729,210 @@ fn drive<A: Arena>(arena: &A, input: &FuzzInput) -> Outcome {
     })
 }
 
-/// Drains the queue as worker.rs `process_available` (kicked, `rearm`) and `pop_round` do,
-/// checking every outcome. Returns the guest ranges the device may have changed: the used
-/// ring, the status bytes written, the device-writable data of executed requests.
+/// What the drain handed the harness's sink, in order.
+#[derive(Debug)]
+enum Seen {
+    /// A parsed request, executed, with its status and used length.
+    Started {
+        req: Request,
+        status: u8,
+        used_len: u32,
+    },
+    /// A rejected chain, answered with this status (used length 1).
+    Answered { rej: Rejected, status: u8 },
+}
+
+/// The harness's [`Sink`] of the worker's [`Drain`]: runs the oracle on every chain the
+/// drain hands over, executes accepted requests on the reference executor and answers
+/// rejected ones, each with its status byte and one used entry (as the worker's `Exec` does),
+/// and records what it saw.
+struct Harness<'a, A: Arena> {
+    arena: &'a A,
+    ctx: &'a ParseContext,
+    rings: Rings,
+    size: u16,
+    /// Heads the device considers in flight ([`FuzzInput::in_flight`]).
+    in_flight: Vec<bool>,
+    backend: MemBackend,
+    id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// The drain's counters: the sink counts what it completes, as the worker's sink does.
+    stats: Arc<QueueStats>,
+    /// [`DeviceSpec::fault_in`]: every fault-in "maps" something (the same memory again).
+    fault_in: bool,
+    /// Fault-ins asked for the chain being handled.
+    faults: u32,
+    seen: Vec<Seen>,
+    framings: Framings,
+    /// Guest ranges the device may change: the used ring, the status bytes written, the
+    /// device-writable data of executed requests.
+    allowed: Vec<(u128, u128)>,
+}
+
+fn span(addr: u64, len: u32) -> (u128, u128) {
+    (u128::from(addr), u128::from(addr) + u128::from(len))
+}
+
+impl<A: Arena> Harness<'_, A> {
+    /// Fault-ins the drain asks for a rejected chain: one that finds nothing new, or as many
+    /// as it allows when each finds something.
+    fn faults_per_rejection(&self) -> u32 {
+        if self.fault_in {
+            MAX_FAULT_RETRIES
+        } else {
+            1
+        }
+    }
+
+    /// The chain just popped from `q` (the one at `next_avail - 1`) as virtio-queue yields it
+    /// (every descriptor, however many): memory is as the drain parsed it, nothing was
+    /// written since the pop.
+    fn walk(&self, q: &Queue, mem: &A::Mem, head: u16) -> Vec<Descriptor> {
+        let chain = popped_chain(&self.rings, q, mem);
+        assert_eq!(
+            chain.head_index(),
+            head,
+            "handed a head the ring does not hold"
+        );
+        chain.collect()
+    }
+
+    /// A chain that reaches the sink has a head inside the queue and not in flight.
+    fn check_head(&self, head: u16) {
+        assert!(
+            head < self.size,
+            "head {head} past the queue size reached the sink"
+        );
+        assert!(
+            !self.in_flight[usize::from(head)],
+            "head {head} is in flight and was popped again"
+        );
+    }
+}
+
+/// The chain at `q.next_avail() - 1`, popped again from a queue with the same rings.
+fn popped_chain<'m, M: GuestMemory>(
+    rings: &Rings,
+    q: &Queue,
+    mem: &'m M,
+) -> virtio_queue::DescriptorChain<&'m M> {
+    let mut probe = rings.queue(q.size());
+    probe.set_next_avail(q.next_avail().wrapping_sub(1));
+    probe
+        .pop_descriptor_chain(mem)
+        .expect("the chain just popped pops again")
+}
+
+impl<'a, A: Arena> Sink<&'a A::Mem> for Harness<'a, A> {
+    fn in_flight(&self, head: u16) -> bool {
+        assert!(
+            head < self.size,
+            "head {head} past the queue size reached the sink"
+        );
+        self.in_flight[usize::from(head)]
+    }
+
+    fn start(&mut self, q: &mut Queue, mem: &&'a A::Mem, req: &Request) {
+        let (mem, head) = (*mem, req.head_index);
+        self.check_head(head);
+        assert_eq!(self.faults, 0, "fault-in asked for a chain that parses");
+        let walk = self.walk(q, mem, head);
+        let expect = expected(mem, self.ctx, head, &walk);
+        check_accepted(mem, self.ctx, &walk, &expect, req);
+        self.framings.accepted(&walk, req);
+        if matches!(req.request_type, RequestType::In | RequestType::GetId) {
+            for &(addr, len) in &req.data {
+                self.allowed.push(span(addr.0, len));
+            }
+        }
+        let status_addr = req.status_addr.0;
+        self.allowed.push(span(status_addr, 1));
+        // The status byte was checked writable: the answer cannot fail.
+        let c = execute(mem, req, &mut self.backend, &self.id)
+            .expect("status byte of an accepted request not writable");
+        assert!(
+            c.status == VIRTIO_BLK_S_OK || c.status == VIRTIO_BLK_S_IOERR,
+            "executed request answered {}",
+            c.status
+        );
+        assert_eq!(self.arena.peek(status_addr), Some(c.status));
+        assert!(u64::from(c.used_len) <= writable_bytes(&walk));
+        // Counted as the worker's executor counts a finished request.
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if c.status != VIRTIO_BLK_S_OK {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        q.add_used(mem, head, c.used_len)
+            .expect("used entry for a head inside the queue");
+        self.seen.push(Seen::Started {
+            req: req.clone(),
+            status: c.status,
+            used_len: c.used_len,
+        });
+    }
+
+    fn answer(&mut self, q: &mut Queue, mem: &&'a A::Mem, rej: &Rejected, status: u8) {
+        let (mem, head) = (*mem, rej.head_index);
+        self.check_head(head);
+        assert_eq!(
+            self.faults,
+            self.faults_per_rejection(),
+            "fault-ins asked for a rejected chain"
+        );
+        self.faults = 0;
+        let walk = self.walk(q, mem, head);
+        let expect = expected(mem, self.ctx, head, &walk);
+        check_rejected(mem, head, &walk, &expect, rej);
+        self.framings.rejected(rej);
+        assert_eq!(
+            Some(status),
+            rej.error.status(),
+            "{:?} answered with status {status}",
+            rej.error
+        );
+        let addr = rej.status_addr.expect("answered without a status address");
+        assert!(
+            write_status(mem, addr, status),
+            "checked status byte not written"
+        );
+        self.allowed.push(span(addr.0, 1));
+        assert_eq!(self.arena.peek(addr.0), Some(status));
+        q.add_used(mem, head, 1)
+            .expect("used entry for a head inside the queue");
+        self.seen.push(Seen::Answered {
+            rej: rej.clone(),
+            status,
+        });
+    }
+
+    fn fault_in(&mut self, q: &Queue, mem: &&'a A::Mem, head: u16) -> Option<&'a A::Mem> {
+        let m = *mem;
+        self.check_head(head);
+        // Asked for the chain just popped.
+        self.walk(q, m, head);
+        self.faults += 1;
+        assert!(
+            self.faults <= self.faults_per_rejection(),
+            "more than {MAX_FAULT_RETRIES} fault-ins for one chain"
+        );
+        self.fault_in.then_some(m)
+    }
+}
+
+/// Drains the queue with the worker's [`Drain`] and the harness's sink ([`Harness`]): as the
+/// worker does on a kick (`rearm`), or with [`DeviceSpec::poll`] as its polling loop does
+/// (notifications off, drained without re-arming while chains are available, then once more
+/// re-armed). Checks what the drain did as a whole: the chain it broke the queue on, its
+/// counters, the indexes. Returns the guest ranges the device may have changed and the
+/// outcome.
 fn process<A: Arena>(
     arena: &A,
     input: &FuzzInput,
     ctx: &ParseContext,
     rings: &Rings,
 ) -> (Vec<(u128, u128)>, Outcome) {
-    let mut outcome = Outcome::default();
     let dev = &input.device;
-    let mem = arena.mem();
+    let mut mem = arena.mem();
     let (start, size) = (dev.start_idx, queue_size(dev));
-    let capacity = ctx.capacity;
     let mut q = rings.queue(size);
     assert!(q.is_valid(mem), "rings outside guest memory");
     q.set_event_idx(dev.event_idx);
@@ -1728,11 +1944,22 @@ fn process<A: Arena>(
             *f = true;
         }
     }
-    let mut backend = MemBackend::new((capacity.min(BACKEND_SECTORS) * SECTOR_SIZE) as usize);
-    let id = dev.serial;
-
-    let mut allowed: Vec<(u128, u128)> = vec![(rings.used.into(), rings.used_end.into())];
-    let span = |addr: u64, len: u32| (u128::from(addr), u128::from(addr) + u128::from(len));
+    let stats = Arc::new(QueueStats::default());
+    let mut sink = Harness {
+        arena,
+        ctx,
+        rings: *rings,
+        size,
+        in_flight,
+        backend: MemBackend::new((ctx.capacity.min(BACKEND_SECTORS) * SECTOR_SIZE) as usize),
+        id: dev.serial,
+        stats: stats.clone(),
+        fault_in: dev.fault_in,
+        faults: 0,
+        seen: Vec::new(),
+        framings: Framings::default(),
+        allowed: vec![(rings.used.into(), rings.used_end.into())],
+    };
 
     // What the driver wrote: an impossible index must break the queue before any pop.
     let avail_at_start = q
@@ -1741,116 +1968,106 @@ fn process<A: Arena>(
         .0;
     let impossible_at_start = avail_at_start.wrapping_sub(start) > size;
 
-    let mut descs = Vec::new();
-    let mut reused = Request::default();
-    let mut bad_index = false;
+    let mut drain = Drain::new(q, 0, *ctx, stats.clone());
     let mut popped_total = 0u32;
-    // Terminates: every round but the last pops at least one chain, and at most the queue
-    // size can be available (more breaks the queue).
-    loop {
-        let _ = q.disable_notification(mem);
-        match q.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) if idx.0.wrapping_sub(q.next_avail()) > q.size() => {
-                bad_index = true;
-                outcome.broken = true;
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-        let mut popped = 0u32;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
-            popped += 1;
-            let head = chain.head_index();
-            if in_flight.get(usize::from(head)).copied().unwrap_or(true) {
-                // Never completed twice, and nothing more is taken from this driver.
-                outcome.skipped += 1;
-                outcome.broken = true;
-                break;
-            }
-            // Every descriptor virtio-queue yields: the parser walks a too-long chain to its
-            // end too.
-            let walk: Vec<Descriptor> = chain.clone().collect();
-            let expect = expected(mem, ctx, head, &walk);
-            // The worker parses into buffers reused across chains: so does the harness.
-            let parsed = parse_into(chain, ctx, &mut descs, &mut reused).map(|()| &reused);
-            let (status, used_len) = match parsed {
-                Ok(req) => {
-                    assert_eq!(req.head_index, head);
-                    check_accepted(mem, ctx, &walk, &expect, req);
-                    outcome.framings.accepted(&walk, req);
-                    outcome.executed[type_index(req.request_type)] += 1;
-                    let status_addr = req.status_addr.0;
-                    if matches!(req.request_type, RequestType::In | RequestType::GetId) {
-                        for &(addr, len) in &req.data {
-                            allowed.push(span(addr.0, len));
-                        }
-                    }
-                    allowed.push(span(status_addr, 1));
-                    // The status byte was checked writable: the answer cannot fail.
-                    let c = execute(mem, req, &mut backend, &id)
-                        .expect("status byte of an accepted request not writable");
-                    assert!(
-                        c.status == VIRTIO_BLK_S_OK || c.status == VIRTIO_BLK_S_IOERR,
-                        "executed request answered {}",
-                        c.status
-                    );
-                    assert_eq!(arena.peek(status_addr), Some(c.status));
-                    assert!(u64::from(c.used_len) <= writable_bytes(&walk));
-                    (c.status, c.used_len)
-                }
-                Err(rej) => {
-                    check_rejected(mem, head, &walk, &expect, &rej);
-                    outcome.framings.rejected(&rej);
-                    let used_len = answer_rejected(mem, &rej);
-                    match rej.status_addr {
-                        Some(addr) => {
-                            outcome.answered += 1;
-                            assert_eq!(used_len, 1, "checked status byte not written");
-                            allowed.push(span(addr.0, 1));
-                            let status = rej.error.status().expect("answered");
-                            assert_eq!(arena.peek(addr.0), Some(status));
-                            (status, used_len)
-                        }
-                        None => {
-                            // No status byte: completing it would let the driver read a
-                            // status it wrote itself. The queue breaks instead.
-                            outcome.dropped += 1;
-                            assert_eq!(used_len, 0, "answered without a status address");
-                            outcome.broken = true;
-                            break;
-                        }
-                    }
-                }
-            };
-            q.add_used(mem, head, used_len)
-                .expect("used entry for a head inside the queue");
-            outcome.completions.push((head, status, used_len));
-            if popped >= u32::from(q.size()) {
+    if dev.poll {
+        // The worker's `poll_for_work`: notifications off, then a drain without re-arming
+        // whenever chains are available, until an idle spin.
+        let _ = drain.q.disable_notification(mem);
+        while drain.has_available(mem) {
+            let popped = drain.drain(&mut mem, &mut sink, false);
+            popped_total += popped;
+            if popped == 0 {
                 break;
             }
         }
+        // Idle: notifications back on, and what arrived meanwhile popped (nothing here, the
+        // harness completes every request at once).
+        let popped = drain.drain(&mut mem, &mut sink, true);
+        assert!(
+            drain.broken() || popped == 0,
+            "{popped} chains left behind by polling"
+        );
         popped_total += popped;
-        if outcome.broken {
-            break;
-        }
-        match q.enable_notification(mem) {
-            // More arrived while popping; a round that popped nothing ends the loop.
-            Ok(true) if popped > 0 => continue,
-            Ok(_) | Err(_) => break,
-        }
+    } else {
+        // A kick.
+        popped_total = drain.drain(&mut mem, &mut sink, true);
     }
+    let broken = drain.broken();
+    let q = &mut drain.q;
     let _ = q.needs_notification(mem);
 
+    // Why the queue broke. An impossible available index breaks it before a pop, and no
+    // chain is popped after; otherwise the chain popped last broke it (the drain stops at
+    // once, so nothing was written since: its index was possible then, and still is).
+    let avail = q.avail_idx(mem, Ordering::Acquire).expect("mapped").0;
+    let bad_index = broken && avail.wrapping_sub(q.next_avail()) > size;
+    let (mut dropped, mut skipped) = (0u32, 0u32);
+    if broken && !bad_index {
+        assert!(popped_total > 0, "the queue broke with nothing popped");
+        let chain = popped_chain(rings, q, mem);
+        let head = chain.head_index();
+        if sink
+            .in_flight
+            .get(usize::from(head))
+            .copied()
+            .unwrap_or(true)
+        {
+            // Never completed twice, and nothing more is taken from this driver.
+            skipped = 1;
+            assert_eq!(sink.faults, 0, "fault-in asked for a head in flight");
+        } else {
+            // Dropped: the drain parsed it as it parses here (nothing changed since) and
+            // found no usable status byte.
+            dropped = 1;
+            let walk: Vec<Descriptor> = chain.clone().collect();
+            let expect = expected(mem, ctx, head, &walk);
+            match parse_into(chain, ctx, &mut Vec::new(), &mut Request::default()) {
+                Ok(()) => panic!("the queue broke on chain {head}, which parses"),
+                Err(rej) => check_rejected(mem, head, &walk, &expect, &rej),
+            }
+            assert!(
+                matches!(expect, Expected::Drop(_)),
+                "dropped a chain whose status byte is usable: {expect:?}"
+            );
+            assert_eq!(
+                sink.faults,
+                sink.faults_per_rejection(),
+                "fault-ins asked for a dropped chain"
+            );
+        }
+    } else {
+        assert_eq!(sink.faults, 0, "fault-ins for no chain");
+    }
+
+    let mut outcome = Outcome {
+        dropped,
+        skipped,
+        broken,
+        framings: sink.framings,
+        ..Outcome::default()
+    };
+    let mut ioerr = 0u32;
+    for s in &sink.seen {
+        let completion = match s {
+            Seen::Started {
+                req,
+                status,
+                used_len,
+            } => {
+                outcome.executed[type_index(req.request_type)] += 1;
+                ioerr += u32::from(*status != VIRTIO_BLK_S_OK);
+                (req.head_index, *status, *used_len)
+            }
+            Seen::Answered { rej, status } => {
+                outcome.answered += 1;
+                (rej.head_index, *status, 1)
+            }
+        };
+        outcome.completions.push(completion);
+    }
+
     // The drain stops when, and only when, the queue breaks; otherwise it takes everything.
-    assert_eq!(
-        outcome.broken,
-        bad_index || outcome.dropped > 0 || outcome.skipped > 0
-    );
-    assert!(
-        outcome.dropped + outcome.skipped <= 1,
-        "popped past a break"
-    );
     if impossible_at_start {
         assert!(
             bad_index && popped_total == 0,
@@ -1859,8 +2076,12 @@ fn process<A: Arena>(
         );
     }
     assert_eq!(q.next_avail(), start.wrapping_add(popped_total as u16));
-    if !outcome.broken {
-        let avail = q.avail_idx(mem, Ordering::Acquire).expect("mapped").0;
+    assert_eq!(
+        outcome.completions.len() as u32 + dropped + skipped,
+        popped_total,
+        "a popped chain neither completed nor the one that broke the queue"
+    );
+    if !broken {
         assert_eq!(avail, q.next_avail(), "available chains left behind");
     }
     assert_eq!(
@@ -1868,7 +2089,18 @@ fn process<A: Arena>(
         start.wrapping_add(outcome.completions.len() as u16),
         "a completed chain without exactly one used entry"
     );
-    (allowed, outcome)
+    // The drain's counters say the same.
+    let s = stats.snapshot(0);
+    let rejected = u64::from(outcome.answered + dropped);
+    assert_eq!(s.broken, broken, "{s:?}");
+    assert_eq!(s.dropped, u64::from(dropped + skipped), "{s:?}");
+    assert_eq!(
+        s.requests,
+        outcome.completions.len() as u64 + u64::from(dropped),
+        "{s:?}"
+    );
+    assert_eq!(s.errors, u64::from(ioerr + skipped) + rejected, "{s:?}");
+    (sink.allowed, outcome)
 }
 
 /// Every byte that differs lies in an allowed range.
@@ -1916,6 +2148,8 @@ mod tests {
             write_zeroes: true,
             limits: [1024, 4, 1024, 4],
             event_idx: false,
+            poll: false,
+            fault_in: false,
             start_idx: 0,
             used_event: 0,
             serial: *b"vdpa-blk-fuzz-serial",
@@ -1982,21 +2216,30 @@ mod tests {
         ]
     }
 
-    /// Runs `chains` (in both memory types) and returns the `(status, used length)` of each,
-    /// after checking that every chain was completed and the queue did not break.
+    /// The ways the drain is driven: `(poll, fault_in)`.
+    const DRIVES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+    /// Runs `chains` (in both memory types, the drain driven every way) and returns the
+    /// `(status, used length)` of each, after checking that every chain was completed and the
+    /// queue did not break.
     fn answers(chains: impl Fn() -> Vec<ChainSpec>) -> Vec<(u8, u32)> {
         let rw = [PermSpec::ReadWrite; 5];
         let mut first = None;
         for memory in [MemorySpec::Mmap, MemorySpec::Iotlb(rw)] {
-            let c = chains();
-            let n = c.len();
-            let o = run(&input(memory, c));
-            assert!(!o.broken, "{memory:?}: {o:?}");
-            assert_eq!(o.completions.len(), n, "{memory:?}: {o:?}");
-            let got: Vec<(u8, u32)> = o.completions.iter().map(|&(_, s, u)| (s, u)).collect();
-            assert_eq!(*first.get_or_insert_with(|| got.clone()), got, "{memory:?}");
+            for (poll, fault_in) in DRIVES {
+                let c = chains();
+                let n = c.len();
+                let mut i = input(memory, c);
+                (i.device.poll, i.device.fault_in) = (poll, fault_in);
+                let o = run(&i);
+                let how = format!("{memory:?}, poll {poll}, fault-in {fault_in}");
+                assert!(!o.broken, "{how}: {o:?}");
+                assert_eq!(o.completions.len(), n, "{how}: {o:?}");
+                let got: Vec<(u8, u32)> = o.completions.iter().map(|&(_, s, u)| (s, u)).collect();
+                assert_eq!(*first.get_or_insert_with(|| got.clone()), got, "{how}");
+            }
         }
-        first.expect("two runs")
+        first.expect("eight runs")
     }
 
     #[test]
@@ -2114,6 +2357,60 @@ mod tests {
         i.device.used_event = 3;
         let o = run(&i);
         assert_eq!((o.executed, o.broken), ([1; 6], false));
+    }
+
+    #[test]
+    fn polling_and_fault_ins_drain_as_a_kick_does() {
+        // Every way of breaking the queue, and none, on a plain and a wrapped ring.
+        /// How a case changes the input.
+        type Change = fn(&mut FuzzInput);
+        let cases: [(&str, Change); 8] = [
+            ("plain", |_| {}),
+            ("in flight", |i| i.in_flight = vec![3]),
+            ("out of range", |i| i.extra_heads = vec![(3, 200)]),
+            ("no status byte", |i| {
+                i.chains[2].mutations = vec![Mutation::FlipWrite(2)]
+            }),
+            ("malformed", |i| {
+                i.chains[1].request = ReqType::Raw(77);
+                i.chains[3].mutations = vec![Mutation::Len(0, LenSpec::Bytes(3))];
+            }),
+            ("impossible index", |i| i.avail_idx = Some(40)),
+            ("a queue's worth", |i| i.avail_idx = Some(32)),
+            ("event idx", |i| {
+                i.device.event_idx = true;
+                i.device.used_event = 2;
+            }),
+        ];
+        for (what, change) in &cases {
+            for start in [0, u16::MAX - 2] {
+                let mut first = None;
+                for (poll, fault_in) in DRIVES {
+                    let mut i = input(MemorySpec::Mmap, every_type());
+                    change(&mut i);
+                    i.device.start_idx = start;
+                    if let Some(idx) = &mut i.avail_idx {
+                        *idx = idx.wrapping_add(start);
+                    }
+                    (i.device.poll, i.device.fault_in) = (poll, fault_in);
+                    let o = run(&i);
+                    let first = first.get_or_insert_with(|| o.clone());
+                    assert_eq!(
+                        *first, o,
+                        "{what}, start {start}: poll {poll}, fault-in {fault_in}"
+                    );
+                }
+                let o = first.expect("four runs");
+                let breaks = !matches!(
+                    *what,
+                    "plain" | "malformed" | "a queue's worth" | "event idx"
+                );
+                assert_eq!(o.broken, breaks, "{what}: {o:?}");
+                if *what == "malformed" {
+                    assert_eq!((o.answered, o.completions.len()), (2, 6), "{o:?}");
+                }
+            }
+        }
     }
 
     #[test]
