@@ -90,7 +90,8 @@ impl Drain {
     /// are turned back on at the end and the ring checked once more (so a request that raced
     /// with the re-enable is not left waiting for a kick); without it (polling) they stay off.
     /// Returns the number of chains popped. Ends: a round pops at most a queue's worth, a
-    /// round that pops nothing ends the loop, and an impossible index breaks the queue.
+    /// round after a re-enable that saw new chains but pops nothing ends the loop (an
+    /// unreadable entry), and an impossible index breaks the queue.
     pub fn drain<M, S>(&mut self, mem: &mut M, sink: &mut S, rearm: bool) -> u32
     where
         M: Deref + Clone,
@@ -101,6 +102,10 @@ impl Drain {
             return 0;
         }
         let mut total = 0u32;
+        // The last re-enable saw chains arrive: the next round must pop them (a chain can be
+        // published between a round's last pop and the re-enable, and the driver then does
+        // not kick). If that round pops nothing, the entry is unreadable: stop, do not spin.
+        let mut raced = false;
         loop {
             // A no-op with EVENT_IDX (the avail event is only moved by the re-enable);
             // VRING_USED_F_NO_NOTIFY otherwise. A polling caller disabled them already.
@@ -129,14 +134,16 @@ impl Drain {
             }
             let popped = self.pop_round(mem, sink);
             total += popped;
-            if !rearm || self.broken {
+            if !rearm || self.broken || (raced && popped == 0) {
                 break;
             }
             match self.q.enable_notification(&**mem) {
-                // More arrived while popping. A round that popped nothing ends the loop
-                // (an unreadable available entry): the next kick tries again.
-                Ok(true) if popped > 0 => continue,
-                Ok(_) => break,
+                // More arrived (while popping, or after the round): pop again.
+                Ok(true) => {
+                    raced = true;
+                    continue;
+                }
+                Ok(false) => break,
                 Err(e) => {
                     // Typically the ring is not mapped right now (IOTLB update in progress);
                     // the control loop kicks the queue again after remapping.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, Permissions};
 
 use super::*;
 use crate::blk::exec::id_bytes;
@@ -864,4 +865,212 @@ fn a_stopped_worker_has_no_read_left_on_the_kick_eventfd() {
         (8, 1),
         "the kick was consumed after the worker stopped"
     );
+}
+
+/// A driver on its own thread, as a guest's virtio-blk is: FLUSH requests on up to 8 heads at
+/// a time, published while the worker runs, kicking only when EVENT_IDX says the device asked
+/// for it. Returns the requests completed; fails if the worker stops making progress (a
+/// request it will never see without a kick the driver was told not to send).
+fn race_with_a_driver(poll: Duration, requests: u32) -> u32 {
+    const DESC: u64 = 0x0;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+    const SIZE: u16 = 16;
+    let r = Rig::new();
+    let kick = EventFd::new().expect("kick");
+    let backing = Arc::new(Backing::open(r.disk.path(), false, false).expect("backing"));
+    let h = spawn(WorkerParams {
+        queue: QueueConfig {
+            index: 0,
+            size: SIZE,
+            desc: DESC,
+            driver: AVAIL,
+            device: USED,
+            event_idx: true,
+            next_avail: 0,
+            next_used: 0,
+        },
+        parse: ParseContext {
+            capacity: DISK / 512,
+            read_only: false,
+            max_chain: 16,
+            discard: true,
+            write_zeroes: true,
+            max_discard_sectors: 1 << 20,
+            max_discard_seg: 4,
+            max_write_zeroes_sectors: 1 << 20,
+            max_write_zeroes_seg: 4,
+        },
+        backing,
+        iotlb: r.table.clone(),
+        kick: kick.try_clone().expect("dup kick"),
+        irq: r.irq.clone(),
+        stats: r.stats.clone(),
+        id: id_bytes("race"),
+        capacity: None,
+        fault: None,
+        poll,
+        instance: DriverInstance::default(),
+    })
+    .expect("spawn");
+    let m = &r.mem;
+    let w16 = |a: u64, v: u16| m.write_obj(v.to_le(), GuestAddress(a)).expect("w16");
+    let r16 = |a: u64| u16::from_le(m.read_obj::<u16>(GuestAddress(a)).expect("r16"));
+    // Eight two-descriptor FLUSH chains, heads 0, 2, .. 14, each with its own status byte.
+    for slot in 0..8u16 {
+        let head = slot * 2;
+        let hdr = HDR + u64::from(slot) * 16;
+        r.hdr(hdr, VIRTIO_BLK_T_FLUSH, 0);
+        let d0 = d(hdr, 16, 1, head + 1);
+        let d1 = d(STATUS + u64::from(slot), 1, F_WRITE, 0);
+        m.write_obj(d0, GuestAddress(DESC + 16 * u64::from(head)))
+            .expect("desc");
+        m.write_obj(d1, GuestAddress(DESC + 16 * u64::from(head + 1)))
+            .expect("desc");
+    }
+    let (mut avail, mut used_seen, mut done) = (0u16, 0u16, 0u32);
+    // Heads not in flight (completions may come back in any order).
+    let mut free: Vec<u16> = (0..8).map(|s| s * 2).collect();
+    let mut last_progress = Instant::now();
+    while done < requests {
+        // Offer what the free heads allow, then publish and kick if asked to.
+        let old = avail;
+        while let Some(head) = free.pop() {
+            w16(AVAIL + 4 + 2 * u64::from(avail % SIZE), head);
+            avail = avail.wrapping_add(1);
+        }
+        if avail != old {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            w16(AVAIL + 2, avail);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let event = r16(USED + 4 + 8 * u64::from(SIZE));
+            // vring_need_event(event, new, old)
+            if avail.wrapping_sub(event).wrapping_sub(1) < avail.wrapping_sub(old) {
+                kick.signal().expect("kick");
+            }
+        }
+        // Reap.
+        let used = r16(USED + 2);
+        while used_seen != used {
+            let id = m
+                .read_obj::<u32>(GuestAddress(USED + 4 + 8 * u64::from(used_seen % SIZE)))
+                .expect("used id");
+            free.push(id as u16);
+            used_seen = used_seen.wrapping_add(1);
+            done += 1;
+            last_progress = Instant::now();
+        }
+        assert!(
+            !r.stats.snapshot(0).broken,
+            "the test driver broke the queue"
+        );
+        assert!(
+            last_progress.elapsed() < Duration::from_secs(10),
+            "the worker stopped serving after {done} requests ({} offered): a request the \
+             driver published without a kick was never seen",
+            avail
+        );
+        std::thread::yield_now();
+    }
+    stop_within(h, "race");
+    done
+}
+
+#[test]
+fn a_driver_racing_the_worker_never_strands_a_request() {
+    assert!(race_with_a_driver(Duration::ZERO, 5_000) >= 5_000);
+    assert!(race_with_a_driver(Duration::from_micros(200), 5_000) >= 5_000);
+}
+
+/// Guest memory that runs `hook` once, just before the device writes `event_addr` (the avail
+/// event, written by the re-enable of notifications): the moment a driver can publish a chain
+/// after the device's last pop, see the old avail event, and not kick.
+struct RacyMem<'a> {
+    inner: &'a IotlbMemory,
+    event_addr: u64,
+    hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl vm_memory::GuestMemory for RacyMem<'_> {
+    type PhysicalMemory = <IotlbMemory as vm_memory::GuestMemory>::PhysicalMemory;
+    type Bitmap = ();
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        self.inner.check_range(addr, count, access)
+    }
+
+    fn get_slices<'b>(
+        &'b self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> vm_memory::GuestMemoryResult<
+        impl vm_memory::guest_memory::GuestMemorySliceIterator<'b, vm_memory::bitmap::BS<'b, ()>>,
+    > {
+        if access.has_write() && addr.0 == self.event_addr {
+            if let Some(h) = self.hook.borrow_mut().take() {
+                h();
+            }
+        }
+        self.inner.get_slices(addr, count, access)
+    }
+}
+
+/// Records the heads the drain starts.
+#[derive(Default)]
+struct Started(Vec<u16>);
+
+impl<M> drain::Sink<M> for Started {
+    fn in_flight(&self, _head: u16) -> bool {
+        false
+    }
+    fn start(&mut self, _q: &mut Queue, _mem: &M, req: &Request) {
+        self.0.push(req.head_index);
+    }
+    fn answer(&mut self, _q: &mut Queue, _mem: &M, rej: &Rejected, _status: u8) {
+        panic!("unexpected rejection: {}", rej.error);
+    }
+}
+
+#[test]
+fn a_chain_published_between_the_last_pop_and_the_re_enable_is_drained() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    let mut q: Queue = vq.create_queue().expect("queue");
+    q.set_event_idx(true);
+    let ctx = ParseContext {
+        capacity: DISK / 512,
+        read_only: false,
+        max_chain: 16,
+        discard: false,
+        write_zeroes: false,
+        max_discard_sectors: 0,
+        max_discard_seg: 0,
+        max_write_zeroes_sectors: 0,
+        max_write_zeroes_seg: 0,
+    };
+    let mut drain = drain::Drain::new(q, 0, ctx, r.stats.clone());
+    let flush = |at: u16, hdr: u64, st: u64| {
+        r.hdr(hdr, VIRTIO_BLK_T_FLUSH, 0);
+        vq.add_desc_chains(&[d(hdr, 16, 1, at + 1), d(st, 1, F_WRITE, 0)], at)
+            .expect("chain");
+    };
+    let mem = RacyMem {
+        inner: &r.mem,
+        event_addr: vq.used_addr().0 + 4 + 8 * 16,
+        hook: std::cell::RefCell::new(None),
+    };
+    let mut sink = Started::default();
+    flush(0, HDR, STATUS);
+    assert_eq!(drain.drain(&mut &mem, &mut sink, true), 1);
+    // A wake-up that finds nothing new (a late kick, or the end of a polling window), while
+    // the driver publishes a chain right before the re-enable.
+    *mem.hook.borrow_mut() = Some(Box::new(|| flush(2, HDR + 0x100, STATUS + 1)));
+    assert_eq!(
+        drain.drain(&mut &mem, &mut sink, true),
+        1,
+        "the raced chain was left"
+    );
+    assert_eq!(sink.0, vec![0, 2]);
+    assert!(!drain.broken());
 }
