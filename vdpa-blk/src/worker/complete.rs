@@ -3,62 +3,16 @@
 //! driver; nothing is written once the driver instance the worker serves has ended.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
 
 use super::exec::Exec;
-use super::{Parked, WorkerError};
+use super::Parked;
 use crate::blk::exec::write_status;
 use crate::iotlb::IotlbMemory;
 
 impl Exec {
-    /// Pushes one SQE, flushing the SQ with a submit if it is full.
-    pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) -> Result<(), WorkerError> {
-        loop {
-            // SAFETY: every buffer an SQE points to (kick/stop buffers, iovec arrays and the
-            // guest mappings they reference) is owned by this worker and kept alive until the
-            // matching completion is reaped: the boxes live as long as the worker, iovec arrays
-            // and the IOTLB snapshot live in the in-flight slot until its last completion.
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit().map_err(|source| WorkerError::Io {
-                queue: self.index,
-                op: "io_uring_enter (SQ full)",
-                source,
-            })?;
-        }
-    }
-
-    /// The current IOTLB snapshot (one atomic load unless it changed); once pinned, the one
-    /// the worker has.
-    pub(super) fn mem(&mut self) -> Arc<IotlbMemory> {
-        if self.pinned {
-            return self.mem.cached().clone();
-        }
-        self.mem.current(&self.iotlb).clone()
-    }
-
-    /// Whether guest memory and interrupts may still be touched: false once the driver
-    /// instance this worker serves has ended (a reset was acknowledged without it).
-    pub(super) fn instance_live(&mut self) -> bool {
-        if self.instance.is_current() {
-            return true;
-        }
-        if !self.pinned {
-            self.pinned = true;
-            tracing::warn!(
-                queue = self.index,
-                "the driver reset the device while this queue still had I/O in flight: its \
-                 completions are not written to the next driver's rings"
-            );
-        }
-        false
-    }
-
     pub(super) fn notify_if_needed(&mut self, q: &mut Queue) {
         if !self.used_since_notify {
             return;
