@@ -123,6 +123,18 @@ pub fn run(path: &str, offset: u64, len: usize, remap_rounds: u32) -> anyhow::Re
     Ok(())
 }
 
+/// Fails on a failed completion among `done` (entries do_io just initialised).
+fn check_writes(done: &[MaybeUninit<Completion>], round: u32) -> anyhow::Result<()> {
+    for c in done {
+        // SAFETY: the caller passes only entries do_io initialised.
+        let c = unsafe { c.assume_init_read() };
+        if c.ret != 0 {
+            bail!("round {round}: a write failed with {}", c.ret);
+        }
+    }
+    Ok(())
+}
+
 /// As a VMM does when its memory layout changes (hotplug, a balloon, a new buffer region):
 /// each round submits a batch of 4 KiB writes and, while they are in flight, maps and unmaps
 /// another memory region (each is a vhost-vdpa set_map: a `VDUSE_UPDATE_IOTLB [0, U64_MAX]` to
@@ -151,15 +163,15 @@ fn remap_during_io(
             let buf = unsafe { wbuf.add(i * BS) };
             q.write(offset + (i * BS) as u64, buf, BS, i, ReqFlags::empty());
         }
-        // Submit without waiting.
+        // Submit without waiting (completions that are already there come back too).
         let mut zero = std::time::Duration::ZERO;
-        b(q.do_io(&mut done, 0, Some(&mut zero), None), "submit")?;
+        let mut got = b(q.do_io(&mut done, 0, Some(&mut zero), None), "submit")?;
+        check_writes(&done[..got], round)?;
         let extra = b(blk.alloc_mem_region(extra_len), "alloc_mem_region (extra)")?;
         b(blk.map_mem_region(&extra), "map_mem_region (extra)")?;
         blk.unmap_mem_region(&extra);
         blk.free_mem_region(&extra);
         remaps += 2;
-        let mut got = 0usize;
         while got < per_round {
             let mut timeout = std::time::Duration::from_secs(30);
             let n = b(
@@ -178,13 +190,7 @@ fn remap_during_io(
                     per_round - got
                 );
             }
-            for c in &done[got..got + n] {
-                // SAFETY: do_io initialised these `n` entries.
-                let c = unsafe { c.assume_init_read() };
-                if c.ret != 0 {
-                    bail!("round {round}: a write failed with {}", c.ret);
-                }
-            }
+            check_writes(&done[got..got + n], round)?;
             got += n;
         }
         requests += per_round as u64;
