@@ -36,7 +36,16 @@ fn b<T>(r: blkio::Result<T>, what: &str) -> anyhow::Result<T> {
 /// Writes `len` bytes of a pattern at byte `offset` of the device at `path`, reads them back
 /// and compares, then checks write-zeroes over the same range. With `remap_rounds > 0`, it
 /// then changes its memory mappings while I/O is in flight (see [`remap_during_io`]).
-pub fn run(path: &str, offset: u64, len: usize, remap_rounds: u32) -> anyhow::Result<()> {
+/// With `hold`, it then prints the identity of its memory region's file (`st_dev`, `st_ino`
+/// of the fd blkio allocated it from) and keeps the device open for that long, so the
+/// device's daemon can be asked what it maps.
+pub fn run(
+    path: &str,
+    offset: u64,
+    len: usize,
+    remap_rounds: u32,
+    hold: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     if len == 0 || len % 4096 != 0 || offset % 4096 != 0 {
         bail!("length and offset must be non-zero multiples of 4096 (got {len} at {offset})");
     }
@@ -110,6 +119,22 @@ pub fn run(path: &str, offset: u64, len: usize, remap_rounds: u32) -> anyhow::Re
     );
     if !matched {
         bail!("the data read back differs from the data written");
+    }
+    if let Some(hold) = hold {
+        // SAFETY: a zeroed stat is valid plain data; fstat writes it for the fd blkio keeps.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `region.fd` is the open fd of the region; `st` lives across the call.
+        if region.fd < 0 || unsafe { libc::fstat(region.fd, &mut st) } != 0 {
+            bail!(
+                "the memory region has no file to identify (fd {})",
+                region.fd
+            );
+        }
+        println!(
+            "RESULT {}",
+            json!({"region_dev": st.st_dev, "region_ino": st.st_ino, "holding_ms": hold.as_millis() as u64})
+        );
+        std::thread::sleep(hold);
     }
     if remap_rounds > 0 {
         let (requests, remaps) =

@@ -802,6 +802,7 @@ pub struct Device {
     stop: Option<EventFd>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Vec<Arc<QueueStats>>>,
+    iotlb: Arc<IotlbTable>,
     vdpa_added: bool,
     created: bool,
 }
@@ -915,6 +916,7 @@ impl Device {
             stop: None,
             thread: None,
             stats: Arc::new(Vec::new()),
+            iotlb: Arc::new(IotlbTable::new()),
             vdpa_added: false,
             created: true,
         };
@@ -953,6 +955,7 @@ impl Device {
         .with_poll(self.cfg.poll)
         .with_msg_timeout(msg_timeout);
         self.stats = ctrl.stats();
+        self.iotlb = ctrl.iotlb().clone();
         let stop = EventFd::new().map_err(DeviceError::Thread)?;
         let stop2 = stop.try_clone().map_err(DeviceError::Thread)?;
         let dev2 = dev.clone();
@@ -987,6 +990,12 @@ impl Device {
     /// The ready line's content.
     pub fn ready(&self) -> &ReadyInfo {
         &self.ready
+    }
+
+    /// The device's guest memory table, for readers on other threads (the control socket's
+    /// `mappings`).
+    pub fn iotlb_source(&self) -> Arc<IotlbTable> {
+        self.iotlb.clone()
     }
 
     /// The live per-queue counters, for readers on other threads (the control socket).

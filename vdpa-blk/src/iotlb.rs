@@ -170,6 +170,37 @@ impl Mapping {
     pub fn perm(&self) -> Permissions {
         self.perm
     }
+
+    /// What is mapped, for a report: IOVA range, file offset and the file's identity.
+    pub fn info(&self) -> MappingInfo {
+        MappingInfo {
+            start: self.start,
+            last: self.last,
+            offset: self.offset,
+            writable: self.perm.has_write(),
+            dev: self.file_id.0,
+            ino: self.file_id.1,
+        }
+    }
+}
+
+/// One mapping as the control socket reports it: which file (device and inode numbers, as
+/// `stat` gives them) backs which IOVA range. For vhost-vdpa that file is the VMM's own memory
+/// (its memfd): zero copy shown by what is mapped, not by a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MappingInfo {
+    /// First IOVA.
+    pub start: u64,
+    /// Last IOVA.
+    pub last: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Mapped writable.
+    pub writable: bool,
+    /// `st_dev` of the file.
+    pub dev: u64,
+    /// `st_ino` of the file.
+    pub ino: u64,
 }
 
 /// An immutable set of mappings keyed by IOVA start.
@@ -859,6 +890,29 @@ pub(crate) mod tests {
         let mut b = [0u8; 1];
         std::os::unix::fs::FileExt::read_exact_at(&src.file, &mut b, 0).expect("pread");
         assert_eq!(b[0], 7);
+    }
+
+    #[test]
+    fn a_mapping_reports_the_file_it_maps() {
+        use std::os::unix::fs::MetadataExt;
+        let src = FakeIotlb::new(0x2000, &[(0x4000, 0x5fff, 0, VDUSE_ACCESS_RW)]);
+        let t = IotlbTable::new();
+        t.map_all(&src).expect("map");
+        let meta = src.file.metadata().expect("fstat");
+        let infos: Vec<MappingInfo> = t.snapshot().mappings().map(|m| m.info()).collect();
+        assert_eq!(
+            infos,
+            vec![MappingInfo {
+                start: 0x4000,
+                last: 0x5fff,
+                offset: 0,
+                writable: true,
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }]
+        );
+        // Another memfd is another file.
+        assert_ne!(memfd(0x1000).metadata().expect("fstat").ino(), meta.ino());
     }
 
     #[test]

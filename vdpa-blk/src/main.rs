@@ -179,14 +179,19 @@ fn run(a: Args) -> anyhow::Result<()> {
     })
     .with_context(|| format!("starting device {name}"))?;
     if let Some(c) = &control {
-        let (name, stats) = (name.clone(), dev.stats_source());
+        let (name, stats, iotlb) = (name.clone(), dev.stats_source(), dev.iotlb_source());
         c.serve(move |cmd| match cmd {
             "stats" => serde_json::to_string(&stats_line(&name, snapshot_all(&stats)))
                 .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
-            other => {
-                serde_json::json!({ "error": format!("unknown command {other:?}; try stats") })
+            "mappings" => {
+                let maps: Vec<_> = iotlb.snapshot().mappings().map(|m| m.info()).collect();
+                serde_json::json!({ "event": "mappings", "name": name, "mappings": maps })
                     .to_string()
             }
+            other => serde_json::json!({
+                "error": format!("unknown command {other:?}; try stats or mappings")
+            })
+            .to_string(),
         })
         .context("control socket")?;
     }

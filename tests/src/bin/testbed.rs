@@ -122,6 +122,10 @@ enum Cmd {
         /// Instead: submit one write at `--offset` and exit without waiting for it.
         #[arg(long)]
         abandon: bool,
+        /// After the checks, print the memory region's file identity and keep the device open
+        /// this many milliseconds.
+        #[arg(long)]
+        hold_ms: Option<u64>,
     },
     /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
     /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
@@ -329,12 +333,14 @@ fn main() -> ExitCode {
         len,
         remap_rounds,
         abandon,
+        hold_ms,
     } = &cli.command
     {
         let r = if *abandon {
             testbed::blkio_client::abandon(path, *offset)
         } else {
-            testbed::blkio_client::run(path, *offset, *len, *remap_rounds)
+            let hold = hold_ms.map(std::time::Duration::from_millis);
+            testbed::blkio_client::run(path, *offset, *len, *remap_rounds, hold)
         };
         return match r {
             Ok(()) => ExitCode::SUCCESS,

@@ -454,11 +454,24 @@ result pattern "$a"
     let client = bed.step(
         Role::Compute,
         "io",
-        "blkio client over vhost-vdpa: write, flush, read back, write-zeroes",
-        &format!("{agent} blkio-client --path {vhost_path} --offset 8388608 --len 4194304"),
+        "blkio client over vhost-vdpa: write, flush, read back, write-zeroes; what the daemon maps",
+        &format!(
+            "AGENT='{agent}'\nDEV='{vhost_path}'\nSOCK=/run/vb1.sock\n{}",
+            include_str!("sh/zero_copy_client.sh")
+        ),
         secs(300),
     )?;
     let blkio = result_with(&client, "readback_matches", "blkio client")?;
+    let region = result_with(&client, "region_ino", "the client's memory region")?;
+    let maps = result_with(&client, "mappings", "the daemon's mappings")?;
+    let ours = |m: &Value| m["dev"] == region["region_dev"] && m["ino"] == region["region_ino"];
+    check(
+        maps["mappings"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
+        "zero copy: the daemon maps the VMM's own memory file",
+        || format!("client region {region}, daemon maps {maps}"),
+    )?;
     check(blkio["readback_matches"] == true, "blkio read-back", || {
         blkio.to_string()
     })?;
