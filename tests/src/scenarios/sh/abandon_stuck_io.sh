@@ -10,7 +10,7 @@ wait_for 20 "the VMM to submit its write" grep -q abandoned /run/abandon.out
 gone() { s=$(awk '{print $3}' "/proc/$VMM/stat" 2>/dev/null || true); [ -z "$s" ] || [ "$s" = Z ]; }
 if ! wait_for 90 "the VMM's exit (the reset answered)" gone; then
   echo "--- VMM $VMM"; cat "/proc/$VMM/stack" 2>/dev/null || true
-  for t in /proc/$(cat "/run/$NAME.pid")/task/*; do echo "--- daemon $t"; cat "$t/stack" 2>/dev/null || true; done
+  for t in "/proc/$(cat "/run/$NAME.pid")"/task/*; do echo "--- daemon $t"; cat "$t/stack" 2>/dev/null || true; done
   tail -n 20 "/run/$NAME.err"
   exit 1
 fi
