@@ -299,6 +299,7 @@ impl Worker {
                 instance: p.instance,
                 pinned: false,
                 parked: Vec::with_capacity(usize::from(p.queue.size)),
+                used_ring: None,
             },
             kick: p.kick,
             stop,
@@ -401,7 +402,7 @@ impl Worker {
 
     /// Pops, parses and starts every available chain (see [`Drain::drain`]).
     fn process_available(&mut self, rearm: bool) -> u32 {
-        if self.drain.broken() || !self.exec.instance_live() {
+        if !self.exec.instance_live() {
             return 0;
         }
         if let Some(c) = &self.capacity {

@@ -3,9 +3,10 @@
 //! driver; nothing is written once the driver instance the worker serves has ended.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 use super::exec::Exec;
 use super::Parked;
@@ -49,7 +50,7 @@ impl Exec {
     pub(super) fn complete_chain(
         &mut self,
         q: &mut Queue,
-        mem: &IotlbMemory,
+        mem: &Arc<IotlbMemory>,
         head: u16,
         status: Option<(GuestAddress, u8)>,
         used_len: u32,
@@ -70,33 +71,46 @@ impl Exec {
 
     /// Writes what `p` still needs; returns what is left to write (None: done, or dropped
     /// because the driver instance ended).
-    fn try_complete(&mut self, q: &mut Queue, mem: &IotlbMemory, mut p: Parked) -> Option<Parked> {
+    fn try_complete(
+        &mut self,
+        q: &mut Queue,
+        mem: &Arc<IotlbMemory>,
+        mut p: Parked,
+    ) -> Option<Parked> {
         if !self.instance_live() {
             return None;
         }
         if let Some((addr, status)) = p.status {
-            if !write_status(mem, addr, status) {
+            if !write_status(&**mem, addr, status) {
                 return Some(p);
             }
             p.status = None;
         }
         // Checked first, so that add_used never fails half-way (entry written, index not).
-        let size = u64::from(q.size());
-        let used = GuestAddress(q.used_ring());
-        let slot = 4 + 8 * (u64::from(q.next_used()) % size);
-        let writable = |off: u64, len: usize| {
-            used.checked_add(off)
-                .is_some_and(|a| mem.check_range(a, len, Permissions::Write))
-        };
-        if !(writable(2, 2) && writable(slot, 8)) {
+        if !self.used_ring_writable(q, mem) {
             return Some(p);
         }
-        if let Err(e) = q.add_used(mem, p.head, p.used_len) {
+        if let Err(e) = q.add_used(&**mem, p.head, p.used_len) {
             tracing::debug!(queue = self.index, head = p.head, "add_used: {e}");
             return Some(p);
         }
         self.used_since_notify = true;
         None
+    }
+
+    /// Whether the whole used ring (flags, index, entries, avail event) is writable in `mem`:
+    /// looked up once per snapshot, not per completion. The `Weak` keeps the snapshot's
+    /// address from being reused without keeping its mappings alive.
+    fn used_ring_writable(&mut self, q: &Queue, mem: &Arc<IotlbMemory>) -> bool {
+        if let Some((seen, ok)) = &self.used_ring {
+            if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(mem)) {
+                return *ok;
+            }
+        }
+        let len = 4 + 8 * usize::from(q.size()) + 2;
+        let ok = mem.check_range(GuestAddress(q.used_ring()), len, Permissions::Write);
+        self.used_ring = Some((Arc::downgrade(mem), ok));
+        ok
     }
 
     /// Writes the parked completions whose memory is mapped again.

@@ -154,6 +154,8 @@ pub(crate) struct Exec {
     /// Discards go to a block device as `BLOCK_URING_CMD_DISCARD` until the kernel answers
     /// EOPNOTSUPP (before 6.12, or a device without discard).
     pub(super) discard_cmd: bool,
+    /// Whether the used ring is writable in the snapshot named (see `used_ring_writable`).
+    pub(super) used_ring: Option<(Weak<IotlbMemory>, bool)>,
 }
 
 /// The production sink of the drain: parsed requests go to the ring, rejected ones are
@@ -230,7 +232,13 @@ impl Exec {
         false
     }
 
-    pub(super) fn finish_now(&mut self, q: &mut Queue, mem: &IotlbMemory, req: &Request, ok: bool) {
+    pub(super) fn finish_now(
+        &mut self,
+        q: &mut Queue,
+        mem: &Arc<IotlbMemory>,
+        req: &Request,
+        ok: bool,
+    ) {
         let status = if ok {
             VIRTIO_BLK_S_OK
         } else {
@@ -394,7 +402,7 @@ impl Exec {
         self.sqes = sqes;
     }
 
-    pub(super) fn complete_op(&mut self, q: &mut Queue, mem: &IotlbMemory, ud: u64, res: i32) {
+    pub(super) fn complete_op(&mut self, q: &mut Queue, mem: &Arc<IotlbMemory>, ud: u64, res: i32) {
         let slot = (ud & 0xffff_ffff) as usize;
         let sub = (ud >> 32) as usize;
         let fd = types::Fd(self.backing.fd());

@@ -788,7 +788,7 @@ fn a_completion_whose_status_or_ring_is_unmapped_is_parked_and_written_after_the
     let (stop, na) = (EventFd::new().expect("stop"), Arc::new(AtomicU16::new(0)));
     let mut w =
         Worker::new(r.params(&vq, false, false, Duration::ZERO).0, stop, na).expect("worker");
-    let unmapped = IotlbMemory::new();
+    let unmapped = Arc::new(IotlbMemory::new());
     w.exec.complete_chain(
         &mut w.drain.q,
         &unmapped,
