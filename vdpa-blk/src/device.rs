@@ -23,7 +23,7 @@ use crate::blk::config::{
 use crate::blk::exec::id_bytes;
 use crate::blk::request::{max_chain, ParseContext, VIRTIO_BLK_ID_BYTES};
 use crate::driver::{self, BoundNode, DriverError, SysRoot, VdpaDriver};
-use crate::iotlb::{IotlbError, IotlbSource, IotlbTable};
+use crate::iotlb::{IotlbError, IotlbSource, IotlbTable, IotlbUpdate};
 use crate::netlink::{NetlinkError, VdpaNetlink};
 use crate::uapi::vduse::{
     ControlMessage, DevConfigBuf, NameError, VduseControl, VduseDevFd, VduseDevRequest,
@@ -168,6 +168,13 @@ pub struct Controller<O: VduseOps> {
 /// How often a queue whose worker died is restarted before it is left failed.
 pub const MAX_QUEUE_RESTARTS: u32 = 3;
 
+/// Says which regions an IOTLB update could not map (requests into them fail).
+fn log_unmapped(report: &IotlbUpdate) {
+    for e in &report.failed {
+        tracing::error!("IOTLB region left unmapped (requests into it fail): {e}");
+    }
+}
+
 fn worker_io(queue: u16, op: &'static str, source: std::io::Error) -> DeviceError {
     DeviceError::Worker(WorkerError::Io { queue, op, source })
 }
@@ -271,16 +278,8 @@ impl<O: VduseOps> Controller<O> {
     /// is then held until no in-flight request points into a mapping that went away (the
     /// memory may be reassigned once the kernel has the answer), bounded by the reply budget.
     fn update_iotlb(&mut self, start: u64, last: u64) {
-        let report = match self.iotlb.update(&*self.ops, start, last) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(start, last, "IOTLB update: {e}");
-                return;
-            }
-        };
-        for e in &report.failed {
-            tracing::error!("IOTLB region left unmapped (requests into it fail): {e}");
-        }
+        let report = self.iotlb.update(&*self.ops, start, last);
+        log_unmapped(&report);
         tracing::debug!(
             start,
             last,
@@ -367,10 +366,7 @@ impl<O: VduseOps> Controller<O> {
     fn start_workers(&mut self) -> Result<(), DeviceError> {
         let features = self.ops.get_features()?;
         self.event_idx = features & (1u64 << feature::RING_EVENT_IDX) != 0;
-        let report = self.iotlb.map_all(&*self.ops)?;
-        for e in &report.failed {
-            tracing::error!("IOTLB region left unmapped (requests into it fail): {e}");
-        }
+        log_unmapped(&self.iotlb.map_all(&*self.ops));
         let mut first_err = None;
         for i in 0..self.workers.len() {
             let q = i as u16;

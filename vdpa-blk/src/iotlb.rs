@@ -146,6 +146,11 @@ impl Mapping {
         })
     }
 
+    /// Whether the mapping shares an address with `[start, last]`.
+    fn overlaps(&self, start: u64, last: u64) -> bool {
+        self.start <= last && start <= self.last
+    }
+
     /// Whether this mapping is the region `entry` describes, in `file`.
     fn is(&self, entry: &VduseIotlbEntry, file_id: (u64, u64)) -> bool {
         self.start == entry.start
@@ -245,7 +250,7 @@ impl IotlbMemory {
             maps: self
                 .maps
                 .iter()
-                .filter(|(_, m)| m.last < start || m.start > last)
+                .filter(|(_, m)| !m.overlaps(start, last))
                 .map(|(k, m)| (*k, m.clone()))
                 .collect(),
         }
@@ -253,22 +258,20 @@ impl IotlbMemory {
 
     /// A copy with `mapping` added (replacing whatever it overlaps).
     pub fn with_mapping(&self, mapping: Mapping) -> Self {
-        let mut next = self.without_range(mapping.start, mapping.last);
-        next.maps.insert(mapping.start, Arc::new(mapping));
+        let mut next = self.clone();
+        next.insert(Arc::new(mapping));
         next
     }
 
     fn insert(&mut self, mapping: Arc<Mapping>) {
         let (start, last) = (mapping.start, mapping.last);
-        self.maps.retain(|_, m| m.last < start || m.start > last);
+        self.maps.retain(|_, m| !m.overlaps(start, last));
         self.maps.insert(start, mapping);
     }
 
     /// The mappings that overlap `[start, last]`.
     fn overlapping(&self, start: u64, last: u64) -> impl Iterator<Item = &Arc<Mapping>> {
-        self.maps
-            .values()
-            .filter(move |m| !(m.last < start || m.start > last))
+        self.maps.values().filter(move |m| m.overlaps(start, last))
     }
 
     /// The host address for `len` bytes at `addr` if they lie in one mapping that allows
@@ -486,16 +489,6 @@ impl IotlbTable {
         }
     }
 
-    /// Drops every mapping overlapping `[start, last]`; returns how many were dropped.
-    pub fn invalidate(&self, start: u64, last: u64) -> usize {
-        let _w = self.write_lock();
-        let before = self.snapshot();
-        let kept = before.without_range(start, last);
-        let dropped = before.len() - kept.len();
-        self.store(kept);
-        dropped
-    }
-
     /// Drops everything (device reset).
     pub fn clear(&self) {
         let _w = self.write_lock();
@@ -551,20 +544,22 @@ impl IotlbTable {
     /// now reports inside the range; an unchanged region keeps its mapping, nothing is mapped
     /// twice) and swaps it in once, so readers never see the range empty. Each region is
     /// mapped on its own: one that fails is left out and reported, the others are served.
-    pub fn update(
-        &self,
-        source: &dyn IotlbSource,
-        start: u64,
-        last: u64,
-    ) -> Result<IotlbUpdate, IotlbError> {
+    pub fn update(&self, source: &dyn IotlbSource, start: u64, last: u64) -> IotlbUpdate {
         let _w = self.write_lock();
         let before = self.snapshot();
         let mut next = before.without_range(start, last);
         let mut report = IotlbUpdate::default();
         let mut cursor = start;
         while cursor <= last {
-            let Some((fd, entry)) = source.get_fd(cursor, last)? else {
-                break;
+            let (fd, entry) = match source.get_fd(cursor, last) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                // The rest of the range cannot be read: what was found so far is served,
+                // nothing of the old mappings in the range is kept.
+                Err(e) => {
+                    report.failed.push(e);
+                    break;
+                }
             };
             if entry.last < entry.start {
                 report.failed.push(IotlbError::BadRange {
@@ -607,11 +602,11 @@ impl IotlbTable {
             .map(Arc::downgrade)
             .collect();
         self.store(next);
-        Ok(report)
+        report
     }
 
     /// Maps everything the source knows (`[0, u64::MAX]`), e.g. at DRIVER_OK.
-    pub fn map_all(&self, source: &dyn IotlbSource) -> Result<IotlbUpdate, IotlbError> {
+    pub fn map_all(&self, source: &dyn IotlbSource) -> IotlbUpdate {
         self.update(source, 0, u64::MAX)
     }
 }
@@ -631,6 +626,15 @@ pub struct IotlbUpdate {
 }
 
 impl IotlbUpdate {
+    /// The report, or the first failure when every region had to be mapped.
+    pub fn all_mapped(mut self) -> Result<Self, IotlbError> {
+        if self.failed.is_empty() {
+            Ok(self)
+        } else {
+            Err(self.failed.swap_remove(0))
+        }
+    }
+
     /// Regions in the snapshot for the range now (mapped or kept).
     pub fn served(&self) -> usize {
         self.mapped + self.kept
@@ -728,7 +732,7 @@ pub(crate) mod tests {
             ],
         );
         let t = IotlbTable::new();
-        assert_eq!(t.map_all(&src).expect("map").served(), 2);
+        assert_eq!(t.map_all(&src).all_mapped().expect("map").served(), 2);
         let m = t.snapshot();
         m.write_obj(0xdead_beef_u32, GuestAddress(0x10010))
             .expect("write");
@@ -751,7 +755,7 @@ pub(crate) mod tests {
     fn unmapped_and_boundary_crossing_accesses_fail() {
         let src = FakeIotlb::new(0x2000, &[(0x1000, 0x1fff, 0, VDUSE_ACCESS_RW)]);
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let m = t.snapshot();
         assert!(m.check_range(GuestAddress(0x1000), 0x1000, Permissions::ReadWrite));
         assert!(!m.check_range(GuestAddress(0x1000), 0x1001, Permissions::Read));
@@ -771,7 +775,7 @@ pub(crate) mod tests {
             ],
         );
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let m = t.snapshot();
         assert!(m.check_range(GuestAddress(0x1ff0), 0x20, Permissions::Read));
         m.write_slice(&[7u8; 32], GuestAddress(0x1ff0))
@@ -788,7 +792,7 @@ pub(crate) mod tests {
     fn read_only_mapping_refuses_writes() {
         let src = FakeIotlb::new(0x1000, &[(0x1000, 0x1fff, 0, VDUSE_ACCESS_RO)]);
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let m = t.snapshot();
         assert!(m.check_range(GuestAddress(0x1000), 16, Permissions::Read));
         assert!(!m.check_range(GuestAddress(0x1000), 16, Permissions::Write));
@@ -810,7 +814,7 @@ pub(crate) mod tests {
             ],
         );
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let old = t.snapshot();
         assert_eq!(old.len(), 2);
         // The kernel removes the first region and tells us about [0x1000, 0x1fff].
@@ -818,7 +822,13 @@ pub(crate) mod tests {
             .lock()
             .expect("entries")
             .retain(|e| e.start != 0x1000);
-        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update").served(), 0);
+        assert_eq!(
+            t.update(&src, 0x1000, 0x1fff)
+                .all_mapped()
+                .expect("update")
+                .served(),
+            0
+        );
         let now = t.snapshot();
         assert_eq!(now.len(), 1);
         assert!(now.find(0x1000).is_none());
@@ -832,7 +842,13 @@ pub(crate) mod tests {
             perm: VDUSE_ACCESS_RO,
             padding: [0; 7],
         });
-        assert_eq!(t.update(&src, 0x1000, 0x1fff).expect("update").served(), 1);
+        assert_eq!(
+            t.update(&src, 0x1000, 0x1fff)
+                .all_mapped()
+                .expect("update")
+                .served(),
+            1
+        );
         let m = t
             .snapshot()
             .find(0x1000)
@@ -845,7 +861,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_entries_are_reported_and_the_rest_is_mapped() {
         let src = FakeIotlb::new(0x1000, &[(0x2000, 0x1000, 0, VDUSE_ACCESS_RW)]);
-        let r = IotlbTable::new().map_all(&src).expect("update");
+        let r = IotlbTable::new().map_all(&src);
         assert!(
             matches!(r.failed[..], [IotlbError::BadRange { .. }]),
             "{r:?}"
@@ -859,7 +875,7 @@ pub(crate) mod tests {
             ],
         );
         let t = IotlbTable::new();
-        let r = t.map_all(&src).expect("update");
+        let r = t.map_all(&src);
         assert!(
             matches!(r.failed[..], [IotlbError::BadPerm { perm: 7, .. }]),
             "{r:?}"
@@ -874,7 +890,7 @@ pub(crate) mod tests {
         crate::sigbus::install().expect("handler");
         let src = FakeIotlb::new(0x3000, &[(0x10000, 0x12fff, 0, VDUSE_ACCESS_RW)]);
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let m = t.snapshot();
         m.write_obj(0x5au8, GuestAddress(0x12000)).expect("write");
         let before = crate::sigbus::replaced_pages();
@@ -897,7 +913,7 @@ pub(crate) mod tests {
         use std::os::unix::fs::MetadataExt;
         let src = FakeIotlb::new(0x2000, &[(0x4000, 0x5fff, 0, VDUSE_ACCESS_RW)]);
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let meta = src.file.metadata().expect("fstat");
         let infos: Vec<MappingInfo> = t.snapshot().mappings().map(|m| m.info()).collect();
         assert_eq!(
@@ -915,16 +931,56 @@ pub(crate) mod tests {
         assert_ne!(memfd(0x1000).metadata().expect("fstat").ino(), meta.ino());
     }
 
+    /// A source whose look-ups fail from `fail_from` on (GET_FD erroring half-way).
+    struct FailingFrom<'a>(&'a FakeIotlb, u64);
+
+    impl IotlbSource for FailingFrom<'_> {
+        fn get_fd(
+            &self,
+            start: u64,
+            last: u64,
+        ) -> Result<Option<(OwnedFd, VduseIotlbEntry)>, IotlbError> {
+            if start >= self.1 {
+                return Err(IotlbError::BadRange { start, last });
+            }
+            self.0.get_fd(start, last)
+        }
+    }
+
+    #[test]
+    fn a_look_up_that_fails_half_way_keeps_what_was_found_and_drops_the_stale_rest() {
+        let src = FakeIotlb::new(
+            0x2000,
+            &[
+                (0x1000, 0x1fff, 0, VDUSE_ACCESS_RW),
+                (0x8000, 0x8fff, 0x1000, VDUSE_ACCESS_RW),
+            ],
+        );
+        let t = IotlbTable::new();
+        t.map_all(&src).all_mapped().expect("map");
+        let r = t.map_all(&FailingFrom(&src, 0x2000));
+        assert!(
+            matches!(r.failed[..], [IotlbError::BadRange { .. }]),
+            "{r:?}"
+        );
+        assert_eq!((r.kept, r.removed.len()), (1, 1));
+        assert!(t.snapshot().find(0x1000).is_some());
+        assert!(
+            t.snapshot().find(0x8000).is_none(),
+            "a mapping the kernel may have removed"
+        );
+    }
+
     #[test]
     fn an_unchanged_region_is_not_mapped_again() {
         let src = FakeIotlb::new(0x3000, &[(0x1000, 0x2fff, 0, VDUSE_ACCESS_RW)]);
         let t = IotlbTable::new();
-        assert_eq!(t.map_all(&src).expect("map").mapped, 1);
-        let r = t.map_all(&src).expect("again");
+        assert_eq!(t.map_all(&src).all_mapped().expect("map").mapped, 1);
+        let r = t.map_all(&src).all_mapped().expect("again");
         assert_eq!((r.mapped, r.kept, r.removed.len()), (0, 1, 0));
         // Another offset is another region.
         src.entries.lock().expect("e")[0].offset = 0x1000;
-        let r = t.map_all(&src).expect("moved");
+        let r = t.map_all(&src).all_mapped().expect("moved");
         assert_eq!((r.mapped, r.kept, r.removed.len()), (1, 0, 1));
     }
 
@@ -932,7 +988,7 @@ pub(crate) mod tests {
     fn host_slice_points_into_the_mapping() {
         let src = FakeIotlb::new(0x2000, &[(0x4000, 0x5fff, 0, VDUSE_ACCESS_RW)]);
         let t = IotlbTable::new();
-        t.map_all(&src).expect("map");
+        t.map_all(&src).all_mapped().expect("map");
         let m = t.snapshot();
         let a = m.host_slice(0x4000, 16, Permissions::Read).expect("slice");
         let b = m.host_slice(0x4100, 16, Permissions::Read).expect("slice");

@@ -233,7 +233,7 @@ fn steady_state(poll: Duration) {
     file.set_len(MEM).expect("size guest memory");
     let src = Memfd(file);
     let table = Arc::new(IotlbTable::new());
-    table.map_all(&src).expect("map guest memory");
+    table.map_all(&src).all_mapped().expect("map guest memory");
     let mem = table.snapshot();
     let disk = tempfile::NamedTempFile::new().expect("disk");
     disk.as_file().set_len(DISK).expect("disk size");

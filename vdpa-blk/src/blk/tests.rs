@@ -798,7 +798,7 @@ fn buffers_ending_at_the_top_of_the_iova_space_are_accepted() {
         ],
     );
     let table = IotlbTable::new();
-    assert_eq!(table.map_all(&src).expect("map").served(), 2);
+    assert_eq!(table.map_all(&src).all_mapped().expect("map").served(), 2);
     let snapshot = table.snapshot();
     let m = &*snapshot;
     let id = id_bytes("s");

@@ -198,7 +198,7 @@ fn rig_queues(entries: &[(u64, u64, u64, u8)], queues: u16) -> Rig {
 /// A view of the guest memory the fake IOTLB exposes (the same memfd).
 fn guest(r: &Rig) -> IotlbMemory {
     let t = IotlbTable::new();
-    t.map_all(&r.ops.iotlb).expect("map");
+    t.map_all(&r.ops.iotlb).all_mapped().expect("map");
     (*t.snapshot()).clone()
 }
 
@@ -295,7 +295,11 @@ fn driver_ok_with_unmapped_rings_fails_and_starts_nothing() {
 #[test]
 fn update_iotlb_swaps_the_new_mappings_in_before_the_reply() {
     let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
-    r.ctrl.iotlb().map_all(&r.ops.iotlb).expect("map");
+    r.ctrl
+        .iotlb()
+        .map_all(&r.ops.iotlb)
+        .all_mapped()
+        .expect("map");
     let before = r.ctrl.iotlb().snapshot();
     let mut p = [0u8; 16];
     p[..8].copy_from_slice(&0u64.to_ne_bytes());
@@ -626,7 +630,11 @@ fn a_reset_with_io_stuck_past_the_budget_leaves_an_orphan_that_writes_nothing_an
 #[test]
 fn an_iotlb_update_waits_for_in_flight_io_into_removed_memory() {
     let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
-    r.ctrl.iotlb().map_all(&r.ops.iotlb).expect("map");
+    r.ctrl
+        .iotlb()
+        .map_all(&r.ops.iotlb)
+        .all_mapped()
+        .expect("map");
     // An in-flight request holds the current snapshot.
     let in_flight = r.ctrl.iotlb().snapshot();
     // The VMM moves the range to another offset of its memory.

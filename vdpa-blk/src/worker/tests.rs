@@ -52,7 +52,7 @@ impl Rig {
     fn new() -> Self {
         let src = FakeIotlb::new(MEM, &[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
         let table = Arc::new(IotlbTable::new());
-        table.map_all(&src).expect("map guest memory");
+        table.map_all(&src).all_mapped().expect("map guest memory");
         let mem = table.snapshot();
         let disk = tempfile::NamedTempFile::new_in(std::env::temp_dir()).expect("disk");
         let pattern: Vec<u8> = (0..DISK).map(|i| (i / 512) as u8).collect();
@@ -567,10 +567,17 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         ],
     ));
     let table = Arc::new(IotlbTable::new());
-    assert_eq!(table.update(&*src, 0, 0xf_ffff).expect("rings").served(), 1);
+    assert_eq!(
+        table
+            .update(&*src, 0, 0xf_ffff)
+            .all_mapped()
+            .expect("rings")
+            .served(),
+        1
+    );
     // A full view for the test's own writes.
     let full = IotlbTable::new();
-    full.map_all(&*src).expect("map");
+    full.map_all(&*src).all_mapped().expect("map");
     let view = full.snapshot();
     let vq = MockSplitQueue::new(&*view, 16);
     let disk = tempfile::NamedTempFile::new().expect("disk");
