@@ -119,6 +119,14 @@ pub enum DeviceError {
     /// Bad option.
     #[error("{0}")]
     Option(String),
+    /// The driver set a queue up in a way that cannot be served.
+    #[error("queue {queue}: {reason}")]
+    QueueSetup {
+        /// Queue index.
+        queue: u16,
+        /// What is wrong.
+        reason: String,
+    },
     /// `vdpa dev del` would block (uninterruptibly, in the kernel) until these processes
     /// close the vhost-vdpa device node.
     #[error("{path} is still open in {holders}: removing the vdpa device would block until it is closed (stop the VM first)")]
@@ -288,15 +296,11 @@ impl<O: VduseOps> Controller<O> {
             removed = report.removed.len(),
             "IOTLB updated"
         );
-        let budget = reply_budget(self.msg_timeout).unwrap_or(Duration::MAX);
-        let deadline = Instant::now().checked_add(budget);
+        let budget = reply_budget(self.msg_timeout);
+        let deadline = budget.and_then(|b| Instant::now().checked_add(b));
         // Workers pick up the new snapshot when they wake: kick them, so those holding the
         // old one let it go, and those that found their ring unmapped look again.
-        let released = report.wait_released(
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365)),
-            || self.kick_all(),
-        );
-        if !released {
+        if !report.wait_released(deadline, || self.kick_all()) {
             tracing::warn!(
                 start,
                 last,
@@ -405,11 +409,12 @@ impl<O: VduseOps> Controller<O> {
         let size = u16::try_from(info.num)
             .ok()
             .filter(|n| *n > 0 && *n <= self.model.queue_size)
-            .ok_or_else(|| {
-                DeviceError::Option(format!(
-                    "queue {i}: the driver chose size {} (offered at most {})",
+            .ok_or_else(|| DeviceError::QueueSetup {
+                queue: q,
+                reason: format!(
+                    "the driver chose size {} (offered at most {})",
                     info.num, self.model.queue_size
-                ))
+                ),
             })?;
         let Some(own_kick) = self.kicks[i].as_ref() else {
             return Ok(false);

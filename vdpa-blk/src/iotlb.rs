@@ -642,9 +642,13 @@ impl IotlbUpdate {
 
     /// Waits until no snapshot holds a removed mapping any more (in-flight requests into the
     /// old range completed and every reader moved on), calling `nudge` once first (to wake
-    /// readers that hold an old snapshot). Returns false at `deadline` with mappings still
-    /// held.
-    pub fn wait_released(&self, deadline: std::time::Instant, nudge: impl FnOnce()) -> bool {
+    /// readers that hold an old snapshot). Returns false at `deadline` (None: no deadline)
+    /// with mappings still held.
+    pub fn wait_released(
+        &self,
+        deadline: Option<std::time::Instant>,
+        nudge: impl FnOnce(),
+    ) -> bool {
         if self.removed.iter().all(|w| w.strong_count() == 0) {
             return true;
         }
@@ -653,7 +657,7 @@ impl IotlbUpdate {
             if self.removed.iter().all(|w| w.strong_count() == 0) {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
