@@ -94,15 +94,31 @@ impl Rig {
         direct: bool,
         poll: Duration,
     ) -> (WorkerParams, EventFd) {
+        self.params_at(
+            (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0),
+            event_idx,
+            direct,
+            poll,
+        )
+    }
+
+    /// Worker parameters for a 16-entry queue whose rings are at `(desc, avail, used)`.
+    fn params_at(
+        &self,
+        (desc, driver, device): (u64, u64, u64),
+        event_idx: bool,
+        direct: bool,
+        poll: Duration,
+    ) -> (WorkerParams, EventFd) {
         let kick = EventFd::new().expect("kick");
         let backing = Arc::new(Backing::open(self.disk.path(), false, direct).expect("backing"));
         let p = WorkerParams {
             queue: QueueConfig {
                 index: 0,
                 size: 16,
-                desc: vq.desc_table_addr().0,
-                driver: vq.avail_addr().0,
-                device: vq.used_addr().0,
+                desc,
+                driver,
+                device,
                 event_idx,
                 next_avail: 0,
                 next_used: 0,
@@ -787,9 +803,6 @@ fn a_polling_worker_turns_notifications_back_on_when_idle() {
 fn a_completion_whose_status_or_ring_is_unmapped_is_parked_and_written_after_the_remap() {
     let r = Rig::new();
     let vq = MockSplitQueue::new(&*r.mem, 16);
-    let (h, kick) = r.start(&vq, false, false);
-    h.stop().expect("stop");
-    drop(kick);
     // Drive the completion path of a worker directly: the snapshot at completion time lacks
     // the status byte and the ring (an IOTLB update moved them).
     let (stop, na) = (EventFd::new().expect("stop"), Arc::new(AtomicU16::new(0)));
@@ -884,42 +897,8 @@ fn race_with_a_driver(poll: Duration, requests: u32) -> u32 {
     const USED: u64 = 0x2000;
     const SIZE: u16 = 16;
     let r = Rig::new();
-    let kick = EventFd::new().expect("kick");
-    let backing = Arc::new(Backing::open(r.disk.path(), false, false).expect("backing"));
-    let h = spawn(WorkerParams {
-        queue: QueueConfig {
-            index: 0,
-            size: SIZE,
-            desc: DESC,
-            driver: AVAIL,
-            device: USED,
-            event_idx: true,
-            next_avail: 0,
-            next_used: 0,
-        },
-        parse: ParseContext {
-            capacity: DISK / 512,
-            read_only: false,
-            max_chain: 16,
-            discard: true,
-            write_zeroes: true,
-            max_discard_sectors: 1 << 20,
-            max_discard_seg: 4,
-            max_write_zeroes_sectors: 1 << 20,
-            max_write_zeroes_seg: 4,
-        },
-        backing,
-        iotlb: r.table.clone(),
-        kick: kick.try_clone().expect("dup kick"),
-        irq: r.irq.clone(),
-        stats: r.stats.clone(),
-        id: id_bytes("race"),
-        capacity: None,
-        fault: None,
-        poll,
-        instance: DriverInstance::default(),
-    })
-    .expect("spawn");
+    let (p, kick) = r.params_at((DESC, AVAIL, USED), true, false, poll);
+    let h = spawn(p).expect("spawn");
     let m = &r.mem;
     let w16 = |a: u64, v: u16| m.write_obj(v.to_le(), GuestAddress(a)).expect("w16");
     let r16 = |a: u64| u16::from_le(m.read_obj::<u16>(GuestAddress(a)).expect("r16"));
