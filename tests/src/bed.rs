@@ -391,6 +391,24 @@ impl Bed {
         script: &str,
         timeout: Duration,
     ) -> Result<StepResult> {
+        self.step_env(role, phase, name, script, &[], timeout)
+    }
+
+    /// [`Bed::step`] with `env` in the script's environment: how a script file
+    /// (`include_str!`) gets its parameters.
+    pub fn step_env(
+        &mut self,
+        role: Role,
+        phase: &str,
+        name: &str,
+        script: &str,
+        env: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<StepResult> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let idx = self.guest_index(role);
         let guest_name = self
             .guests
@@ -403,8 +421,9 @@ impl Bed {
             guest: guest_name.clone(),
             reason: "the guest is not running".into(),
         })?;
-        let outcome = guest.run(
+        let outcome = guest.run_env(
             &format!("set -eu\n. {GUEST_SHELL_LIB_PATH}\n{script}"),
+            &env,
             timeout,
         );
         let fail = |guest: &mut Guest, reason: String, lines: &[String]| {
@@ -443,6 +462,11 @@ impl Bed {
             Err(RunFailure::Closed { lines }) => Err(fail(
                 guest,
                 "the guest went away (QEMU exited?)".into(),
+                &lines,
+            )),
+            Err(RunFailure::Rebooted { lines }) => Err(fail(
+                guest,
+                "the guest booted again (a kernel crash?)".into(),
                 &lines,
             )),
             Err(RunFailure::Agent { message }) => Err(fail(guest, message, &[])),

@@ -124,7 +124,7 @@ impl Guest {
         timeout: Duration,
     ) -> Result<String> {
         let deadline = Instant::now() + timeout;
-        let mut agent = AgentClient::connect(
+        let agent = AgentClient::connect(
             socket,
             deadline.min(Instant::now() + Duration::from_secs(30)),
         )
@@ -149,8 +149,18 @@ impl Guest {
 
     /// Runs a script through the agent.
     pub fn run(&mut self, script: &str, timeout: Duration) -> Result<ScriptOutput, RunFailure> {
-        match &mut self.agent {
-            Some(a) => a.run(script, timeout),
+        self.run_env(script, &[], timeout)
+    }
+
+    /// Runs a script with `env` added to its environment.
+    pub fn run_env(
+        &mut self,
+        script: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<ScriptOutput, RunFailure> {
+        match &self.agent {
+            Some(a) => a.run_env(script, env, timeout),
             None => Err(RunFailure::Agent {
                 message: "the guest is not booted".into(),
             }),
