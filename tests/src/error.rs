@@ -50,6 +50,10 @@ pub enum Error {
     #[error("agent of guest `{guest}`: {reason}")]
     Agent { guest: String, reason: String },
 
+    /// QEMU refused or did not answer a QMP command.
+    #[error("{what}: {reason}")]
+    Qmp { what: String, reason: String },
+
     /// A scenario's own check on collected results failed.
     #[error("check `{check}` failed: {reason}")]
     Check { check: String, reason: String },

@@ -134,7 +134,12 @@ impl Guest {
                 socket.display()
             ))
         })?;
-        let log = fs::File::create(step_log).map_err(|e| Error::io("create", step_log, e))?;
+        // Appended to: a cold reboot starts a second QEMU in the same slot.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(step_log)
+            .map_err(|e| Error::io("open", step_log, e))?;
         agent.set_log(log);
         let child = &mut self.child;
         let ready = agent.wait_ready(timeout, || matches!(child.try_wait(), Ok(None)));
@@ -145,6 +150,11 @@ impl Guest {
             }
             Err(reason) => Err(self.boot_error(reason)),
         }
+    }
+
+    /// A handle on the agent, once the guest is booted.
+    pub fn agent(&self) -> Option<AgentClient> {
+        self.agent.clone()
     }
 
     /// Runs a script through the agent.
@@ -190,7 +200,7 @@ impl Guest {
 
     /// Asks the guest to power off, waits up to `grace` for QEMU to exit, then kills it.
     pub fn shutdown(&mut self, grace: Duration) {
-        if let Some(a) = &mut self.agent {
+        if let Some(a) = &self.agent {
             a.poweroff();
         }
         let deadline = Instant::now() + grace;

@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod probe;
 pub mod progress;
 pub mod qemu;
+pub mod qmp;
 pub mod scenarios;
 pub mod setup;
 pub mod vhost_driver;

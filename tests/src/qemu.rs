@@ -1,5 +1,6 @@
 //! QEMU command lines for test bed guests: what a guest has (memory, CPUs, an emulated NVMe
-//! controller with SR-IOV, a NIC joined to the other guest) becomes QEMU's argv.
+//! controller with SR-IOV, NICs joined to other guests, a persistent state disk, a QMP socket)
+//! becomes QEMU's argv.
 
 use std::path::PathBuf;
 
@@ -42,13 +43,18 @@ impl NvmeSpec {
     }
 }
 
-/// How a guest's NIC joins the other guest's: a QEMU socket netdev on loopback.
+/// One NIC, joined to one NIC of another guest by a QEMU UDP socket netdev on 127.0.0.1: each
+/// side binds its own port and sends to the other's. Connectionless, so either guest's QEMU can
+/// be restarted (a cold reboot) and the link comes back, like a cable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetLink {
-    /// This guest's QEMU listens on 127.0.0.1:port (start it first).
-    Listen { port: u16, mac: String },
-    /// This guest's QEMU connects to 127.0.0.1:port.
-    Connect { port: u16, mac: String },
+pub struct Nic {
+    /// The NIC's device id (the name `set_link` takes over QMP).
+    pub id: String,
+    pub mac: String,
+    /// The UDP port this QEMU binds on 127.0.0.1.
+    pub local_port: u16,
+    /// The UDP port of the peer's QEMU on 127.0.0.1.
+    pub peer_port: u16,
 }
 
 /// Everything needed to start one guest.
@@ -68,8 +74,13 @@ pub struct GuestSpec {
     pub console_log: PathBuf,
     /// Unix socket QEMU listens on for the agent's virtio-serial port.
     pub agent_socket: PathBuf,
+    /// Unix socket QEMU listens on for QMP (link faults, the reboot action).
+    pub qmp_socket: PathBuf,
     pub nvme: Option<NvmeSpec>,
-    pub net: Option<NetLink>,
+    pub nics: Vec<Nic>,
+    /// A raw image holding the guest's persistent state (an AHCI disk, so it never takes a
+    /// `vdX` or `nvmeXnY` name from the devices under test).
+    pub state_disk: Option<PathBuf>,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
 }
@@ -102,12 +113,15 @@ impl GuestSpec {
             "-machine",
             "q35",
         ]);
+        // A reset ends QEMU (a kernel crash with panic=-1 is a reset): a warm reboot switches
+        // the action to `reset` over QMP for its duration.
         push(&[
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
-            "-no-reboot",
+            "-action",
+            "reboot=shutdown",
         ]);
         push(&[
             "-m",
@@ -121,9 +135,13 @@ impl GuestSpec {
         push(&["-append", &self.kernel_cmdline()]);
         push(&[
             "-chardev",
-            &format!("file,id=con0,path={}", self.console_log.display()),
+            &format!("file,id=con0,path={},append=on", self.console_log.display()),
             "-serial",
             "chardev:con0",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
         ]);
         push(&[
             "-virtfs",
@@ -168,20 +186,24 @@ impl GuestSpec {
                 ]);
             }
         }
-        match &self.net {
-            None => {}
-            Some(NetLink::Listen { port, mac }) => push(&[
-                "-netdev",
-                &format!("socket,id=n0,listen=127.0.0.1:{port}"),
+        if let Some(disk) = &self.state_disk {
+            push(&[
+                "-drive",
+                &format!("file={},if=none,id=state0,format=raw", disk.display()),
                 "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={mac}"),
-            ]),
-            Some(NetLink::Connect { port, mac }) => push(&[
+                "ide-hd,drive=state0,bus=ide.0",
+            ]);
+        }
+        for (k, nic) in self.nics.iter().enumerate() {
+            push(&[
                 "-netdev",
-                &format!("socket,id=n0,connect=127.0.0.1:{port}"),
+                &format!(
+                    "socket,id=n{k},udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
+                    nic.peer_port, nic.local_port
+                ),
                 "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={mac}"),
-            ]),
+                &format!("virtio-net-pci,netdev=n{k},id={},mac={}", nic.id, nic.mac),
+            ]);
         }
         a
     }
@@ -202,8 +224,10 @@ mod tests {
             agent: "/w/target/debug/testbed".into(),
             console_log: "/r/storage.console.log".into(),
             agent_socket: "/r/storage.agent.sock".into(),
+            qmp_socket: "/r/storage.qmp.sock".into(),
             nvme: None,
-            net: None,
+            nics: vec![],
+            state_disk: None,
             append: vec![],
         }
     }
@@ -222,8 +246,14 @@ mod tests {
         assert_eq!(after(&args, "-m"), vec!["2048"]);
         assert_eq!(
             after(&args, "-chardev")[0],
-            "file,id=con0,path=/r/storage.console.log"
+            "file,id=con0,path=/r/storage.console.log,append=on"
         );
+        assert_eq!(
+            after(&args, "-qmp"),
+            vec!["unix:/r/storage.qmp.sock,server=on,wait=off"]
+        );
+        assert_eq!(after(&args, "-action"), vec!["reboot=shutdown"]);
+        assert!(!args.iter().any(|a| a == "-no-reboot"));
         assert!(after(&args, "-virtfs")[0].contains("path=/,mount_tag=hostroot"));
         assert!(after(&args, "-virtfs")[0].contains("readonly=on"));
         assert!(after(&args, "-device")
@@ -269,25 +299,44 @@ mod tests {
     }
 
     #[test]
-    fn socket_netdev_listens_or_connects_on_loopback_only() {
+    fn nics_are_udp_socket_netdevs_on_loopback_with_their_own_ids() {
         let mut s = spec();
-        s.net = Some(NetLink::Listen {
-            port: 40123,
-            mac: "52:54:00:00:00:01".into(),
-        });
-        assert_eq!(
-            after(&s.qemu_args(), "-netdev"),
-            vec!["socket,id=n0,listen=127.0.0.1:40123"]
-        );
-        s.net = Some(NetLink::Connect {
-            port: 40123,
-            mac: "52:54:00:00:00:02".into(),
-        });
+        s.nics = vec![
+            Nic {
+                id: "nic0".into(),
+                mac: "52:54:00:00:01:01".into(),
+                local_port: 40001,
+                peer_port: 40002,
+            },
+            Nic {
+                id: "nic1".into(),
+                mac: "52:54:00:00:02:01".into(),
+                local_port: 40003,
+                peer_port: 40004,
+            },
+        ];
         let args = s.qemu_args();
         assert_eq!(
             after(&args, "-netdev"),
-            vec!["socket,id=n0,connect=127.0.0.1:40123"]
+            vec![
+                "socket,id=n0,udp=127.0.0.1:40002,localaddr=127.0.0.1:40001",
+                "socket,id=n1,udp=127.0.0.1:40004,localaddr=127.0.0.1:40003"
+            ]
         );
-        assert!(after(&args, "-device").contains(&"virtio-net-pci,netdev=n0,mac=52:54:00:00:00:02"));
+        let devices = after(&args, "-device");
+        assert!(devices.contains(&"virtio-net-pci,netdev=n0,id=nic0,mac=52:54:00:00:01:01"));
+        assert!(devices.contains(&"virtio-net-pci,netdev=n1,id=nic1,mac=52:54:00:00:02:01"));
+    }
+
+    #[test]
+    fn the_state_disk_is_an_ahci_disk() {
+        let mut s = spec();
+        s.state_disk = Some("/r/storage.state.img".into());
+        let args = s.qemu_args();
+        assert_eq!(
+            after(&args, "-drive"),
+            vec!["file=/r/storage.state.img,if=none,id=state0,format=raw"]
+        );
+        assert!(after(&args, "-device").contains(&"ide-hd,drive=state0,bus=ide.0"));
     }
 }

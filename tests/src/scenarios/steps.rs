@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::bed::{Bed, Role, StepResult, Topology, COMPUTE_ADDR, STORAGE_ADDR};
+use crate::bed::{Bed, Role, StepResult, Topology, STORAGE_ADDR};
 use crate::error::{Error, Result};
 
 pub(crate) fn secs(s: u64) -> Duration {
@@ -20,7 +20,7 @@ pub(crate) fn required(step: &StepResult, key: &str, what: &str) -> Result<Strin
 
 fn net_module(topology: Topology) -> &'static str {
     match topology {
-        Topology::Pair => "virtio_net",
+        Topology::Pair | Topology::Trio => "virtio_net",
         Topology::Single => "veth",
     }
 }
@@ -35,87 +35,94 @@ pub(crate) fn compute_modules(topology: Topology) -> String {
     format!("nvme-rdma rdma_rxe {}", net_module(topology))
 }
 
-/// Mounts configfs, brings loopback up, loads the modules of each role and gives the compute
-/// node a host NQN; returns that NQN.
+/// Mounts configfs, brings loopback up, loads the modules of each role and gives each compute
+/// node a host NQN and host ID (kept on its state disk); returns the compute node's NQN.
 pub(crate) fn prepare(bed: &mut Bed, storage_mods: &str, compute_mods: &str) -> Result<String> {
-    let script = |mods: &str| {
-        format!(
-            "modprobe configfs\n\
-             mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config\n\
-             ip link set lo up\n\
-             modprobe -a {mods}\n\
-             mkdir -p /etc/nvme\n\
-             [ -s /etc/nvme/hostnqn ] || nvme gen-hostnqn > /etc/nvme/hostnqn\n\
-             result hostnqn \"$(cat /etc/nvme/hostnqn)\""
-        )
-    };
+    let script = include_str!("../sh/prepare.sh");
+    let env = |mods: &str| [("MODULES", mods.to_string())];
     let host = match bed.topology() {
-        Topology::Pair => {
-            bed.step(
+        Topology::Pair | Topology::Trio => {
+            bed.step_env(
                 Role::Storage,
                 "prepare",
                 "prepare",
-                &script(storage_mods),
+                script,
+                &env(storage_mods),
                 secs(90),
             )?;
-            bed.step(
+            let host = bed.step_env(
                 Role::Compute,
                 "prepare",
                 "host identity",
-                &script(compute_mods),
+                script,
+                &env(compute_mods),
                 secs(90),
-            )?
+            )?;
+            if bed.topology() == Topology::Trio {
+                bed.step_env(
+                    Role::Compute2,
+                    "prepare",
+                    "host identity of the second compute node",
+                    script,
+                    &env(compute_mods),
+                    secs(90),
+                )?;
+            }
+            host
         }
         Topology::Single => {
             let all = format!("{storage_mods} {compute_mods}");
-            bed.step(Role::Storage, "prepare", "prepare", &script(&all), secs(90))?
+            bed.step_env(
+                Role::Storage,
+                "prepare",
+                "prepare",
+                script,
+                &env(&all),
+                secs(90),
+            )?
         }
     };
     required(&host, "hostnqn", "compute host NQN")
 }
 
-/// Soft-RoCE: on each guest's NIC (pair), or on a veth pair inside the one guest (single).
+/// Soft-RoCE: on each guest's NICs (one rxe device per link), or on a veth pair inside the one
+/// guest (single); then every compute node reaches the storage node on every link.
 pub(crate) fn network(bed: &mut Bed) -> Result<()> {
-    let rxe_up = "rdma link add rxe0 type rxe netdev $nic\n\
-                  wait_for 30 \"rxe0 ACTIVE\" sh -c \"rdma link show rxe0/1 | grep -q ACTIVE\"\n\
-                  rdma link show\n";
-    match bed.topology() {
-        Topology::Pair => {
-            for (role, addr) in [(Role::Storage, STORAGE_ADDR), (Role::Compute, COMPUTE_ADDR)] {
-                let script = format!(
-                    "nic=$(ls /sys/class/net | grep -v '^lo$' | head -n1)\n\
-                     [ -n \"$nic\" ] || {{ echo \"no NIC\"; exit 1; }}\n\
-                     ip addr add {addr}/24 dev $nic\n\
-                     ip link set $nic up\n\
-                     {rxe_up}"
-                );
-                bed.step(role, "network", "soft-RoCE on the NIC", &script, secs(60))?;
-            }
-            bed.step(
-                Role::Compute,
-                "network",
-                "reach the storage node",
-                &format!("wait_for 30 'ping {STORAGE_ADDR}' busybox ping -c1 -W1 {STORAGE_ADDR}"),
-                secs(60),
-            )?;
-        }
-        Topology::Single => {
-            let script = format!(
-                "ip link add veth0 type veth peer name veth1\n\
-                 ip link set veth0 up\n\
-                 ip link set veth1 up\n\
-                 ip addr add {STORAGE_ADDR}/24 dev veth0\n\
-                 nic=veth0\n\
-                 {rxe_up}"
-            );
-            bed.step(
-                Role::Storage,
-                "network",
-                "soft-RoCE on a veth pair",
-                &script,
-                secs(60),
-            )?;
-        }
+    let roles: &[Role] = match bed.topology() {
+        Topology::Single => &[Role::Storage],
+        Topology::Pair => &[Role::Storage, Role::Compute],
+        Topology::Trio => &[Role::Storage, Role::Compute, Role::Compute2],
+    };
+    for &role in roles {
+        let nics = bed.nics(role)?;
+        let words: Vec<String> = nics
+            .iter()
+            .map(|n| format!("{}={}", n.mac, n.addr))
+            .collect();
+        let what = if nics.is_empty() {
+            "soft-RoCE on a veth pair".to_string()
+        } else if nics.len() == 1 {
+            "soft-RoCE on the NIC".to_string()
+        } else {
+            format!("soft-RoCE on {} NICs", nics.len())
+        };
+        // Compute nodes then wait until the storage node answers on every link.
+        let peers: Vec<String> = match role {
+            Role::Storage => Vec::new(),
+            _ => nics.iter().map(|n| n.storage_addr.clone()).collect(),
+        };
+        bed.step_env(
+            role,
+            "network",
+            &what,
+            include_str!("../sh/network.sh"),
+            &[
+                ("NICS", words.join(" ")),
+                ("VETH_ADDR", STORAGE_ADDR.to_string()),
+                ("PEERS", peers.join(" ")),
+            ],
+            secs(90),
+        )?;
     }
     Ok(())
 }
