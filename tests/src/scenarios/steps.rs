@@ -1,7 +1,12 @@
-//! Steps several scenarios share: preparing the guests, the soft-RoCE network, and the nvmet
-//! export through configfs (stock tools only).
+//! Steps several scenarios share: preparing the guests, the soft-RoCE network, the nvmet
+//! export through configfs, carving, connecting (stock tools only), starting and stopping
+//! vdpa-blk, checksums; and the one way results are read.
+//!
+//! Their guest-side shell lives in `sh/`; each script says what it expects in its variables.
 
 use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::bed::{Bed, Role, StepResult, Topology, STORAGE_ADDR};
 use crate::error::{Error, Result};
@@ -130,29 +135,17 @@ pub(crate) fn network(bed: &mut Bed) -> Result<()> {
 /// Exports block device `dev` as namespace 1 of subsystem `nqn` on an rdma port at the
 /// storage address, for `hostnqn` only.
 pub(crate) fn export(bed: &mut Bed, nqn: &str, hostnqn: &str, dev: &str) -> Result<()> {
-    bed.step(
+    bed.step_env(
         Role::Storage,
         "export",
         "nvmet subsystem, namespace, rdma port",
-        &format!(
-            r#"C=/sys/kernel/config/nvmet
-S=$C/subsystems/{nqn}
-mkdir $S
-echo 0 > $S/attr_allow_any_host
-[ -d "$C/hosts/{hostnqn}" ] || mkdir "$C/hosts/{hostnqn}"
-ln -s "$C/hosts/{hostnqn}" $S/allowed_hosts/
-mkdir $S/namespaces/1
-echo /dev/{dev} > $S/namespaces/1/device_path
-echo 1 > $S/namespaces/1/enable
-P=$C/ports/1
-mkdir $P
-echo rdma > $P/addr_trtype
-echo ipv4 > $P/addr_adrfam
-echo {STORAGE_ADDR} > $P/addr_traddr
-echo 4420 > $P/addr_trsvcid
-ln -s $S $P/subsystems/{nqn}
-"#
-        ),
+        include_str!("sh/export.sh"),
+        &[
+            ("NQN", nqn.to_string()),
+            ("HOSTNQN", hostnqn.to_string()),
+            ("DEV", dev.to_string()),
+            ("TRADDR", STORAGE_ADDR.to_string()),
+        ],
         secs(60),
     )?;
     Ok(())
@@ -160,22 +153,12 @@ ln -s $S $P/subsystems/{nqn}
 
 /// Removes what [`export`] made, in reverse order.
 pub(crate) fn unexport(bed: &mut Bed, nqn: &str, hostnqn: &str) -> Result<()> {
-    bed.step(
+    bed.step_env(
         Role::Storage,
         "teardown",
         "unexport",
-        &format!(
-            r#"C=/sys/kernel/config/nvmet
-S=$C/subsystems/{nqn}
-rm $C/ports/1/subsystems/{nqn}
-rmdir $C/ports/1
-echo 0 > $S/namespaces/1/enable
-rmdir $S/namespaces/1
-rm "$S/allowed_hosts/{hostnqn}"
-rmdir $S
-rmdir "$C/hosts/{hostnqn}"
-"#
-        ),
+        include_str!("sh/unexport.sh"),
+        &[("NQN", nqn.to_string()), ("HOSTNQN", hostnqn.to_string())],
         secs(60),
     )?;
     Ok(())
@@ -188,39 +171,12 @@ pub(crate) fn carve(bed: &mut Bed, vf: u32, nsid: u32) -> Result<(String, String
     if vf == 0 {
         return Err(Error::Invalid("VF numbers start at 1".into()));
     }
-    let carve = bed.step(
+    let carve = bed.step_env(
         Role::Storage,
         "carve",
         "carve VF and attach namespace",
-        &format!(
-            r#"PF=
-for d in /sys/bus/pci/devices/*; do
-  if [ "$(cat $d/class)" = 0x010802 ] && [ -e $d/sriov_totalvfs ]; then PF=$d; fi
-done
-[ -n "$PF" ] || {{ echo "no NVMe controller with SR-IOV found"; exit 1; }}
-wait_for 30 "the PF's controller" sh -c "ls $PF/nvme | grep -q nvme"
-ctrl=$(ls $PF/nvme)
-wait_for 10 /dev/$ctrl test -c /dev/$ctrl
-echo "PF $PF controller $ctrl, $(cat $PF/sriov_totalvfs) VFs"
-echo 0 > $PF/sriov_drivers_autoprobe
-nvme virt-mgmt /dev/$ctrl -c {vf} -r 0 -a 8 -n 2
-nvme virt-mgmt /dev/$ctrl -c {vf} -r 1 -a 8 -n 1
-echo {vf} > $PF/sriov_numvfs
-nvme virt-mgmt /dev/$ctrl -c {vf} -a 9
-nvme attach-ns /dev/$ctrl -n {nsid} -c {vf}
-VFDEV=$(readlink -f $PF/virtfn{vfidx})
-echo nvme > $VFDEV/driver_override
-echo $(basename $VFDEV) > /sys/bus/pci/drivers/nvme/bind
-wait_for 30 "the VF's controller" sh -c "ls $VFDEV/nvme | grep -q nvme"
-vctrl=$(ls $VFDEV/nvme)
-nqn=$(cat /sys/class/nvme/$vctrl/subsysnqn)
-wait_for 30 "namespace {nsid} of $nqn" blockdev_of "$nqn" {nsid}
-dev=$(blockdev_of "$nqn" {nsid})
-wait_for 10 /dev/$dev test -b /dev/$dev
-result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
-"#,
-            vfidx = vf - 1
-        ),
+        include_str!("sh/carve.sh"),
+        &[("VF", vf.to_string()), ("NSID", nsid.to_string())],
         secs(120),
     )?;
     Ok((
@@ -232,22 +188,192 @@ result vf "$(basename $VFDEV)" ctrl "$vctrl" dev "$dev"
 /// Discovers the storage node (the log must list `listed_nqn`), connects to `connect_nqn`
 /// with nvme-cli over rdma and returns the block device of namespace 1 of `listed_nqn`.
 pub(crate) fn connect(bed: &mut Bed, listed_nqn: &str, connect_nqn: &str) -> Result<String> {
-    let connect = bed.step(
+    let connect = bed.step_env(
         Role::Compute,
         "connect",
         "discover and connect over nvme-rdma",
-        &format!(
-            r#"nvme discover -t rdma -a {STORAGE_ADDR} -s 4420 > /tmp/discover.txt
-cat /tmp/discover.txt
-grep -q "subnqn: *{listed_nqn}" /tmp/discover.txt || {{ echo "the discovery log does not list {listed_nqn}"; exit 1; }}
-nvme connect -t rdma -a {STORAGE_ADDR} -s 4420 -n {connect_nqn}
-wait_for 30 "the fabric namespace" blockdev_of {listed_nqn} 1
-dev=$(blockdev_of {listed_nqn} 1)
-wait_for 10 /dev/$dev test -b /dev/$dev
-result dev "$dev"
-"#
-        ),
+        include_str!("sh/connect.sh"),
+        &[
+            ("TRADDR", STORAGE_ADDR.to_string()),
+            ("LISTED_NQN", listed_nqn.to_string()),
+            ("CONNECT_NQN", connect_nqn.to_string()),
+        ],
         secs(120),
     )?;
     required(&connect, "dev", "fabric block device")
+}
+
+/// Disconnects the compute node from subsystem `nqn`.
+pub(crate) fn disconnect(bed: &mut Bed, nqn: &str) -> Result<()> {
+    bed.step_env(
+        Role::Compute,
+        "teardown",
+        "disconnect",
+        include_str!("sh/disconnect.sh"),
+        &[("NQN", nqn.to_string())],
+        secs(60),
+    )?;
+    Ok(())
+}
+
+/// Guest-side helpers (`read_md5`, `vdpa_left`) some scripts use besides the bed's library.
+const LIB: &str = include_str!("sh/helpers.sh");
+
+/// `script` with [`LIB`] in front.
+pub(crate) fn with_lib(script: &str) -> String {
+    format!("{LIB}\n{script}")
+}
+
+/// A check: `Ok` when `ok`, else a check failure naming `check` with `reason()`.
+pub(crate) fn check(ok: bool, check: &str, reason: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Check {
+            check: check.to_string(),
+            reason: reason(),
+        })
+    }
+}
+
+/// The first of a step's results that has `key` (the whole result object), or a check
+/// failure naming `what`. [`required`] is the same for one string value.
+pub(crate) fn result_with(step: &StepResult, key: &str, what: &str) -> Result<Value> {
+    step.results
+        .iter()
+        .find(|r| r.get(key).is_some())
+        .cloned()
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: format!("the step printed no `{key}` result"),
+        })
+}
+
+/// A count in a result: a number, or a string of digits (the shell's `result` prints strings).
+pub(crate) fn count(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(|x| {
+        x.as_u64()
+            .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+    })
+}
+
+/// The md5 of each range (key, first MiB, MiB) of `/dev/{dev}`, in order; a range that cannot
+/// be read in full fails the step (`sh/checksums.sh`).
+pub(crate) fn checksums(
+    bed: &mut Bed,
+    role: Role,
+    name: &str,
+    dev: &str,
+    ranges: &[(&str, u64, u64)],
+) -> Result<Vec<String>> {
+    let list: Vec<String> = ranges
+        .iter()
+        .map(|(key, skip, count)| format!("{key}:{skip}:{count}"))
+        .collect();
+    let step = bed.step_env(
+        role,
+        "check",
+        name,
+        &with_lib(include_str!("sh/checksums.sh")),
+        &[("DEV", dev.to_string()), ("RANGES", list.join(" "))],
+        secs(120),
+    )?;
+    ranges
+        .iter()
+        .map(|(key, ..)| md5_result(&step, key, name))
+        .collect()
+}
+
+/// A checksum result: present and an md5, never the empty string a failed read would give.
+pub(crate) fn md5_result(step: &StepResult, key: &str, what: &str) -> Result<String> {
+    let m = required(step, key, what)?;
+    check(
+        m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()),
+        what,
+        || format!("`{key}` is {m:?}, not an md5"),
+    )?;
+    Ok(m)
+}
+
+/// The disk name (`vda`) of a `/dev/vda` path in a ready line, or a check failure.
+pub(crate) fn disk_of(ready: &Value, what: &str) -> Result<String> {
+    path_of(ready, what)?
+        .strip_prefix("/dev/")
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: format!("no /dev path in {ready}"),
+        })
+}
+
+/// The `path` of a daemon's ready line, or a check failure.
+pub(crate) fn path_of(ready: &Value, what: &str) -> Result<String> {
+    ready["path"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: format!("no path in {ready}"),
+        })
+}
+
+/// Starts vdpa-blk `name` (`bin`, with `args`) in the background on the compute guest and
+/// returns its ready line (`sh/vdpa_blk_start.sh`).
+pub(crate) fn vdpa_blk_start(bed: &mut Bed, bin: &str, name: &str, args: &str) -> Result<Value> {
+    let step = bed.step_env(
+        Role::Compute,
+        "publish",
+        &format!("start vdpa-blk {name} ({args})"),
+        include_str!("sh/vdpa_blk_start.sh"),
+        &[
+            ("BIN", bin.to_string()),
+            ("NAME", name.to_string()),
+            ("ARGS", args.to_string()),
+        ],
+        secs(90),
+    )?;
+    result_with(&step, "event", "the ready line")
+}
+
+/// Asks vdpa-blk `name` for its statistics (SIGUSR1) and returns the stats line.
+pub(crate) fn vdpa_blk_stats(bed: &mut Bed, name: &str) -> Result<Value> {
+    let step = bed.step_env(
+        Role::Compute,
+        "stats",
+        &format!("SIGUSR1 statistics of {name}"),
+        include_str!("sh/vdpa_blk_stats.sh"),
+        &[("NAME", name.to_string())],
+        secs(60),
+    )?;
+    result_with(&step, "queues", "the stats line")
+}
+
+/// Sends SIGTERM to vdpa-blk `name` (while fio reads `/dev/{during_fio_on}`, if given) and
+/// expects exit status 0 and no vdpa or VDUSE device left but the `remaining` ones.
+pub(crate) fn vdpa_blk_stop(
+    bed: &mut Bed,
+    name: &str,
+    during_fio_on: Option<&str>,
+    remaining: &[&str],
+) -> Result<()> {
+    bed.step_env(
+        Role::Compute,
+        "teardown",
+        &format!(
+            "SIGTERM to {name}{}",
+            if during_fio_on.is_some() {
+                " during fio"
+            } else {
+                ""
+            }
+        ),
+        &with_lib(include_str!("sh/vdpa_blk_stop.sh")),
+        &[
+            ("NAME", name.to_string()),
+            ("FIO_DEV", during_fio_on.unwrap_or_default().to_string()),
+            ("REMAINING", remaining.join(" ")),
+        ],
+        secs(90),
+    )?;
+    Ok(())
 }

@@ -13,50 +13,38 @@
 //!
 //! The guest-side shell lives in `sh/`; each script says what it expects in its variables.
 
-use serde_json::Value;
-
-use super::steps::secs;
-use super::vdpa_blk::{
-    check, check_clean, result_with, start_daemon, stat_sum, stats, stop_daemon,
+use super::steps::{
+    check, count, path_of, result_with, secs, vdpa_blk_start, vdpa_blk_stats, vdpa_blk_stop,
 };
+use super::vdpa_blk::{check_clean, stat_sum};
 use crate::bed::{Bed, Role};
 use crate::error::Result;
 
-/// A script from `sh/` with its variables set first.
-fn script(vars: &[(&str, &str)], body: &str) -> String {
-    let mut s: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
-    s.push_str(body);
-    s
-}
-
-fn path_of(ready: &Value) -> String {
-    ready["path"].as_str().unwrap_or_default().to_string()
-}
-
-fn num(v: &Value, k: &str) -> Option<u64> {
-    v[k].as_str()
-        .and_then(|s| s.parse().ok())
-        .or_else(|| v[k].as_u64())
+/// A script's environment: `AGENT`, `DEV` and `NAME`.
+fn vars(agent: &str, dev: &str, name: &str) -> [(&'static str, String); 3] {
+    [
+        ("AGENT", agent.to_string()),
+        ("DEV", dev.to_string()),
+        ("NAME", name.to_string()),
+    ]
 }
 
 /// Single topology, over the local namespace `backing_dev`.
 pub(super) fn local(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -> Result<()> {
     // A subset of three queues.
-    let ready = start_daemon(
+    let ready = vdpa_blk_start(
         bed,
         bin,
         "vb4",
         &format!("--backing /dev/{backing_dev} --driver vhost-vdpa --queues 3"),
     )?;
-    let dev = path_of(&ready);
-    let step = bed.step(
+    let dev = path_of(&ready, "the ready line")?;
+    let step = bed.step_env(
         Role::Compute,
         "io",
         "a driver that enables one queue of three, a second after DRIVER_OK",
-        &script(
-            &[("AGENT", agent), ("DEV", &dev), ("NAME", "vb4")],
-            include_str!("sh/subset_queues.sh"),
-        ),
+        include_str!("sh/subset_queues.sh"),
+        &vars(agent, &dev, "vb4"),
         secs(120),
     )?;
     let subset = result_with(&step, "subset", "subset driver")?;
@@ -69,28 +57,26 @@ pub(super) fn local(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) ->
         || format!("{subset} {logs}"),
     )?;
     check(
-        num(&logs, "started") == Some(2) && num(&logs, "refused") == Some(0),
+        count(&logs, "started") == Some(2) && count(&logs, "refused") == Some(0),
         "two queues started, none refused the device",
         || logs.to_string(),
     )?;
-    stop_daemon(bed, "vb4", None)?;
+    vdpa_blk_stop(bed, "vb4", None, &[])?;
 
     // IOTLB updates while writes are in flight.
-    let ready = start_daemon(
+    let ready = vdpa_blk_start(
         bed,
         bin,
         "vb5",
         &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
     )?;
-    let dev = path_of(&ready);
-    let step = bed.step(
+    let dev = path_of(&ready, "the ready line")?;
+    let step = bed.step_env(
         Role::Compute,
         "io",
         "a VMM maps and unmaps memory while its writes are in flight",
-        &script(
-            &[("AGENT", agent), ("DEV", &dev)],
-            include_str!("sh/remap_during_io.sh"),
-        ),
+        include_str!("sh/remap_during_io.sh"),
+        &vars(agent, &dev, "vb5"),
         secs(300),
     )?;
     let remap = result_with(&step, "remap_rounds", "remap rounds")?;
@@ -99,44 +85,43 @@ pub(super) fn local(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) ->
         "every write completed across the IOTLB updates",
         || remap.to_string(),
     )?;
-    let st = stats(bed, "vb5")?;
+    let st = vdpa_blk_stats(bed, "vb5")?;
     check_clean(&st, "after the IOTLB updates")?;
     check(
         stat_sum(&st, "requests") >= remap["remap_requests"].as_u64(),
         "the daemon served every write of the remap rounds",
         || format!("{st} {remap}"),
     )?;
-    stop_daemon(bed, "vb5", None)?;
+    vdpa_blk_stop(bed, "vb5", None, &[])?;
 
     // SIGTERM while a VMM holds the device.
-    let ready = start_daemon(
+    let ready = vdpa_blk_start(
         bed,
         bin,
         "vb6",
         &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
     )?;
-    let dev = path_of(&ready);
-    bed.step(
+    let dev = path_of(&ready, "the ready line")?;
+    bed.step_env(
         Role::Compute,
         "teardown",
         "SIGTERM while a VMM holds the vhost-vdpa device",
-        &script(
-            &[("AGENT", agent), ("DEV", &dev), ("NAME", "vb6")],
-            include_str!("sh/removal_while_held.sh"),
-        ),
+        include_str!("sh/removal_while_held.sh"),
+        &vars(agent, &dev, "vb6"),
         secs(120),
     )?;
     // Let go: the next SIGTERM removes everything and exits 0.
-    stop_daemon(bed, "vb6", None)
+    vdpa_blk_stop(bed, "vb6", None, &[])
 }
 
 /// A VMM that exits with a write in flight (see `sh/abandon_stuck_io.sh`).
-fn abandon(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<()> {
-    bed.step(
+fn abandon(bed: &mut Bed, vars: &[(&str, String)], what: &str) -> Result<()> {
+    bed.step_env(
         Role::Compute,
         "io",
         what,
-        &script(vars, include_str!("sh/abandon_stuck_io.sh")),
+        include_str!("sh/abandon_stuck_io.sh"),
+        vars,
         secs(180),
     )?;
     Ok(())
@@ -144,12 +129,13 @@ fn abandon(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<()> {
 
 /// A new driver instance brings the device up: the device status it read back after
 /// DRIVER_OK, and how many DRIVER_OKs the daemon has refused so far.
-fn new_driver(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<(u64, Option<u64>)> {
-    let step = bed.step(
+fn new_driver(bed: &mut Bed, vars: &[(&str, String)], what: &str) -> Result<(u64, Option<u64>)> {
+    let step = bed.step_env(
         Role::Compute,
         "check",
         what,
-        &script(vars, include_str!("sh/driver_ok_status.sh")),
+        include_str!("sh/driver_ok_status.sh"),
+        vars,
         secs(60),
     )?;
     let status = result_with(&step, "vhost_driver", "vhost-driver status")?;
@@ -157,7 +143,7 @@ fn new_driver(bed: &mut Bed, vars: &[(&str, &str)], what: &str) -> Result<(u64, 
     let s = status["vhost_driver"]["status"]
         .as_u64()
         .unwrap_or(u64::MAX);
-    Ok((s, num(&counts, "refusals")))
+    Ok((s, count(&counts, "refusals")))
 }
 
 /// Pair topology: `backing_dev` is the nvme-rdma namespace of subsystem `nqn`.
@@ -168,29 +154,31 @@ pub(super) fn fabric(
     backing_dev: &str,
     nqn: &str,
 ) -> Result<()> {
-    let ready = start_daemon(
+    let ready = vdpa_blk_start(
         bed,
         bin,
         "vb7",
         &format!("--backing /dev/{backing_dev} --driver vhost-vdpa"),
     )?;
-    let dev = path_of(&ready);
-    let vars = [("AGENT", agent), ("DEV", dev.as_str()), ("NAME", "vb7")];
+    let dev = path_of(&ready, "the ready line")?;
+    let vars = vars(agent, &dev, "vb7");
     let cut = |bed: &mut Bed| {
-        bed.step(
+        bed.step_env(
             Role::Storage,
             "io",
             "cut the fabric path (subsystem off the port)",
-            &script(&[("NQN", nqn)], include_str!("sh/cut_path.sh")),
+            include_str!("sh/cut_path.sh"),
+            &[("NQN", nqn.to_string())],
             secs(30),
         )
     };
     let restore = |bed: &mut Bed| {
-        bed.step(
+        bed.step_env(
             Role::Storage,
             "io",
             "restore the fabric path",
-            &script(&[("NQN", nqn)], include_str!("sh/restore_path.sh")),
+            include_str!("sh/restore_path.sh"),
+            &[("NQN", nqn.to_string())],
             secs(30),
         )
     };
@@ -207,11 +195,12 @@ pub(super) fn fabric(
         || format!("status {status}, {refusals:?} refusals"),
     )?;
     restore(bed)?;
-    bed.step(
+    bed.step_env(
         Role::Compute,
         "check",
         "the stuck write completes once the path is back",
-        &script(&vars, include_str!("sh/orphan_done.sh")),
+        include_str!("sh/orphan_done.sh"),
+        &vars,
         secs(150),
     )?;
     let (status, _) = new_driver(bed, &vars, "a new driver after the stuck write completed")?;
@@ -228,7 +217,7 @@ pub(super) fn fabric(
         &vars,
         "a VMM goes away with a write stuck behind the cut path (again)",
     )?;
-    let stopped = stop_daemon(bed, "vb7", None);
+    let stopped = vdpa_blk_stop(bed, "vb7", None, &[]);
     restore(bed)?;
     stopped
 }
