@@ -11,7 +11,7 @@ use std::path::Path;
 use super::steps::{self, secs};
 use crate::bed::{Bed, BedParams, Role, Topology};
 use crate::error::{Error, Result};
-use crate::fio::{self, FioFigures};
+use crate::fio::FioFigures;
 use crate::setup::Prepared;
 
 /// The fio jobs: name, rw, block size, queue depth.
@@ -83,40 +83,31 @@ pub struct Report {
     pub daemon_cpu_s: Vec<Option<f64>>,
 }
 
-/// The fio command of job `j` on `/dev/{dev}`, and the line that returns its figures.
-fn fio_script(dev: &str, j: usize, runtime_s: u32) -> String {
+/// fio's arguments for job `j` on `/dev/{dev}` (without the output options), and its JSON
+/// output file in the guest.
+fn fio_job(dev: &str, j: usize, runtime_s: u32) -> (String, String) {
     let (name, rw, bs, qd) = JOBS[j];
-    format!(
-        "fio --name={name} --filename=/dev/{dev} --direct=1 --ioengine=libaio --rw={rw} \
-         --bs={bs} --iodepth={qd} --size=256M --time_based --runtime={runtime_s} \
-         --ramp_time=2 --norandommap --randrepeat=0 --output-format=json \
-         --output=/tmp/bench-{name}.json\nfio_result /tmp/bench-{name}.json\n"
+    (
+        format!(
+            "--name={name} --filename=/dev/{dev} --direct=1 --ioengine=libaio --rw={rw} \
+             --bs={bs} --iodepth={qd} --size=256M --time_based --runtime={runtime_s} \
+             --ramp_time=2 --norandommap --randrepeat=0"
+        ),
+        format!("/tmp/bench-{name}.json"),
     )
 }
 
 fn measure(bed: &mut Bed, what: &str, dev: &str, j: usize, runtime_s: u32) -> Result<FioFigures> {
-    let step = bed.step(
+    let (args, out) = fio_job(dev, j, runtime_s);
+    steps::fio(
+        bed,
         Role::Compute,
         "measure",
         &format!("fio {} on {what} (/dev/{dev})", JOBS[j].0),
-        &fio_script(dev, j, runtime_s),
+        &args,
+        &out,
         secs(u64::from(runtime_s) + 60),
-    )?;
-    let check = || format!("fio {} figures of {what}", JOBS[j].0);
-    let v = step
-        .results
-        .iter()
-        .find_map(|r| r.get("fio"))
-        .ok_or_else(|| Error::Check {
-            check: check(),
-            reason: "no fio result".into(),
-        })?;
-    fio::from_value(v)
-        .and_then(|mut f| f.pop().ok_or_else(|| "no job".to_string()))
-        .map_err(|reason| Error::Check {
-            check: check(),
-            reason,
-        })
+    )
 }
 
 /// Boots one guest, carves a VF, and measures the three targets in turn, `rounds` times.
@@ -196,7 +187,7 @@ fn steps_of(
                 Target::VdpaBlk { poll_us } => {
                     start_vdpa_blk(bed, vdpa_blk, i, &dev, queues, poll_us)?
                 }
-                Target::Qsd => start_qsd(bed, &dev, queues)?,
+                Target::Qsd => steps::qsd_start(bed, QSD, &dev, queues, Some("io_uring"))?,
             });
         }
         let mut figures: Vec<Vec<Option<FioFigures>>> = vec![vec![None; JOBS.len()]; targets.len()];
@@ -216,14 +207,27 @@ fn steps_of(
                 Target::VdpaBlk { .. } => {
                     Some(daemon_cpu_s(bed, &t.name(), &format!("/run/bench{i}.pid"))?)
                 }
-                Target::Qsd => Some(daemon_cpu_s(bed, &t.name(), "/run/bench-qsd.pid")?),
+                Target::Qsd => Some(daemon_cpu_s(
+                    bed,
+                    &t.name(),
+                    &format!("/run/qsd-{QSD}.pid"),
+                )?),
             });
         }
-        for (i, t) in targets.iter().enumerate() {
-            match t {
-                Target::Raw => {}
-                Target::VdpaBlk { .. } => stop_vdpa_blk(bed, i)?,
-                Target::Qsd => stop_qsd(bed)?,
+        // Each stop checks that only the daemons not yet stopped still have devices.
+        let names: Vec<Option<String>> = (0..targets.len())
+            .map(|i| device_name(targets, i))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            let Some(name) = name else { continue };
+            let remaining: Vec<&str> = names[i + 1..]
+                .iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            match targets[i] {
+                Target::VdpaBlk { .. } => steps::vdpa_blk_stop(bed, name, None, &remaining)?,
+                _ => steps::qsd_stop(bed, name, &remaining)?,
             }
         }
         rounds.push(
@@ -271,13 +275,12 @@ fn steps_of(
 
 /// CPU seconds (user + system, every thread) the daemon whose pid is in `pidfile` has used.
 fn daemon_cpu_s(bed: &mut Bed, what: &str, pidfile: &str) -> Result<f64> {
-    let step = bed.step(
+    let step = bed.step_env(
         Role::Compute,
         "measure",
         &format!("CPU time of {what}"),
-        &format!(
-            "result cpu_s \"$(awk -v hz=$(getconf CLK_TCK) '{{printf \"%.2f\", ($14 + $15) / hz}}' /proc/$(cat {pidfile})/stat)\""
-        ),
+        include_str!("sh/cpu_time.sh"),
+        &[("PIDFILE", pidfile.to_string())],
         secs(30),
     )?;
     let v = steps::required(&step, "cpu_s", "daemon CPU seconds")?;
@@ -310,6 +313,18 @@ fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures 
     }
 }
 
+/// The qemu-storage-daemon's vdpa device.
+const QSD: &str = "bench-qsd";
+
+/// The vdpa device of target `i` (None for the raw device).
+fn device_name(targets: &[Target], i: usize) -> Option<String> {
+    match targets.get(i)? {
+        Target::Raw => None,
+        Target::VdpaBlk { .. } => Some(format!("bench{i}")),
+        Target::Qsd => Some(QSD.to_string()),
+    }
+}
+
 /// Starts vdpa-blk `bench{i}` over `/dev/{dev}`; returns its disk's name.
 fn start_vdpa_blk(
     bed: &mut Bed,
@@ -319,69 +334,13 @@ fn start_vdpa_blk(
     queues: u16,
     poll_us: u32,
 ) -> Result<String> {
-    let bin = vdpa_blk.display();
-    let vd = bed.step(
-        Role::Compute,
-        "publish",
-        &format!("start vdpa-blk bench{i} (virtio-vdpa, poll {poll_us} us)"),
-        &format!(
-            r#"{bin} --name bench{i} --backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us} > /run/bench{i}.out 2> /run/bench{i}.err &
-echo $! > /run/bench{i}.pid
-wait_for 60 "the ready line" grep -q '"event":"ready"' /run/bench{i}.out || {{ cat /run/bench{i}.err; exit 1; }}
-result vd "$(sed -n 's/.*"path":"\/dev\/\([^"]*\)".*/\1/p' /run/bench{i}.out | head -n1)"
-"#
-        ),
-        secs(90),
+    let ready = steps::vdpa_blk_start(
+        bed,
+        &vdpa_blk.display().to_string(),
+        &format!("bench{i}"),
+        &format!("--backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us}"),
     )?;
-    steps::required(&vd, "vd", "vdpa-blk virtio disk")
-}
-
-fn stop_vdpa_blk(bed: &mut Bed, i: usize) -> Result<()> {
-    bed.step(
-        Role::Compute,
-        "teardown",
-        &format!("stop vdpa-blk bench{i}"),
-        &format!(
-            "pid=$(cat /run/bench{i}.pid); kill -TERM $pid\n\
-             wait_for 30 'vdpa-blk to exit' sh -c \"! kill -0 $pid\"\n\
-             wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench{i}'"
-        ),
-        secs(90),
-    )?;
-    Ok(())
-}
-
-fn start_qsd(bed: &mut Bed, dev: &str, queues: u16) -> Result<String> {
-    let qsd = bed.step(
-        Role::Compute,
-        "publish",
-        "start qemu-storage-daemon vduse-blk",
-        &format!(
-            r#"qemu-storage-daemon --daemonize --pidfile /run/bench-qsd.pid \
-  --blockdev driver=host_device,node-name=b0,filename=/dev/{dev},cache.direct=on,aio=io_uring \
-  --export type=vduse-blk,id=e0,node-name=b0,name=bench-qsd,writable=on,num-queues={queues}
-wait_for 30 /dev/vduse/bench-qsd test -e /dev/vduse/bench-qsd
-vdpa dev add name bench-qsd mgmtdev vduse
-wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/bench-qsd/virtio*/block/ | grep -q vd"
-result vd "$(ls /sys/bus/vdpa/devices/bench-qsd/virtio*/block/)"
-"#
-        ),
-        secs(90),
-    )?;
-    steps::required(&qsd, "vd", "qemu-storage-daemon virtio disk")
-}
-
-fn stop_qsd(bed: &mut Bed) -> Result<()> {
-    bed.step(
-        Role::Compute,
-        "teardown",
-        "stop qemu-storage-daemon",
-        "vdpa dev del bench-qsd\npid=$(cat /run/bench-qsd.pid)\nkill $pid\n\
-         wait_for 30 'qemu-storage-daemon to exit' sh -c \"! kill -0 $pid\"\n\
-         wait_for 30 'the VDUSE device to go' sh -c '! test -e /dev/vduse/bench-qsd'",
-        secs(90),
-    )?;
-    Ok(())
+    steps::disk_of(&ready, "vdpa-blk virtio disk")
 }
 
 /// IOPS of target `a` over target `b` for job `j`: the median of the rounds' ratios (the two
@@ -511,14 +470,43 @@ mod tests {
     }
 
     #[test]
-    fn every_job_writes_its_own_json_and_result() {
-        for (j, (name, ..)) in JOBS.iter().enumerate() {
-            let s = fio_script("vda", j, 5);
-            assert!(s.contains(&format!("--output=/tmp/bench-{name}.json")));
-            assert!(s.contains(&format!("fio_result /tmp/bench-{name}.json")));
+    fn every_job_writes_its_own_json_with_its_parameters() {
+        for (j, (name, rw, bs, qd)) in JOBS.iter().enumerate() {
+            let (args, out) = fio_job("vda", j, 5);
+            assert_eq!(out, format!("/tmp/bench-{name}.json"));
+            let args: Vec<&str> = args.split(' ').collect();
+            for want in [
+                format!("--name={name}"),
+                "--filename=/dev/vda".to_string(),
+                format!("--rw={rw}"),
+                format!("--bs={bs}"),
+                format!("--iodepth={qd}"),
+                "--runtime=5".to_string(),
+            ] {
+                assert!(
+                    args.contains(&want.as_str()),
+                    "{want} missing from {args:?}"
+                );
+            }
+            // sh/fio.sh splits the list at spaces and adds the output options itself.
+            assert!(args.iter().all(|a| a.starts_with("--")), "{args:?}");
+            assert!(!args.iter().any(|a| a.starts_with("--output")), "{args:?}");
         }
-        assert!(fio_script("vda", 1, 5).contains("--iodepth=32"));
-        assert!(fio_script("vda", 3, 5).contains("--bs=128k"));
+    }
+
+    #[test]
+    fn each_stop_leaves_only_the_daemons_still_to_stop() {
+        let t = Target::all(&[0, 50]);
+        let names: Vec<Option<String>> = (0..t.len()).map(|i| device_name(&t, i)).collect();
+        assert_eq!(
+            names,
+            vec![
+                None,
+                Some("bench1".into()),
+                Some("bench2".into()),
+                Some(QSD.into())
+            ]
+        );
     }
 
     #[test]

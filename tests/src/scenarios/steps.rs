@@ -1,6 +1,6 @@
 //! Steps several scenarios share: preparing the guests, the soft-RoCE network, the nvmet
 //! export through configfs, carving, connecting (stock tools only), starting and stopping
-//! vdpa-blk, checksums; and the one way results are read.
+//! vdpa-blk and qemu-storage-daemon, fio and checksums; and the one way results are read.
 //!
 //! Their guest-side shell lives in `sh/`; each script says what it expects in its variables.
 
@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::bed::{Bed, Role, StepResult, Topology, STORAGE_ADDR};
 use crate::error::{Error, Result};
+use crate::fio::{self, FioFigures};
 
 pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -257,6 +258,39 @@ pub(crate) fn count(v: &Value, key: &str) -> Option<u64> {
     })
 }
 
+/// The figures of the one fio job of a step that printed a `{"fio": ...}` result.
+pub(crate) fn fio_figures(step: &StepResult, what: &str) -> Result<FioFigures> {
+    let fail = |reason: String| Error::Check {
+        check: what.to_string(),
+        reason,
+    };
+    let v = result_with(step, "fio", what)?;
+    let mut f = fio::from_value(&v["fio"]).map_err(fail)?;
+    f.pop().ok_or_else(|| fail("fio reported no job".into()))
+}
+
+/// Runs one fio job (`sh/fio.sh`): `args` are fio's arguments without the output options,
+/// `out` the JSON file in the guest.
+pub(crate) fn fio(
+    bed: &mut Bed,
+    role: Role,
+    phase: &str,
+    name: &str,
+    args: &str,
+    out: &str,
+    timeout: Duration,
+) -> Result<FioFigures> {
+    let step = bed.step_env(
+        role,
+        phase,
+        name,
+        include_str!("sh/fio.sh"),
+        &[("FIO_ARGS", args.to_string()), ("OUT", out.to_string())],
+        timeout,
+    )?;
+    fio_figures(&step, name)
+}
+
 /// The md5 of each range (key, first MiB, MiB) of `/dev/{dev}`, in order; a range that cannot
 /// be read in full fails the step (`sh/checksums.sh`).
 pub(crate) fn checksums(
@@ -371,6 +405,48 @@ pub(crate) fn vdpa_blk_stop(
         &[
             ("NAME", name.to_string()),
             ("FIO_DEV", during_fio_on.unwrap_or_default().to_string()),
+            ("REMAINING", remaining.join(" ")),
+        ],
+        secs(90),
+    )?;
+    Ok(())
+}
+
+/// Publishes `/dev/{dev}` through `qemu-storage-daemon --export type=vduse-blk` as vdpa device
+/// `name` with `queues` queues (and QEMU's `aio` mode, if given); returns virtio_vdpa's disk.
+pub(crate) fn qsd_start(
+    bed: &mut Bed,
+    name: &str,
+    dev: &str,
+    queues: u16,
+    aio: Option<&str>,
+) -> Result<String> {
+    let step = bed.step_env(
+        Role::Compute,
+        "publish",
+        "qemu-storage-daemon vduse-blk export, vdpa dev add",
+        include_str!("sh/qsd_start.sh"),
+        &[
+            ("NAME", name.to_string()),
+            ("DEV", dev.to_string()),
+            ("QUEUES", queues.to_string()),
+            ("AIO", aio.unwrap_or_default().to_string()),
+        ],
+        secs(120),
+    )?;
+    required(&step, "vd", "qemu-storage-daemon virtio disk")
+}
+
+/// Removes vdpa device `name` and stops its qemu-storage-daemon; no vdpa or VDUSE device but
+/// the `remaining` ones may be left.
+pub(crate) fn qsd_stop(bed: &mut Bed, name: &str, remaining: &[&str]) -> Result<()> {
+    bed.step_env(
+        Role::Compute,
+        "teardown",
+        &format!("stop qemu-storage-daemon {name}"),
+        &with_lib(include_str!("sh/qsd_stop.sh")),
+        &[
+            ("NAME", name.to_string()),
             ("REMAINING", remaining.join(" ")),
         ],
         secs(90),
