@@ -6,10 +6,10 @@
 //!
 //! It proves the bed, and it is the baseline the project's own components are compared with.
 
-use super::steps::{self, required, secs};
-use crate::bed::{Bed, BedParams, Role, StepResult, Topology};
+use super::steps::{self, secs};
+use crate::bed::{Bed, BedParams, Role, Topology};
 use crate::error::{Error, Result};
-use crate::fio::{self, FioFigures};
+use crate::fio::FioFigures;
 use crate::setup::Prepared;
 
 /// The exported subsystem.
@@ -102,73 +102,43 @@ fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
     let fabric_dev = steps::connect(bed, SUBSYSTEM_NQN, connect_nqn)?;
 
     // Publish through VDUSE and virtio_vdpa.
-    let publish = bed.step(
-        Role::Compute,
-        "publish",
-        "qemu-storage-daemon vduse-blk export, vdpa dev add",
-        &format!(
-            r#"qemu-storage-daemon --daemonize --pidfile /run/qsd-{VDPA_NAME}.pid \
-  --blockdev driver=host_device,node-name=vol,filename=/dev/{fabric_dev},cache.direct=on \
-  --export type=vduse-blk,id=exp0,node-name=vol,name={VDPA_NAME},writable=on,num-queues=1
-wait_for 30 /dev/vduse/{VDPA_NAME} test -e /dev/vduse/{VDPA_NAME}
-vdpa dev add name {VDPA_NAME} mgmtdev vduse
-wait_for 30 "a virtio block device" sh -c "ls /sys/bus/vdpa/devices/{VDPA_NAME}/virtio*/block/ | grep -q vd" || {{
-  ls -lR /sys/bus/vdpa/devices/{VDPA_NAME}/ | head -40; exit 1; }}
-vd=$(ls /sys/bus/vdpa/devices/{VDPA_NAME}/virtio*/block/)
-wait_for 10 /dev/$vd test -b /dev/$vd
-vdpa dev show
-result vd "$vd"
-"#
-        ),
-        secs(120),
-    )?;
-    let virtio_dev = required(&publish, "vd", "virtio block device")?;
+    let virtio_dev = steps::qsd_start(bed, VDPA_NAME, &fabric_dev, 1, None)?;
 
     // fio with crc32c verification through the whole stack.
-    let verify = bed.step(
+    let verify = steps::fio(
+        bed,
         Role::Compute,
         "io",
         "fio randwrite 4k with crc32c verify on the virtio disk",
         &format!(
-            r#"fio --name=verify --filename=/dev/{virtio_dev} --direct=1 --ioengine=libaio \
-  --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
-  --verify_fatal=1 --randrepeat=0 --output-format=json --output=/tmp/fio-verify.json
-fio_result /tmp/fio-verify.json
-"#
+            "--name=verify --filename=/dev/{virtio_dev} --direct=1 --ioengine=libaio \
+             --rw=randwrite --bs=4k --iodepth=16 --size=32M --verify=crc32c --do_verify=1 \
+             --verify_fatal=1 --randrepeat=0"
         ),
+        "/tmp/fio-verify.json",
         secs(600),
     )?;
-    let verify = fio_of(&verify, "verify")?;
 
-    // The bytes landed in the VF's namespace: compare the fio region and a fresh pattern.
-    let written = bed.step(
+    // The bytes landed in the VF's namespace: compare the fio region and a fresh pattern. Each
+    // read must succeed in full (two failed reads would otherwise hash alike).
+    let written = bed.step_env(
         Role::Compute,
         "check",
         "write a pattern through the virtio disk, checksum",
-        &format!(
-            r#"head -c 4194304 /dev/urandom > /tmp/pattern
-dd if=/tmp/pattern of=/dev/{virtio_dev} bs=1M seek=40 oflag=direct conv=fsync 2>/dev/null
-result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
-       fio_region "$(dd if=/dev/{virtio_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
-"#
-        ),
+        &steps::with_lib(include_str!("sh/reference_pattern.sh")),
+        &[("DEV", virtio_dev.clone())],
         secs(120),
     )?;
-    let landed = bed.step(
+    let landed = steps::checksums(
+        bed,
         Role::Storage,
-        "check",
         "checksum the same ranges on the VF namespace",
-        &format!(
-            r#"result pattern "$(dd if=/dev/{storage_dev} bs=1M skip=40 count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)" \
-       fio_region "$(dd if=/dev/{storage_dev} bs=1M count=32 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
-"#
-        ),
-        secs(120),
+        &storage_dev,
+        &[("pattern", 40, 4), ("fio_region", 0, 32)],
     )?;
-    for key in ["pattern", "fio_region"] {
-        let a = required(&written, key, "compute-side checksum")?;
-        let b = required(&landed, key, "storage-side checksum")?;
-        if a != b {
+    for (key, b) in ["pattern", "fio_region"].into_iter().zip(&landed) {
+        let a = steps::md5_result(&written, key, "compute-side checksum")?;
+        if a != *b {
             return Err(Error::Check {
                 check: format!("bytes landed on the VF namespace ({key})"),
                 reason: format!(
@@ -182,15 +152,6 @@ result pattern "$(md5sum < /tmp/pattern | cut -d' ' -f1)" \
 
     let mut table = Vec::new();
     if opts.measure {
-        let job = |dev: &str| {
-            format!(
-                r#"fio --name=randread-4k-qd16 --filename=/dev/{dev} --direct=1 --ioengine=libaio \
-  --rw=randread --bs=4k --iodepth=16 --size=32M --time_based --runtime=8 --ramp_time=1 \
-  --readonly --output-format=json --output=/tmp/fio-{dev}.json
-fio_result /tmp/fio-{dev}.json
-"#
-            )
-        };
         let layers = [
             (Role::Storage, storage_dev.clone(), "VF namespace (PCIe)"),
             (Role::Compute, fabric_dev.clone(), "nvme-rdma over rxe"),
@@ -201,33 +162,26 @@ fio_result /tmp/fio-{dev}.json
             ),
         ];
         for (role, dev, what) in layers {
-            let r = bed.step(
+            let f = steps::fio(
+                bed,
                 role,
                 "measure",
                 &format!("fio 4k randread QD16 on {what}"),
-                &job(&dev),
+                &format!(
+                    "--name=randread-4k-qd16 --filename=/dev/{dev} --direct=1 \
+                     --ioengine=libaio --rw=randread --bs=4k --iodepth=16 --size=32M \
+                     --time_based --runtime=8 --ramp_time=1 --readonly"
+                ),
+                &format!("/tmp/fio-{dev}.json"),
                 secs(120),
             )?;
-            table.push((format!("{what} /dev/{dev}"), fio_of(&r, "measure")?));
+            table.push((format!("{what} /dev/{dev}"), f));
         }
     }
 
     // Take it all down again and check nothing is left.
-    bed.step(
-        Role::Compute,
-        "teardown",
-        "remove the vdpa device, stop the export, disconnect",
-        &format!(
-            r#"vdpa dev del {VDPA_NAME}
-kill $(cat /run/qsd-{VDPA_NAME}.pid)
-wait_for 30 "VDUSE device removal" sh -c "! test -e /dev/vduse/{VDPA_NAME}"
-nvme disconnect -n {SUBSYSTEM_NQN}
-left=$(vdpa dev show)
-[ -z "$left" ] || {{ echo "vdpa devices left: $left"; exit 1; }}
-"#
-        ),
-        secs(60),
-    )?;
+    steps::qsd_stop(bed, VDPA_NAME, &[])?;
+    steps::disconnect(bed, SUBSYSTEM_NQN)?;
     steps::unexport(bed, SUBSYSTEM_NQN, &hostnqn)?;
 
     Ok(Report {
@@ -238,24 +192,5 @@ left=$(vdpa dev show)
         storage_dev,
         fabric_dev,
         virtio_dev,
-    })
-}
-
-fn fio_of(step: &StepResult, what: &str) -> Result<FioFigures> {
-    let v = step
-        .results
-        .iter()
-        .find_map(|r| r.get("fio"))
-        .ok_or_else(|| Error::Check {
-            check: what.to_string(),
-            reason: "the step printed no fio result".into(),
-        })?;
-    let mut f = fio::from_value(v).map_err(|reason| Error::Check {
-        check: what.to_string(),
-        reason,
-    })?;
-    f.pop().ok_or_else(|| Error::Check {
-        check: what.to_string(),
-        reason: "fio reported no job".into(),
     })
 }
