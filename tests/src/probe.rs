@@ -90,7 +90,6 @@ pub fn carve(vf: u16, nsid: u32) -> anyhow::Result<()> {
         .iter()
         .find(|s| s.scid == scid)
         .map(|s| (s.scs, s.nvq, s.nvi));
-    let ns = admin.identify_namespace(nsid)?;
     let smart = admin.smart_log()?;
     let pf_now = PciFunction::read(&root, &pf.address)?;
     let vfn = pf_now
@@ -123,9 +122,21 @@ pub fn carve(vf: u16, nsid: u32) -> anyhow::Result<()> {
             .find(|(n, _)| *n == nsid)
             .map(|(_, d)| d)
     })?;
+    // The namespace is attached to the VF's controller only: the PF's Identify Namespace
+    // (CNS 00h, active NSIDs) would answer zeroes, so ask the VF's own controller.
+    let vf_admin = wait("the VF controller's admin device", 10, || {
+        AdminDevice::open_controller(&root, &vctrl).ok()
+    })?;
+    let ns = vf_admin.identify_namespace(nsid)?;
+    let dev_sectors: u64 =
+        std::fs::read_to_string(root.path("/sys/class/block").join(&dev).join("size"))?
+            .trim()
+            .parse()?;
     result(
         json!({"vf": vfn.address.to_string(), "scid": scid, "attached": attached,
-        "secondary_state": online, "nsze": ns.nsze, "temperature": smart.temperature,
+        "secondary_state": online, "nsze": ns.nsze, "lba_bytes": ns.block_size(),
+        "ns_bytes": ns.block_size().map(|b| b * ns.nsze), "dev_bytes": dev_sectors * 512,
+        "temperature": smart.temperature,
         "vf_ctrl": vctrl, "vf_nqn": nqn.to_string(), "dev": dev}),
     );
     Ok(())
