@@ -240,6 +240,8 @@ pub struct NicAddr {
     pub addr: String,
     /// The storage node's address on the same link.
     pub storage_addr: String,
+    /// The guest slot and NIC id at the other end of the link.
+    pub peer: (usize, String),
 }
 
 /// Guest slots: name, role order and links of a topology.
@@ -275,8 +277,15 @@ impl Plan {
         for (k, &(a, b, subnet, octet)) in self.links.iter().enumerate() {
             let net = SUBNETS[subnet];
             let (pa, pb) = (ports[2 * k], ports[2 * k + 1]);
-            for (guest, local, peer, host) in [(a, pa, pb, 1u8), (b, pb, pa, octet)] {
-                let id = format!("nic{}", out[guest].len());
+            let ids = [
+                format!("nic{}", out[a].len()),
+                format!("nic{}", out[b].len()),
+            ];
+            for (guest, local, peer, host, me, other) in
+                [(a, pa, pb, 1u8, 0, 1), (b, pb, pa, octet, 1, 0)]
+            {
+                let id = ids[me].clone();
+                let peer_guest = if me == 0 { b } else { a };
                 let mac = format!("52:54:00:00:{:02x}:{:02x}", k + 1, guest + 1);
                 out[guest].push((
                     Nic {
@@ -290,6 +299,7 @@ impl Plan {
                         mac,
                         addr: format!("{net}.{host}/24"),
                         storage_addr: format!("{net}.1"),
+                        peer: (peer_guest, ids[other].clone()),
                     },
                 ));
             }
@@ -613,6 +623,7 @@ impl Bed {
     fn spec(&self, prepared: &Prepared, params: &BedParams, name: &str) -> GuestSpec {
         GuestSpec {
             name: name.to_string(),
+            uuid: machine_uuid(),
             memory_mib: params.memory_mib,
             cpus: params.cpus,
             vmlinuz: prepared.kernel.vmlinuz.clone(),
@@ -675,8 +686,8 @@ impl Bed {
             Duration::from_secs(30),
             out,
         )?;
-        let state = self.step_at(
-            idx,
+        let state = self.step_env(
+            role_of(idx),
             "boot",
             "mount the state disk",
             include_str!("sh/state.sh"),
@@ -781,20 +792,7 @@ impl Bed {
         env: &[(&str, String)],
         timeout: Duration,
     ) -> Result<StepResult> {
-        let idx = self.guest_index(role)?;
-        self.step_at(idx, phase, name, script, env, timeout)
-    }
-
-    fn step_at(
-        &mut self,
-        idx: usize,
-        phase: &str,
-        name: &str,
-        script: &str,
-        env: &[(&str, String)],
-        timeout: Duration,
-    ) -> Result<StepResult> {
-        self.spawn_at(idx, phase, name, script, env, timeout)?
+        self.spawn_step(role, phase, name, script, env, timeout)?
             .finish()
     }
 
@@ -810,18 +808,6 @@ impl Bed {
         timeout: Duration,
     ) -> Result<BackgroundStep> {
         let idx = self.guest_index(role)?;
-        self.spawn_at(idx, phase, name, script, env, timeout)
-    }
-
-    fn spawn_at(
-        &mut self,
-        idx: usize,
-        phase: &str,
-        name: &str,
-        script: &str,
-        env: &[(&str, String)],
-        timeout: Duration,
-    ) -> Result<BackgroundStep> {
         let guest = self.guest_ref(idx)?;
         self.progress
             .phase(phase, &format!("{name} (on {})", guest.name));
@@ -887,32 +873,40 @@ impl Bed {
     }
 
     /// Cuts link `nic` (its index in the guest's NICs, = the path) of the guest with `role`
-    /// from outside, as a pulled cable: down now, up again after `down_for`, in the background.
+    /// from outside, as a pulled cable: both ends lose carrier now and get it back after
+    /// `down_for`, in the background.
     pub fn cut_link(&mut self, role: Role, nic: usize, down_for: Duration) -> Result<LinkCut> {
         let idx = self.guest_index(role)?;
-        let id = self.slots[idx]
-            .nics
-            .get(nic)
-            .map(|n| n.id.clone())
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "guest {role} has {} NICs, no NIC {nic}",
-                    self.slots[idx].nics.len()
-                ))
-            })?;
-        let qmp = self.qmp(role)?;
-        qmp.set_link(&id, false)?;
+        let here = self.slots[idx].nics.get(nic).cloned().ok_or_else(|| {
+            Error::Invalid(format!(
+                "guest {role} has {} NICs, no NIC {nic}",
+                self.slots[idx].nics.len()
+            ))
+        })?;
+        let (peer_idx, peer_id) = here.peer.clone();
+        let ends = vec![
+            (Qmp::new(&self.slots[idx].spec.qmp_socket), here.id.clone()),
+            (
+                Qmp::new(&self.slots[peer_idx].spec.qmp_socket),
+                peer_id.clone(),
+            ),
+        ];
+        for (qmp, id) in &ends {
+            qmp.set_link(id, false)?;
+        }
         self.progress.phase(
             "fault",
             &format!(
-                "link {id} of `{}` down for {}s",
+                "link {} of `{}` - {peer_id} of `{}` down for {}s",
+                here.id,
                 self.slots[idx].spec.name,
+                self.slots[peer_idx].spec.name,
                 down_for.as_secs()
             ),
         );
         let thread = std::thread::spawn(move || {
             std::thread::sleep(down_for);
-            qmp.set_link(&id, true)
+            ends.iter().try_for_each(|(qmp, id)| qmp.set_link(id, true))
         });
         Ok(LinkCut { thread })
     }
@@ -1054,6 +1048,34 @@ fn crashed_during_boot(console: &str) -> bool {
     console.contains("Kernel panic") || console.contains("Oops:")
 }
 
+/// The role of the guest in slot `idx` (slots are in role order).
+fn role_of(idx: usize) -> Role {
+    match idx {
+        0 => Role::Storage,
+        1 => Role::Compute,
+        _ => Role::Compute2,
+    }
+}
+
+/// A fresh random UUID for a guest's SMBIOS (kept in its spec, so a cold reboot keeps it).
+fn machine_uuid() -> String {
+    match fs::read_to_string("/proc/sys/kernel/random/uuid") {
+        Ok(u) => u.trim().to_string(),
+        // Without procfs, a distinct-enough value from the clock and the pid.
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!(
+                "{:08x}-0000-4000-8000-{:012x}",
+                std::process::id(),
+                t & 0xffff_ffff_ffff
+            )
+        }
+    }
+}
+
 /// `n` distinct free UDP ports on 127.0.0.1 (all bound at once, then released for QEMU).
 fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
     let sockets = (0..n)
@@ -1143,6 +1165,8 @@ mod tests {
             ]
         );
         assert_eq!(nics[1][1].1.storage_addr, "198.51.100.1");
+        assert_eq!(nics[1][1].1.peer, (0, "nic1".to_string()));
+        assert_eq!(nics[0][0].1.peer, (1, "nic0".to_string()));
         let macs: std::collections::HashSet<_> =
             nics.iter().flatten().map(|(n, _)| n.mac.clone()).collect();
         assert_eq!(macs.len(), 4, "MACs are unique");
@@ -1157,6 +1181,8 @@ mod tests {
         assert_eq!(nics[2][0].1.addr, "198.51.100.3/24");
         assert_eq!(nics[2][0].1.storage_addr, "198.51.100.1");
         assert_eq!((nics[2][0].0.local_port, nics[2][0].0.peer_port), (4, 3));
+        assert_eq!(nics[2][0].1.peer, (0, "nic1".to_string()));
+        assert_eq!(nics[0][1].1.peer, (2, "nic0".to_string()));
     }
 
     #[test]

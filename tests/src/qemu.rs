@@ -62,6 +62,9 @@ pub struct Nic {
 pub struct GuestSpec {
     /// Guest name: the host name inside, and the label in logs.
     pub name: String,
+    /// The machine's SMBIOS UUID (what `nvme gen-hostnqn` derives the host NQN from: each
+    /// guest needs its own, as each real machine has).
+    pub uuid: String,
     pub memory_mib: u32,
     pub cpus: u32,
     pub vmlinuz: PathBuf,
@@ -129,7 +132,7 @@ impl GuestSpec {
             "-smp",
             &self.cpus.to_string(),
         ]);
-        push(&["-name", &self.name]);
+        push(&["-name", &self.name, "-uuid", &self.uuid]);
         push(&["-kernel", &self.vmlinuz.to_string_lossy()]);
         push(&["-initrd", &self.initramfs.to_string_lossy()]);
         push(&["-append", &self.kernel_cmdline()]);
@@ -216,6 +219,7 @@ mod tests {
     fn spec() -> GuestSpec {
         GuestSpec {
             name: "storage".into(),
+            uuid: "5a4c1e4e-0000-4000-8000-000000000001".into(),
             memory_mib: 2048,
             cpus: 2,
             vmlinuz: "/c/vmlinuz".into(),
@@ -244,6 +248,10 @@ mod tests {
         let args = spec().qemu_args();
         assert_eq!(after(&args, "-accel"), vec!["tcg,thread=multi"]);
         assert_eq!(after(&args, "-m"), vec!["2048"]);
+        assert_eq!(
+            after(&args, "-uuid"),
+            vec!["5a4c1e4e-0000-4000-8000-000000000001"]
+        );
         assert_eq!(
             after(&args, "-chardev")[0],
             "file,id=con0,path=/r/storage.console.log,append=on"

@@ -157,8 +157,9 @@ fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
     assert_eq!(connect("disconnected"), true, "{:?}", report.connect);
 }
 
-/// Builds the `vdpa-blk` binary (same profile as these tests) and returns its path;
-/// `VDPA_BLK_BIN` names another binary to test instead (a release build, another checkout).
+/// Builds the `vdpa-blk` binary with the profile these tests were built with (so the binary
+/// under test is never a stale build of another profile) and returns its path; `VDPA_BLK_BIN`
+/// names another binary to test instead (another checkout, say).
 fn vdpa_blk_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("VDPA_BLK_BIN") {
         let bin = PathBuf::from(bin);
@@ -169,12 +170,28 @@ fn vdpa_blk_binary() -> PathBuf {
         );
         return bin;
     }
+    let testbed = PathBuf::from(env!("CARGO_BIN_EXE_testbed"));
+    // target/<profile dir>/testbed: `debug` is the `dev` profile's directory.
+    let dir = testbed
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+        .unwrap_or_else(|| panic!("no profile directory above {}", testbed.display()));
+    let profile = if dir == "debug" { "dev" } else { dir };
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-p", "vdpa-blk", "--bin", "vdpa-blk"])
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "vdpa-blk",
+            "--bin",
+            "vdpa-blk",
+        ])
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build vdpa-blk: {e}"));
-    assert!(status.success(), "building vdpa-blk failed");
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_testbed")).with_file_name("vdpa-blk");
+    assert!(status.success(), "building vdpa-blk ({profile}) failed");
+    let bin = testbed.with_file_name("vdpa-blk");
     assert!(bin.is_file(), "no vdpa-blk binary at {}", bin.display());
     bin
 }
@@ -202,4 +219,16 @@ fn vdpa_blk_serves_an_nvme_rdma_namespace_through_virtio_vdpa_and_vhost_vdpa() {
     let r = vdpa_blk_run(Backing::Fabric);
     assert!(r.backing.starts_with("nvme"), "{}", r.backing);
     assert_eq!(r.blkio["readback_matches"], true);
+}
+
+#[test]
+fn the_bed_cancels_hung_steps_cuts_links_fails_over_kills_daemons_and_reboots_keeping_state() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = prepared();
+    let r = testbed::scenarios::lifecycle::run(&prepared, &params(Topology::Pair))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    eprintln!("lifecycle figures: {r:?}");
+    assert!(r.failover_packets > 0, "{r:?}");
+    assert_eq!(r.boots, (2, 2), "{r:?}");
 }

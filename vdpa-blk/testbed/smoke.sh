@@ -25,8 +25,8 @@ echo "== virtio-vdpa, 2 queues, O_DIRECT on a loop block device"
 start --name smoke0 --backing "$LOOP" --queues 2 --driver virtio-vdpa --serial smoke-serial
 DEV=$(sed -n 's/.*"path":"\([^"]*\)".*/\1/p' /tmp/vb.out)
 [ -b "$DEV" ]
-[ "$(cat /sys/block/${DEV#/dev/}/size)" = 262144 ]
-[ "$(cat /sys/block/${DEV#/dev/}/serial)" = smoke-serial ]
+[ "$(cat "/sys/block/${DEV#/dev/}/size")" = 262144 ]
+[ "$(cat "/sys/block/${DEV#/dev/}/serial")" = smoke-serial ]
 dd if=/dev/urandom of=/tmp/vb-pat bs=1M count=4 2>/dev/null
 dd if=/tmp/vb-pat of="$DEV" bs=1M count=4 oflag=direct 2>/dev/null
 dd if="$DEV" of=/tmp/vb-back bs=1M count=4 iflag=direct 2>/dev/null

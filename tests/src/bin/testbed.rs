@@ -23,9 +23,13 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct BedArgs {
-    /// `single` (one guest, rxe on a veth pair) or `pair` (storage and compute guests).
+    /// `single` (one guest, rxe on a veth pair), `pair` (storage and compute guests) or
+    /// `trio` (storage and two compute guests).
     #[arg(long, default_value = "pair")]
     topology: String,
+    /// Links between the storage and the compute guest (`pair`: 1 or 2).
+    #[arg(long, default_value_t = 1)]
+    paths: u32,
     /// Memory of each guest, MiB.
     #[arg(long, default_value_t = 2048)]
     memory: u32,
@@ -49,12 +53,16 @@ enum Cmd {
         #[command(flatten)]
         bed: BedArgs,
     },
-    /// Run a scenario (`reference`).
+    /// Run a scenario by name: reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric,
+    /// lifecycle, topology (the end-to-end tests run the same functions).
     Run {
         /// The scenario to run.
         scenario: String,
         #[command(flatten)]
         bed: BedArgs,
+        /// The vdpa-blk binary of the vdpa-blk scenarios (default: next to this one).
+        #[arg(long)]
+        vdpa_blk: Option<PathBuf>,
         /// Break a step on purpose: wrong-nqn, missing-module, no-boot.
         #[arg(long)]
         fault: Option<String>,
@@ -178,6 +186,7 @@ fn params(args: &BedArgs) -> anyhow::Result<BedParams> {
     p.memory_mib = args.memory;
     p.cpus = args.cpus;
     p.vfs = args.vfs;
+    p.paths = args.paths;
     p.namespace_sizes = args
         .namespaces
         .iter()
@@ -264,6 +273,54 @@ fn bench(args: &BedArgs, vdpa_blk: Option<PathBuf>, bp: &bench::BenchParams) -> 
             })
             .collect();
         println!("round {} IOPS: {}", i + 1, cells.join("; "));
+    }
+    Ok(())
+}
+
+/// Runs a scenario other than `reference` and prints what it reports.
+fn scenario_run(name: &str, args: &BedArgs, vdpa_blk: Option<PathBuf>) -> anyhow::Result<()> {
+    use testbed::scenarios::{fabric_probe, lifecycle, topology, vdpa_blk as vb};
+    let known = "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, topology";
+    let mut p = params(args)?;
+    let backing = match name {
+        "vdpa-blk-local" => Some(vb::Backing::Local),
+        "vdpa-blk-fabric" => Some(vb::Backing::Fabric),
+        "fabric-probe" | "lifecycle" | "topology" => None,
+        other => anyhow::bail!("unknown scenario `{other}`: expected one of {known}"),
+    };
+    let bin = match vdpa_blk {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating the testbed binary")?
+            .with_file_name("vdpa-blk"),
+    };
+    if backing.is_some() && !bin.is_file() {
+        anyhow::bail!(
+            "no vdpa-blk binary at {}: build it with the same profile (cargo build --release -p vdpa-blk) or pass --vdpa-blk",
+            bin.display()
+        );
+    }
+    let progress = Progress::new("testbed");
+    let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
+    match (name, backing) {
+        (_, Some(b)) => {
+            p.topology = b.topology();
+            let r = vb::run(&prepared, &p, &bin, b)?;
+            println!("{r:#?}");
+        }
+        ("fabric-probe", _) => {
+            p.topology = Topology::Single;
+            let r = fabric_probe::run(&prepared, &p)?;
+            println!("{r:#?}");
+        }
+        ("lifecycle", _) => println!("{:#?}", lifecycle::run(&prepared, &p)?),
+        _ => {
+            let r = topology::run(&prepared, &p)?;
+            println!(
+                "{} topology: every link up {:.1}s after the first QEMU started; {:.1}s in all",
+                p.topology, r.up_s, r.total_s
+            );
+        }
     }
     Ok(())
 }
@@ -409,14 +466,18 @@ fn main() -> ExitCode {
         Cmd::Run {
             scenario,
             bed,
+            vdpa_blk,
             fault,
             measure,
         } => (|| {
-            if scenario != "reference" {
-                anyhow::bail!("unknown scenario `{scenario}`: expected `reference`");
+            if scenario == "reference" {
+                let fault = fault.as_deref().map(parse_fault).transpose()?;
+                return reference_run(&bed, &reference::Options { fault, measure });
             }
-            let fault = fault.as_deref().map(parse_fault).transpose()?;
-            reference_run(&bed, &reference::Options { fault, measure })
+            if fault.is_some() || measure {
+                anyhow::bail!("--fault and --measure belong to the reference scenario");
+            }
+            scenario_run(&scenario, &bed, vdpa_blk)
         })(),
         Cmd::Bench {
             bed,

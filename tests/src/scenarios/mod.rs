@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod fabric_probe;
+pub mod lifecycle;
 pub mod reference;
 mod steps;
+pub mod topology;
 pub mod vdpa_blk;
 mod vdpa_blk_faults;

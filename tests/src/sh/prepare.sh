@@ -12,5 +12,8 @@ mkdir -p /etc/nvme
 # nvme-cli's generated NQN ends in a UUID: the host ID is that UUID.
 [ -s /etc/nvme/hostid ] || sed -n 's/.*:uuid:\(.*\)$/\1/p' /etc/nvme/hostnqn > /etc/nvme/hostid
 [ -s /etc/nvme/hostid ] || { echo "no host ID could be derived from $(cat /etc/nvme/hostnqn)"; exit 1; }
+case "$(cat /etc/nvme/hostid)" in
+  00000000-0000-0000-0000-000000000000) echo "the host NQN is derived from an all-zero machine UUID: give the guest one (-uuid)"; exit 1 ;;
+esac
 sync
 result hostnqn "$(cat /etc/nvme/hostnqn)" hostid "$(cat /etc/nvme/hostid)"
