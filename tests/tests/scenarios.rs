@@ -232,3 +232,16 @@ fn the_bed_cancels_hung_steps_cuts_links_fails_over_kills_daemons_and_reboots_ke
     assert!(r.failover_packets > 0, "{r:?}");
     assert_eq!(r.boots, (2, 2), "{r:?}");
 }
+
+#[test]
+fn the_trio_topology_boots_and_joins_both_compute_nodes_to_the_storage_node() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let prepared = prepared();
+    let r = testbed::scenarios::topology::run(&prepared, &params(Topology::Trio))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    eprintln!(
+        "trio: every link up in {:.1}s, {:.1}s in all",
+        r.up_s, r.total_s
+    );
+}
