@@ -296,15 +296,7 @@ fn steps_of(bed: &mut Bed) -> Result<Report> {
         include_str!("sh/qsd_vduse.sh"),
         &qsd_env,
     )?;
-    let published = bed.step_env(
-        Role::Compute,
-        "daemon",
-        "publish the daemon's device through virtio_vdpa",
-        include_str!("sh/vduse_publish.sh"),
-        &[("NAME", "lc0".to_string())],
-        secs(60),
-    )?;
-    let vd = steps::required(&published, "dev", "the daemon's virtio block device")?;
+    let vd = steps::vduse_publish(bed, "lc0")?;
     let (max_ms, mut qsd) = fio_while(
         bed,
         "daemon-kill",

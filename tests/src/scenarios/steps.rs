@@ -412,8 +412,9 @@ pub(crate) fn vdpa_blk_stop(
     Ok(())
 }
 
-/// Publishes `/dev/{dev}` through `qemu-storage-daemon --export type=vduse-blk` as vdpa device
-/// `name` with `queues` queues (and QEMU's `aio` mode, if given); returns virtio_vdpa's disk.
+/// Publishes `/dev/{dev}` through `qemu-storage-daemon --export type=vduse-blk` (daemonized,
+/// its pid in `/run/qsd-{name}.pid`) as vdpa device `name` with `queues` queues (and QEMU's
+/// `aio` mode, if given); returns virtio_vdpa's disk.
 pub(crate) fn qsd_start(
     bed: &mut Bed,
     name: &str,
@@ -421,20 +422,35 @@ pub(crate) fn qsd_start(
     queues: u16,
     aio: Option<&str>,
 ) -> Result<String> {
-    let step = bed.step_env(
+    bed.step_env(
         Role::Compute,
         "publish",
-        "qemu-storage-daemon vduse-blk export, vdpa dev add",
-        include_str!("sh/qsd_start.sh"),
+        "qemu-storage-daemon vduse-blk export",
+        include_str!("sh/qsd_vduse.sh"),
         &[
             ("NAME", name.to_string()),
             ("DEV", dev.to_string()),
             ("QUEUES", queues.to_string()),
             ("AIO", aio.unwrap_or_default().to_string()),
+            ("PIDFILE", format!("/run/qsd-{name}.pid")),
         ],
         secs(120),
     )?;
-    required(&step, "vd", "qemu-storage-daemon virtio disk")
+    vduse_publish(bed, name)
+}
+
+/// Adds the VDUSE device `name` (a daemon made it) as a vdpa device bound to virtio_vdpa;
+/// returns its disk.
+pub(crate) fn vduse_publish(bed: &mut Bed, name: &str) -> Result<String> {
+    let step = bed.step_env(
+        Role::Compute,
+        "publish",
+        &format!("vdpa dev add {name}, virtio_vdpa's disk"),
+        include_str!("sh/vduse_publish.sh"),
+        &[("NAME", name.to_string())],
+        secs(90),
+    )?;
+    required(&step, "dev", "the VDUSE device's virtio disk")
 }
 
 /// Removes vdpa device `name` and stops its qemu-storage-daemon; no vdpa or VDUSE device but

@@ -1,7 +1,7 @@
 # Compute node: a flush from the guest side. fsync on /dev/$VD (coreutils `sync FILE`) makes
 # the block layer send the device one FLUSH, since it offers a write-back cache; the caller
-# compares the daemon's request count before and after. Nothing else may do I/O on the disk
-# meanwhile (counted, for the caller to check).
+# compares the daemon's counters before and after. Reads, writes and discards completed
+# meanwhile are reported too (the kernel counts the empty pre-flush write among the writes).
 # In: VD. Out: result flushes (FLUSH requests completed), other_io (reads, writes and discards
 # completed meanwhile).
 : "${VD:?}"

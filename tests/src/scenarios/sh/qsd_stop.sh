@@ -1,4 +1,4 @@
-# Compute node: removes vdpa device $NAME and stops its qemu-storage-daemon (qsd_start.sh);
+# Compute node: removes vdpa device $NAME and stops its qemu-storage-daemon (qsd_vduse.sh with a PIDFILE);
 # no vdpa or VDUSE device but the $REMAINING ones (other daemons') may be left.
 # In: NAME, REMAINING (optional, device names).
 : "${NAME:?}" "${REMAINING:=}"
