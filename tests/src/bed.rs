@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{parse_results, AgentClient, Run, RunFailure, ScriptOutput, CANCEL_GRACE};
 use crate::error::{Error, Result, StepFailure};
 use crate::guest::Guest;
+use crate::link::Relay;
 use crate::progress::Progress;
 use crate::qemu::{GuestSpec, NamespaceImage, Nic, NvmeSpec};
 use crate::qmp::Qmp;
@@ -21,8 +22,8 @@ use crate::setup::Prepared;
 pub enum Topology {
     /// One guest holds both roles; soft-RoCE runs on a veth pair inside it.
     Single,
-    /// A storage-node guest and a compute-node guest joined by one or two links (QEMU UDP
-    /// socket netdevs on 127.0.0.1, one subnet of TEST-NET each); soft-RoCE on each NIC.
+    /// A storage-node guest and a compute-node guest joined by one or two links (QEMU TCP
+    /// socket netdevs on 127.0.0.1 joined by the bed's relay, one subnet of TEST-NET each); soft-RoCE on each NIC.
     Pair,
     /// A storage node and two compute nodes, each compute node on its own link.
     Trio,
@@ -271,7 +272,8 @@ impl Plan {
         }
     }
 
-    /// Each guest's NICs, in link order, with ports from `ports` (two per link).
+    /// Each guest's NICs, in link order, with listening ports from `ports` (two per link:
+    /// link K joins ports 2K and 2K+1).
     fn nics(&self, ports: &[u16]) -> Vec<Vec<(Nic, NicAddr)>> {
         let mut out: Vec<Vec<(Nic, NicAddr)>> = vec![Vec::new(); self.names.len()];
         for (k, &(a, b, subnet, octet)) in self.links.iter().enumerate() {
@@ -281,9 +283,7 @@ impl Plan {
                 format!("nic{}", out[a].len()),
                 format!("nic{}", out[b].len()),
             ];
-            for (guest, local, peer, host, me, other) in
-                [(a, pa, pb, 1u8, 0, 1), (b, pb, pa, octet, 1, 0)]
-            {
+            for (guest, listen, host, me, other) in [(a, pa, 1u8, 0, 1), (b, pb, octet, 1, 0)] {
                 let id = ids[me].clone();
                 let peer_guest = if me == 0 { b } else { a };
                 let mac = format!("52:54:00:00:{:02x}:{:02x}", k + 1, guest + 1);
@@ -291,8 +291,7 @@ impl Plan {
                     Nic {
                         id: id.clone(),
                         mac: mac.clone(),
-                        local_port: local,
-                        peer_port: peer,
+                        listen_port: listen,
                     },
                     NicAddr {
                         id,
@@ -530,6 +529,8 @@ pub struct Bed {
     run_dir: PathBuf,
     images: Vec<PathBuf>,
     keep_images: bool,
+    /// One per link, joining the two QEMUs' listening sockets.
+    relays: Vec<Relay>,
     progress: Progress,
     qemu: String,
     boot_timeout: Duration,
@@ -559,6 +560,7 @@ impl Bed {
             run_dir,
             images: Vec::new(),
             keep_images: false,
+            relays: Vec::new(),
             progress,
             qemu: params.qemu.clone(),
             boot_timeout: params.boot_timeout,
@@ -574,8 +576,11 @@ impl Bed {
             });
         }
         let plan = Plan::of(params.topology, params.paths);
-        let ports = free_udp_ports(plan.links.len() * 2)?;
+        let ports = free_tcp_ports(plan.links.len() * 2)?;
         let nics = plan.nics(&ports);
+        for pair in ports.chunks(2) {
+            bed.relays.push(Relay::start(pair[0], pair[1]));
+        }
         for (i, (name, nics)) in plan.names.iter().zip(nics).enumerate() {
             let state = bed.run_dir.join(format!("{name}.state.img"));
             bed.sparse_image(&state, params.state_size)?;
@@ -967,6 +972,7 @@ impl Bed {
             self.progress.note("guests stopped");
         }
         self.slots.clear();
+        self.relays.clear();
         if self.keep_images {
             let _ = fs::write(self.run_dir.join(KEEP_MARKER), "images kept on purpose\n");
             self.progress.note(&format!(
@@ -1076,12 +1082,12 @@ fn machine_uuid() -> String {
     }
 }
 
-/// `n` distinct free UDP ports on 127.0.0.1 (all bound at once, then released for QEMU).
-fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
+/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released for QEMU).
+fn free_tcp_ports(n: usize) -> Result<Vec<u16>> {
     let sockets = (0..n)
         .map(|_| {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .map_err(|e| Error::io("bind", "127.0.0.1:0 (udp)", e))
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| Error::io("bind", "127.0.0.1:0", e))
         })
         .collect::<Result<Vec<_>>>()?;
     sockets
@@ -1089,7 +1095,7 @@ fn free_udp_ports(n: usize) -> Result<Vec<u16>> {
         .map(|s| {
             s.local_addr()
                 .map(|a| a.port())
-                .map_err(|e| Error::io("local_addr", "127.0.0.1:0 (udp)", e))
+                .map_err(|e| Error::io("local_addr", "127.0.0.1:0", e))
         })
         .collect()
 }
@@ -1144,25 +1150,19 @@ mod tests {
         let nics = plan.nics(&[1, 2, 3, 4]);
         let storage: Vec<_> = nics[0]
             .iter()
-            .map(|(n, a)| (n.id.as_str(), n.local_port, n.peer_port, a.addr.as_str()))
+            .map(|(n, a)| (n.id.as_str(), n.listen_port, a.addr.as_str()))
             .collect();
         let compute: Vec<_> = nics[1]
             .iter()
-            .map(|(n, a)| (n.id.as_str(), n.local_port, n.peer_port, a.addr.as_str()))
+            .map(|(n, a)| (n.id.as_str(), n.listen_port, a.addr.as_str()))
             .collect();
         assert_eq!(
             storage,
-            vec![
-                ("nic0", 1, 2, "192.0.2.1/24"),
-                ("nic1", 3, 4, "198.51.100.1/24")
-            ]
+            vec![("nic0", 1, "192.0.2.1/24"), ("nic1", 3, "198.51.100.1/24")]
         );
         assert_eq!(
             compute,
-            vec![
-                ("nic0", 2, 1, "192.0.2.2/24"),
-                ("nic1", 4, 3, "198.51.100.2/24")
-            ]
+            vec![("nic0", 2, "192.0.2.2/24"), ("nic1", 4, "198.51.100.2/24")]
         );
         assert_eq!(nics[1][1].1.storage_addr, "198.51.100.1");
         assert_eq!(nics[1][1].1.peer, (0, "nic1".to_string()));
@@ -1180,7 +1180,7 @@ mod tests {
         assert_eq!(nics[1][0].1.addr, "192.0.2.2/24");
         assert_eq!(nics[2][0].1.addr, "198.51.100.3/24");
         assert_eq!(nics[2][0].1.storage_addr, "198.51.100.1");
-        assert_eq!((nics[2][0].0.local_port, nics[2][0].0.peer_port), (4, 3));
+        assert_eq!(nics[2][0].0.listen_port, 4);
         assert_eq!(nics[2][0].1.peer, (0, "nic1".to_string()));
         assert_eq!(nics[0][1].1.peer, (2, "nic0".to_string()));
     }
@@ -1232,8 +1232,8 @@ mod tests {
     }
 
     #[test]
-    fn free_udp_ports_are_distinct() {
-        let p = free_udp_ports(4).expect("ports");
+    fn free_tcp_ports_are_distinct() {
+        let p = free_tcp_ports(4).expect("ports");
         let set: std::collections::HashSet<_> = p.iter().collect();
         assert_eq!(set.len(), 4);
     }

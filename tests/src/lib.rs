@@ -16,6 +16,7 @@ pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod link;
 pub mod probe;
 pub mod progress;
 pub mod qemu;

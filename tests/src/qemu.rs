@@ -1,5 +1,5 @@
 //! QEMU command lines for test bed guests: what a guest has (memory, CPUs, an emulated NVMe
-//! controller with SR-IOV, NICs joined to other guests, a persistent state disk, a QMP socket)
+//! controller with SR-IOV, NICs listening for the bed's link relay, a persistent state disk, a QMP socket)
 //! becomes QEMU's argv.
 
 use std::path::PathBuf;
@@ -43,18 +43,16 @@ impl NvmeSpec {
     }
 }
 
-/// One NIC, joined to one NIC of another guest by a QEMU UDP socket netdev on 127.0.0.1: each
-/// side binds its own port and sends to the other's. Connectionless, so either guest's QEMU can
-/// be restarted (a cold reboot) and the link comes back, like a cable.
+/// One NIC, on a QEMU TCP socket netdev listening on 127.0.0.1: the bed's relay
+/// ([`crate::link::Relay`]) connects it to a NIC of another guest, and connects again after
+/// either QEMU restarts (a cold reboot), like a cable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     /// The NIC's device id (the name `set_link` takes over QMP).
     pub id: String,
     pub mac: String,
-    /// The UDP port this QEMU binds on 127.0.0.1.
-    pub local_port: u16,
-    /// The UDP port of the peer's QEMU on 127.0.0.1.
-    pub peer_port: u16,
+    /// The TCP port this QEMU listens on, on 127.0.0.1.
+    pub listen_port: u16,
 }
 
 /// Everything needed to start one guest.
@@ -200,10 +198,7 @@ impl GuestSpec {
         for (k, nic) in self.nics.iter().enumerate() {
             push(&[
                 "-netdev",
-                &format!(
-                    "socket,id=n{k},udp=127.0.0.1:{},localaddr=127.0.0.1:{}",
-                    nic.peer_port, nic.local_port
-                ),
+                &format!("socket,id=n{k},listen=127.0.0.1:{}", nic.listen_port),
                 "-device",
                 &format!("virtio-net-pci,netdev=n{k},id={},mac={}", nic.id, nic.mac),
             ]);
@@ -307,28 +302,26 @@ mod tests {
     }
 
     #[test]
-    fn nics_are_udp_socket_netdevs_on_loopback_with_their_own_ids() {
+    fn nics_are_listening_socket_netdevs_on_loopback_with_their_own_ids() {
         let mut s = spec();
         s.nics = vec![
             Nic {
                 id: "nic0".into(),
                 mac: "52:54:00:00:01:01".into(),
-                local_port: 40001,
-                peer_port: 40002,
+                listen_port: 40001,
             },
             Nic {
                 id: "nic1".into(),
                 mac: "52:54:00:00:02:01".into(),
-                local_port: 40003,
-                peer_port: 40004,
+                listen_port: 40003,
             },
         ];
         let args = s.qemu_args();
         assert_eq!(
             after(&args, "-netdev"),
             vec![
-                "socket,id=n0,udp=127.0.0.1:40002,localaddr=127.0.0.1:40001",
-                "socket,id=n1,udp=127.0.0.1:40004,localaddr=127.0.0.1:40003"
+                "socket,id=n0,listen=127.0.0.1:40001",
+                "socket,id=n1,listen=127.0.0.1:40003"
             ]
         );
         let devices = after(&args, "-device");
