@@ -1,4 +1,7 @@
 //! `nvmf-target`: the storage node service.
 //!
-//! Not built yet (see ARCHITECTURE.md in this folder for what will live here).
-//! This crate deliberately exposes nothing until the pieces are real.
+//! Built so far: the configuration ([`config`]). Carving, the nvmet configfs model, the store,
+//! the reconcile loop and the API are still to come (see ARCHITECTURE.md); nothing here
+//! pretends to do them.
+
+pub mod config;
