@@ -51,8 +51,12 @@ impl Configfs for HostConfigfs {
         fs::remove_dir(self.path(rel))
     }
     fn write(&self, rel: &Path, value: &str) -> io::Result<()> {
-        // configfs takes one write per value; never create a file that is not there.
-        let mut f = fs::OpenOptions::new().write(true).open(self.path(rel))?;
+        // configfs takes one write per value; never create a file that is not there (O_TRUNC
+        // as `echo >` does).
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(self.path(rel))?;
         io::Write::write_all(&mut f, value.as_bytes())
     }
     fn read(&self, rel: &Path) -> io::Result<String> {
