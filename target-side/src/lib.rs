@@ -1,13 +1,14 @@
 //! `nvmf-target`: the storage node service.
 //!
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
-//! [`configfs`]), VF carving ([`carve`]), placement ([`plan`]) and the desired-state store
-//! ([`store`]). The volume service, the reconcile loop and the API are still to come (see
+//! [`configfs`]), VF carving ([`carve`]), placement ([`plan`]), the desired-state store
+//! ([`store`]) and its nvmetcli-format copy ([`nvmetcli`]). The volume service, the reconcile loop and the API are still to come (see
 //! ARCHITECTURE.md); nothing here pretends to do them.
 
 pub mod carve;
 pub mod config;
 pub mod configfs;
 pub mod nvmet;
+pub mod nvmetcli;
 pub mod plan;
 pub mod store;
