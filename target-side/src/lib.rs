@@ -2,7 +2,8 @@
 //!
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
 //! [`configfs`]), VF carving ([`carve`]), placement ([`plan`]), the desired-state store
-//! ([`store`]) and its nvmetcli-format copy ([`nvmetcli`]). The volume service, the reconcile loop and the API are still to come (see
+//! ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and volume creation with rollback
+//! ([`volume`]). The drive backend, delete, reconcile and the API are still to come (see
 //! ARCHITECTURE.md); nothing here pretends to do them.
 
 pub mod carve;
@@ -12,3 +13,4 @@ pub mod nvmet;
 pub mod nvmetcli;
 pub mod plan;
 pub mod store;
+pub mod volume;

@@ -137,6 +137,21 @@ impl<C: Configfs> Nvmet<C> {
         Ok(true)
     }
 
+    /// Whether `hosts/NQN` exists.
+    pub fn host_exists(&self, host: &Nqn) -> bool {
+        self.fs.exists(&rel(&["hosts", host.as_str()]))
+    }
+
+    /// Whether `subsystems/NQN` exists.
+    pub fn subsystem_exists(&self, nqn: &Nqn) -> bool {
+        self.fs.exists(&rel(&["subsystems", nqn.as_str()]))
+    }
+
+    /// Whether `ports/ID` exists.
+    pub fn port_exists(&self, id: u16) -> bool {
+        self.fs.exists(&rel(&["ports", &id.to_string()]))
+    }
+
     /// `hosts/NQN`, with its DH-HMAC-CHAP settings when given.
     pub fn ensure_host(&self, host: &Nqn, auth: Option<&HostAuth>) -> Result<Change> {
         let dir = rel(&["hosts", host.as_str()]);
@@ -352,6 +367,15 @@ impl<C: Configfs> Nvmet<C> {
             if let Ok(nsid) = n.parse::<u32>() {
                 self.remove_namespace(nqn, nsid)?;
             }
+        }
+        self.remove("rmdir", &dir, true)
+    }
+
+    /// Removes a port with nothing linked to it (a port still exporting is kept: `false`).
+    pub fn remove_port_if_unused(&self, id: u16) -> Result<bool> {
+        let dir = rel(&["ports", &id.to_string()]);
+        if !self.fs.exists(&dir) || !self.linked(id)?.is_empty() {
+            return Ok(false);
         }
         self.remove("rmdir", &dir, true)
     }

@@ -1,0 +1,570 @@
+//! Creating and deleting volumes: the store first (the intent survives a crash), then the drive
+//! (placement, a carved VF, its block device), then nvmet (hosts, subsystem, namespace, grants,
+//! ports, links). A step that fails undoes what this request made, in reverse, and the error
+//! names the step; what existed before (a shared port, a host another volume uses) stays.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use fabric::nqn::Nqn;
+
+use crate::carve::CarvedVf;
+use crate::config::Config;
+use crate::configfs::Configfs;
+use crate::nvmet::{HostAuth, NamespaceSpec, Nvmet, NvmetError};
+use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
+
+/// The drive side of a volume: where it goes, its VF, its block device.
+pub trait Backend {
+    /// Chooses the PF, VF and namespace for `size_bytes`, avoiding what `taken` holds.
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String>;
+    /// Carves the VF and attaches the namespace.
+    fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String>;
+    /// Waits for the namespace's block device behind the carved VF (and checks its identity).
+    fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String>;
+    /// Undoes `carve`.
+    fn release(&mut self, p: &Placement) -> Result<(), String>;
+}
+
+/// VFs and namespaces other volumes hold, per PF.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub vfs: BTreeSet<(String, u16)>,
+    pub nsids: BTreeSet<(String, u32)>,
+}
+
+/// A create request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Registered host NQNs allowed to connect.
+    pub hosts: Vec<String>,
+}
+
+/// Why a volume request failed; `Invalid`, `Conflict` and `NotFound` change nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A step failed; what the request made was undone (`undo` says if that failed too).
+    #[error("volume {volume}: {step}: {reason}{}", undo.as_ref().map(|u| format!(" (and undoing it failed: {u})")).unwrap_or_default())]
+    Step {
+        volume: String,
+        step: String,
+        reason: String,
+        undo: Option<String>,
+    },
+}
+
+/// What a create made, for undoing it.
+#[derive(Debug)]
+enum Made {
+    Carved(Placement),
+    Host(Nqn),
+    Subsystem(Nqn),
+    Port(u16),
+}
+
+/// Volume names: what fits in an NQN and a path segment.
+pub fn check_name(name: &str) -> Result<(), VolumeError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(VolumeError::Invalid(format!(
+            "volume name {name:?}: 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )))
+    }
+}
+
+/// The service over one store, one nvmet and one backend.
+pub struct Volumes<'a, C: Configfs, B: Backend> {
+    pub config: &'a Config,
+    pub store: &'a mut Store,
+    pub nvmet: &'a Nvmet<C>,
+    pub backend: &'a mut B,
+}
+
+impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
+    fn subsystem_nqn(&self, name: &str) -> Result<Nqn, VolumeError> {
+        Nqn::new(&format!("{}:{name}", self.config.nqn_prefix))
+            .map_err(|e| VolumeError::Invalid(e.to_string()))
+    }
+
+    /// Creates a volume (idempotent: the same request again answers with the volume; a
+    /// different one under the same name is a conflict).
+    pub fn create(&mut self, req: &CreateVolume) -> Result<VolumeRecord, VolumeError> {
+        check_name(&req.name)?;
+        if req.size_bytes == 0 {
+            return Err(VolumeError::Invalid("size 0".into()));
+        }
+        let nqn = self.subsystem_nqn(&req.name)?;
+        let mut hosts = req.hosts.clone();
+        hosts.sort();
+        hosts.dedup();
+        let known = self.store.hosts()?;
+        for h in &hosts {
+            Nqn::new(h).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+            if !known.iter().any(|k| &k.nqn == h) {
+                return Err(VolumeError::NotFound(format!("host {h} is not registered")));
+            }
+            if self.config.require_dhchap
+                && known.iter().any(|k| &k.nqn == h && k.dhchap_key.is_none())
+            {
+                return Err(VolumeError::Invalid(format!(
+                    "host {h} has no DH-HMAC-CHAP key and the policy requires one"
+                )));
+            }
+        }
+        if let Some(v) = self.store.volume(&req.name)? {
+            return if v.requested_bytes == req.size_bytes && v.hosts == hosts {
+                Ok(v)
+            } else {
+                Err(VolumeError::Conflict(format!(
+                    "volume {} exists with another size or other hosts",
+                    req.name
+                )))
+            };
+        }
+        let id = uuid::Uuid::new_v4();
+        let record = VolumeRecord {
+            name: req.name.clone(),
+            requested_bytes: req.size_bytes,
+            uuid: id.to_string(),
+            nguid: id.simple().to_string(),
+            serial: id.simple().to_string()[..20].to_string(),
+            state: VolumeState::Creating,
+            placement: None,
+            hosts: hosts.clone(),
+        };
+        // The intent first: a crash from here on is converged by reconcile.
+        self.store.create_volume(&record)?;
+        let mut made = Vec::new();
+        match self.build(&record, &nqn, &mut made) {
+            Ok(placement) => {
+                self.store
+                    .update_volume(&record.name, VolumeState::Ready, Some(&placement))?;
+                Ok(self
+                    .store
+                    .volume(&record.name)?
+                    .ok_or_else(|| VolumeError::NotFound(record.name.clone()))?)
+            }
+            Err((step, reason)) => {
+                let undo = self.undo(made).err();
+                let forgot = self.store.delete_volume(&record.name).err();
+                Err(VolumeError::Step {
+                    volume: record.name.clone(),
+                    step,
+                    reason,
+                    undo: match (undo, forgot) {
+                        (None, None) => None,
+                        (u, f) => Some(
+                            [u, f.map(|e| e.to_string())]
+                                .into_iter()
+                                .flatten()
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ),
+                    },
+                })
+            }
+        }
+    }
+
+    fn taken(&self) -> Result<Taken, VolumeError> {
+        let mut t = Taken::default();
+        for v in self.store.volumes()? {
+            if let Some(p) = v.placement {
+                t.vfs.insert((p.pf.clone(), p.vf));
+                t.nsids.insert((p.pf, p.nsid));
+            }
+        }
+        Ok(t)
+    }
+
+    fn build(
+        &mut self,
+        v: &VolumeRecord,
+        nqn: &Nqn,
+        made: &mut Vec<Made>,
+    ) -> Result<Placement, (String, String)> {
+        let step = |s: &str| {
+            let s = s.to_string();
+            move |e: String| (s, e)
+        };
+        let nv = |s: &str| {
+            let s = s.to_string();
+            move |e: NvmetError| (s, e.to_string())
+        };
+        let taken = self
+            .taken()
+            .map_err(|e| ("read the store".to_string(), e.to_string()))?;
+        let placement = self
+            .backend
+            .place(v.requested_bytes, &taken)
+            .map_err(step("place the volume"))?;
+        let carved = self
+            .backend
+            .carve(&placement)
+            .map_err(step("carve the VF"))?;
+        made.push(Made::Carved(placement.clone()));
+        let device = self
+            .backend
+            .block_device(&placement, &carved)
+            .map_err(step("find the namespace's block device"))?;
+        let known = self
+            .store
+            .hosts()
+            .map_err(|e| ("read the hosts".to_string(), e.to_string()))?;
+        for h in &v.hosts {
+            let host = Nqn::new(h).map_err(|e| ("host".to_string(), e.to_string()))?;
+            let auth = known.iter().find(|k| &k.nqn == h).and_then(|k| {
+                k.dhchap_key.as_ref().map(|key| HostAuth {
+                    key: key.clone(),
+                    ctrl_key: k.dhchap_ctrl_key.clone(),
+                    hash: k.hash.clone(),
+                    dhgroup: k.dhgroup.clone(),
+                })
+            });
+            // Recorded before the call: a failure after its mkdir leaves the object behind.
+            if !self.nvmet.host_exists(&host) {
+                made.push(Made::Host(host.clone()));
+            }
+            self.nvmet
+                .ensure_host(&host, auth.as_ref())
+                .map_err(nv("register the host"))?;
+        }
+        if !self.nvmet.subsystem_exists(nqn) {
+            made.push(Made::Subsystem(nqn.clone()));
+        }
+        self.nvmet
+            .ensure_subsystem(nqn, "nvmf-target", &v.serial)
+            .map_err(nv("create the subsystem"))?;
+        self.nvmet
+            .ensure_namespace(
+                nqn,
+                &NamespaceSpec {
+                    nsid: 1,
+                    device_path: device,
+                    uuid: v.uuid.clone(),
+                    nguid: v.nguid.clone(),
+                },
+            )
+            .map_err(nv("create the namespace"))?;
+        for h in &v.hosts {
+            let host = Nqn::new(h).map_err(|e| ("host".to_string(), e.to_string()))?;
+            self.nvmet
+                .ensure_allowed(nqn, &host)
+                .map_err(nv("allow the host"))?;
+        }
+        for (i, addr) in self.config.listeners.iter().enumerate() {
+            let id = u16::try_from(i + 1)
+                .map_err(|_| ("ports".to_string(), "too many listeners".to_string()))?;
+            if !self.nvmet.port_exists(id) {
+                made.push(Made::Port(id));
+            }
+            self.nvmet
+                .ensure_port(id, addr)
+                .map_err(nv("create the port"))?;
+            self.nvmet
+                .ensure_linked(id, nqn)
+                .map_err(nv("export on the port"))?;
+        }
+        Ok(placement)
+    }
+
+    /// Undoes what a failed create made, newest first; the first failure is reported after
+    /// trying the rest.
+    fn undo(&mut self, made: Vec<Made>) -> Result<(), String> {
+        let mut first = None;
+        for m in made.into_iter().rev() {
+            let r = match &m {
+                Made::Port(id) => self
+                    .nvmet
+                    .remove_port_if_unused(*id)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Made::Subsystem(nqn) => self
+                    .nvmet
+                    .remove_subsystem(nqn)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Made::Host(h) => self
+                    .nvmet
+                    .remove_host(h)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Made::Carved(p) => self.backend.release(p),
+            };
+            if let Err(e) = r {
+                first.get_or_insert(format!("{m:?}: {e}"));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configfs::FakeNvmet;
+    use crate::store::HostRecord;
+    use fabric::admin::status::NvmeStatus;
+    use std::path::Path;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+
+    /// A drive with two VFs and pool namespaces of 1 GiB; fails the call numbered `fail_at`.
+    #[derive(Debug, Default)]
+    struct FakeBackend {
+        carved: BTreeSet<u16>,
+        calls: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl FakeBackend {
+        fn tick(&mut self, what: &str) -> Result<(), String> {
+            self.calls += 1;
+            if self.fail_at == Some(self.calls) {
+                return Err(format!(
+                    "{what} failed (injected): {}",
+                    NvmeStatus::from_ioctl(0x120)
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for FakeBackend {
+        fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, String> {
+            self.tick("place")?;
+            if size > 1 << 30 {
+                return Err("no namespace that large".into());
+            }
+            let vf = (1..=2u16)
+                .find(|v| !taken.vfs.contains(&("0000:01:00.0".to_string(), *v)))
+                .ok_or("no free VF")?;
+            Ok(Placement {
+                pf: "0000:01:00.0".into(),
+                vf,
+                nsid: u32::from(vf),
+                size_bytes: 1 << 30,
+            })
+        }
+        fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+            self.tick("carve")?;
+            self.carved.insert(p.vf);
+            Ok(CarvedVf {
+                vf: p.vf,
+                cntlid: p.vf,
+                address: format!("0000:01:00.{}", p.vf)
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+            })
+        }
+        fn block_device(&mut self, p: &Placement, _: &CarvedVf) -> Result<PathBuf, String> {
+            self.tick("block device")?;
+            Ok(PathBuf::from(format!("/dev/nvme{}n1", p.vf)))
+        }
+        fn release(&mut self, p: &Placement) -> Result<(), String> {
+            self.carved.remove(&p.vf);
+            Ok(())
+        }
+    }
+
+    struct World {
+        _dir: tempfile::TempDir,
+        config: Config,
+        store: Store,
+        nvmet: Nvmet<FakeNvmet>,
+        backend: FakeBackend,
+    }
+
+    fn world() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::parse(
+            include_str!("../nvmf-target.example.toml"),
+            Path::new("example"),
+        )
+        .expect("config");
+        let mut store = Store::open(dir.path()).expect("store");
+        store
+            .put_host(&HostRecord {
+                nqn: HOST.into(),
+                dhchap_key: Some("DHHC-1:00:a2V5:".into()),
+                dhchap_ctrl_key: None,
+                hash: "hmac(sha256)".into(),
+                dhgroup: "null".into(),
+            })
+            .expect("host");
+        World {
+            _dir: dir,
+            config,
+            store,
+            nvmet: Nvmet::new(FakeNvmet::new()),
+            backend: FakeBackend::default(),
+        }
+    }
+
+    fn req(name: &str) -> CreateVolume {
+        CreateVolume {
+            name: name.into(),
+            size_bytes: 100 << 20,
+            hosts: vec![HOST.into()],
+        }
+    }
+
+    fn create(w: &mut World, r: &CreateVolume) -> Result<VolumeRecord, VolumeError> {
+        Volumes {
+            config: &w.config,
+            store: &mut w.store,
+            nvmet: &w.nvmet,
+            backend: &mut w.backend,
+        }
+        .create(r)
+    }
+
+    #[test]
+    fn a_volume_is_recorded_carved_and_exported_and_a_repeat_is_the_same_volume() {
+        let mut w = world();
+        let v = create(&mut w, &req("vol1")).expect("create");
+        assert_eq!(v.state, VolumeState::Ready);
+        assert_eq!(
+            v.placement.as_ref().map(|p| (p.vf, p.size_bytes)),
+            Some((1, 1 << 30))
+        );
+        let sub = "nqn.2026-12.io.example.storage:vol1";
+        assert_eq!(w.nvmet.linked(1).expect("linked"), vec![sub.to_string()]);
+        assert_eq!(
+            w.nvmet
+                .fs()
+                .read(Path::new(&format!(
+                    "subsystems/{sub}/namespaces/1/device_path"
+                )))
+                .expect("dev"),
+            "/dev/nvme1n1"
+        );
+        assert_eq!(
+            w.nvmet
+                .fs()
+                .read(Path::new(&format!(
+                    "subsystems/{sub}/namespaces/1/device_uuid"
+                )))
+                .expect("uuid"),
+            v.uuid
+        );
+        assert_eq!(
+            w.nvmet
+                .fs()
+                .read(Path::new(&format!("hosts/{HOST}/dhchap_key")))
+                .expect("key"),
+            "DHHC-1:00:a2V5:"
+        );
+        let again = create(&mut w, &req("vol1")).expect("idempotent");
+        assert_eq!(again, v);
+        let mut bigger = req("vol1");
+        bigger.size_bytes *= 2;
+        assert!(matches!(
+            create(&mut w, &bigger),
+            Err(VolumeError::Conflict(_))
+        ));
+        let second = create(&mut w, &req("vol2")).expect("second");
+        assert_eq!(second.placement.map(|p| p.vf), Some(2), "the next free VF");
+    }
+
+    #[test]
+    fn bad_requests_change_nothing() {
+        let mut w = world();
+        let before = w.nvmet.fs().snapshot();
+        for (r, kind) in [
+            (
+                CreateVolume {
+                    name: "Bad Name".into(),
+                    ..req("x")
+                },
+                "invalid",
+            ),
+            (
+                CreateVolume {
+                    size_bytes: 0,
+                    ..req("x")
+                },
+                "invalid",
+            ),
+            (
+                CreateVolume {
+                    hosts: vec!["nqn.2014-08.org.example:unknown".into()],
+                    ..req("x")
+                },
+                "not found",
+            ),
+            (
+                CreateVolume {
+                    hosts: vec!["not-an-nqn".into()],
+                    ..req("x")
+                },
+                "invalid",
+            ),
+        ] {
+            let e = create(&mut w, &r).expect_err("refused");
+            assert!(e.to_string().starts_with(kind), "{r:?}: {e}");
+        }
+        assert_eq!(w.nvmet.fs().snapshot(), before);
+        assert!(w.store.volumes().expect("list").is_empty());
+        assert_eq!(w.backend.calls, 0);
+    }
+
+    /// A failure at every backend call and at every configfs operation of a create: the error
+    /// names the step, and the tree, the store and the drive are as they were.
+    #[test]
+    fn a_failure_at_any_step_rolls_back_everything_the_create_made() {
+        // A first volume, so that shared objects (the port, the host) exist beforehand too.
+        for with_first in [false, true] {
+            let mut k = 1;
+            loop {
+                let mut w = world();
+                if with_first {
+                    create(&mut w, &req("first")).expect("first");
+                }
+                let tree = w.nvmet.fs().snapshot();
+                let records = w.store.volumes().expect("list");
+                let carved = w.backend.carved.clone();
+                // Backend calls first (3 of them), then configfs operations.
+                w.backend.calls = 0;
+                if k <= 3 {
+                    w.backend.fail_at = Some(k);
+                } else {
+                    w.nvmet.fs().fail_op(k - 3);
+                }
+                match create(&mut w, &req("vol1")) {
+                    Ok(_) => {
+                        assert!(k > 4, "some step must have been failed");
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(
+                            matches!(e, VolumeError::Step { undo: None, .. }),
+                            "k={k}: {e}"
+                        );
+                        assert_eq!(w.nvmet.fs().snapshot(), tree, "k={k}: {e}");
+                        assert_eq!(w.store.volumes().expect("list"), records, "k={k}: {e}");
+                        assert_eq!(w.backend.carved, carved, "k={k}: {e}");
+                    }
+                }
+                k += 1;
+                assert!(k < 100, "create never succeeded");
+            }
+        }
+    }
+}
