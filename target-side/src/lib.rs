@@ -2,8 +2,8 @@
 //!
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
 //! [`configfs`]), VF carving ([`carve`]), placement ([`plan`]), the desired-state store
-//! ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and volume creation with rollback
-//! ([`volume`]). The drive backend, delete, reconcile and the API are still to come (see
+//! ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and volume creation with rollback and
+//! deletion ([`volume`]). The drive backend, reconcile and the API are still to come (see
 //! ARCHITECTURE.md); nothing here pretends to do them.
 
 pub mod carve;

@@ -182,6 +182,56 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         }
     }
 
+    /// Deletes a volume: marked `deleting` first, then unexported (links, grants, namespace,
+    /// subsystem), hosts no other volume allows removed from nvmet, the VF released, and the
+    /// record forgotten last. A failure leaves the volume `deleting`; calling again finishes.
+    pub fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
+        check_name(name)?;
+        let v = self
+            .store
+            .volume(name)?
+            .ok_or_else(|| VolumeError::NotFound(format!("volume {name}")))?;
+        let nqn = self.subsystem_nqn(name)?;
+        self.store
+            .update_volume(name, VolumeState::Deleting, None)?;
+        let fail = |step: &str, reason: String| VolumeError::Step {
+            volume: name.to_string(),
+            step: step.to_string(),
+            reason,
+            undo: None,
+        };
+        self.nvmet
+            .remove_subsystem(&nqn)
+            .map_err(|e| fail("remove the subsystem", e.to_string()))?;
+        let others: BTreeSet<String> = self
+            .store
+            .volumes()?
+            .into_iter()
+            .filter(|o| o.name != name)
+            .flat_map(|o| o.hosts)
+            .collect();
+        for h in v.hosts.iter().filter(|h| !others.contains(*h)) {
+            let host = Nqn::new(h).map_err(|e| fail("remove the host", e.to_string()))?;
+            self.nvmet
+                .remove_host(&host)
+                .map_err(|e| fail("remove the host", e.to_string()))?;
+        }
+        for id in 1..=self.config.listeners.len() {
+            let id = u16::try_from(id)
+                .map_err(|_| fail("remove the port", "too many listeners".into()))?;
+            self.nvmet
+                .remove_port_if_unused(id)
+                .map_err(|e| fail("remove the port", e.to_string()))?;
+        }
+        if let Some(p) = &v.placement {
+            self.backend
+                .release(p)
+                .map_err(|e| fail("release the VF", e))?;
+        }
+        self.store.delete_volume(name)?;
+        Ok(())
+    }
+
     fn taken(&self) -> Result<Taken, VolumeError> {
         let mut t = Taken::default();
         for v in self.store.volumes()? {
@@ -331,6 +381,7 @@ mod tests {
         carved: BTreeSet<u16>,
         calls: usize,
         fail_at: Option<usize>,
+        fail_release: bool,
     }
 
     impl FakeBackend {
@@ -378,6 +429,9 @@ mod tests {
             Ok(PathBuf::from(format!("/dev/nvme{}n1", p.vf)))
         }
         fn release(&mut self, p: &Placement) -> Result<(), String> {
+            if self.fail_release {
+                return Err("release failed (injected)".into());
+            }
             self.carved.remove(&p.vf);
             Ok(())
         }
@@ -566,5 +620,69 @@ mod tests {
                 assert!(k < 100, "create never succeeded");
             }
         }
+    }
+
+    fn delete(w: &mut World, name: &str) -> Result<(), VolumeError> {
+        Volumes {
+            config: &w.config,
+            store: &mut w.store,
+            nvmet: &w.nvmet,
+            backend: &mut w.backend,
+        }
+        .delete(name)
+    }
+
+    #[test]
+    fn delete_takes_everything_back_and_keeps_what_another_volume_uses() {
+        let mut w = world();
+        let empty = w.nvmet.fs().snapshot();
+        create(&mut w, &req("vol1")).expect("vol1");
+        let one = w.nvmet.fs().snapshot();
+        create(&mut w, &req("vol2")).expect("vol2");
+        delete(&mut w, "vol2").expect("delete vol2");
+        assert_eq!(
+            w.nvmet.fs().snapshot(),
+            one,
+            "the host and port vol1 uses stay"
+        );
+        assert_eq!(w.backend.carved, BTreeSet::from([1]));
+        delete(&mut w, "vol1").expect("delete vol1");
+        assert_eq!(w.nvmet.fs().snapshot(), empty);
+        assert!(w.backend.carved.is_empty());
+        assert!(w.store.volumes().expect("list").is_empty());
+        assert!(matches!(
+            delete(&mut w, "vol1"),
+            Err(VolumeError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_delete_that_fails_part_way_stays_deleting_and_finishes_when_called_again() {
+        let mut failed = 0;
+        for k in 1..=12 {
+            let mut w = world();
+            let empty = w.nvmet.fs().snapshot();
+            create(&mut w, &req("vol1")).expect("create");
+            w.nvmet.fs().fail_op(k);
+            w.backend.fail_release = k == 12;
+            match delete(&mut w, "vol1") {
+                Ok(()) => continue,
+                Err(e) => {
+                    failed += 1;
+                    assert!(matches!(e, VolumeError::Step { .. }), "k={k}: {e}");
+                    let v = w
+                        .store
+                        .volume("vol1")
+                        .expect("read")
+                        .expect("still recorded");
+                    assert_eq!(v.state, VolumeState::Deleting, "k={k}");
+                }
+            }
+            w.backend.fail_release = false;
+            delete(&mut w, "vol1").unwrap_or_else(|e| panic!("k={k}: the retry finishes: {e}"));
+            assert_eq!(w.nvmet.fs().snapshot(), empty, "k={k}");
+            assert!(w.backend.carved.is_empty(), "k={k}");
+        }
+        assert!(failed >= 5, "only {failed} deletes were made to fail");
     }
 }
