@@ -21,6 +21,8 @@ pub enum Cns {
     ActiveNamespaceList = 0x02,
     /// 10h: Allocated Namespace ID list.
     AllocatedNamespaceList = 0x10,
+    /// 11h: Identify Namespace for an allocated NSID, attached or not.
+    AllocatedNamespace = 0x11,
     /// 12h: controllers attached to the namespace in NSID.
     NamespaceControllerList = 0x12,
     /// 13h: all controllers in the NVM subsystem.

@@ -231,6 +231,13 @@ impl<P: AdminPassthru> AdminDevice<P> {
         IdentifyNamespace::decode(&buf).map_err(self.decode_err("Identify Namespace"))
     }
 
+    /// Identify Namespace (CNS 11h) of an allocated namespace, attached to a controller or
+    /// not: what a PF reads of the namespaces it attaches to its VFs.
+    pub fn identify_allocated_namespace(&self, nsid: u32) -> Result<IdentifyNamespace, AdminError> {
+        let buf = self.identify(Cns::AllocatedNamespace, nsid, 0)?;
+        IdentifyNamespace::decode(&buf).map_err(self.decode_err("Identify Namespace (allocated)"))
+    }
+
     /// Every active NSID (CNS 02h), reading further lists while one is full.
     pub fn active_namespaces(&self) -> Result<Vec<u32>, AdminError> {
         self.namespace_list(Cns::ActiveNamespaceList)
@@ -516,6 +523,19 @@ mod tests {
             "fake-nvme: Namespace Attachment failed: Namespace Already Attached \
              (SCT 0x1, SC 0x18, do not retry)"
         );
+    }
+
+    #[test]
+    fn an_allocated_namespace_is_identified_with_cns_11h_and_its_nsid() {
+        let d = dev(FakeAdmin::new(|cmd, data| {
+            data[0..8].copy_from_slice(&2048u64.to_le_bytes());
+            data[128 + 2] = 12; // LBA format 0: 4096-byte blocks
+            Ok(cmd.cdw10)
+        }));
+        let ns = d.identify_allocated_namespace(3).expect("identify");
+        assert_eq!((ns.nsze, ns.block_size()), (2048, Some(4096)));
+        let cmd = d.passthru().commands()[0];
+        assert_eq!((cmd.opcode, cmd.cdw10, cmd.nsid), (0x06, 0x11, 3));
     }
 
     #[test]
