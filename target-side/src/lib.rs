@@ -1,10 +1,10 @@
 //! `nvmf-target`: the storage node service.
 //!
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
-//! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement ([`plan`]), the desired-state store
-//! ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and volume creation with rollback and
-//! deletion ([`volume`]). The drive backend, reconcile and the API are still to come (see
-//! ARCHITECTURE.md); nothing here pretends to do them.
+//! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement
+//! ([`plan`]), the desired-state store ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and
+//! volume creation with rollback and deletion ([`volume`]). The drive backend, reconcile and
+//! the API are still to come (see ARCHITECTURE.md); nothing here pretends to do them.
 
 pub mod carve;
 pub mod config;
