@@ -324,119 +324,13 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabric::admin::status::NvmeStatus;
-    use fabric::admin::{AdminCommand, SubmitError};
+
     use fabric::testing::{FakeAdmin, FakeSysfs};
     use std::cell::RefCell;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     use std::rc::Rc;
 
-    /// A drive's secondary controllers and namespace attachments, changed by the commands the
-    /// way QEMU's emulated controller does (resources only while offline, online only with
-    /// resources, no double attach).
-    #[derive(Debug, Default)]
-    struct Drive {
-        /// scid -> (vfn, online, nvq, nvi)
-        secondaries: BTreeMap<u16, (u16, bool, u16, u16)>,
-        attached: BTreeMap<u32, BTreeSet<u16>>,
-    }
-
-    fn status(raw: u32) -> SubmitError {
-        SubmitError::Status(NvmeStatus::from_ioctl(raw))
-    }
-
-    fn answer(d: &mut Drive, cmd: &AdminCommand, data: &mut [u8]) -> Result<u32, SubmitError> {
-        let put16 =
-            |data: &mut [u8], at: usize, v: u16| data[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        match cmd.opcode {
-            0x06 => {
-                data.fill(0);
-                let from = (cmd.cdw10 >> 16) as u16;
-                match cmd.cdw10 & 0xff {
-                    0x15 => {
-                        let list: Vec<_> = d
-                            .secondaries
-                            .iter()
-                            .filter(|(id, _)| **id >= from)
-                            .collect();
-                        data[0] = list.len() as u8;
-                        for (i, (scid, (vfn, online, nvq, nvi))) in list.into_iter().enumerate() {
-                            let e = 32 + i * 32;
-                            put16(data, e, *scid);
-                            put16(data, e + 2, 0);
-                            data[e + 4] = u8::from(*online);
-                            put16(data, e + 8, *vfn);
-                            put16(data, e + 10, *nvq);
-                            put16(data, e + 12, *nvi);
-                        }
-                    }
-                    0x12 => {
-                        let ids: Vec<u16> = d
-                            .attached
-                            .get(&cmd.nsid)
-                            .map(|s| s.iter().copied().filter(|i| *i >= from).collect())
-                            .unwrap_or_default();
-                        put16(data, 0, ids.len() as u16);
-                        for (i, id) in ids.iter().enumerate() {
-                            put16(data, 2 + 2 * i, *id);
-                        }
-                    }
-                    _ => return Err(status(0x2)),
-                }
-                Ok(0)
-            }
-            0x1C => {
-                let scid = (cmd.cdw10 >> 16) as u16;
-                let nr = (cmd.cdw11 & 0xffff) as u16;
-                let Some(sec) = d.secondaries.get_mut(&scid) else {
-                    return Err(status(0x11F));
-                };
-                match cmd.cdw10 & 0xf {
-                    0x8 if sec.1 => Err(status(0x120)),
-                    0x8 => {
-                        if (cmd.cdw10 >> 8) & 7 == 0 {
-                            sec.2 = nr
-                        } else {
-                            sec.3 = nr
-                        }
-                        Ok(u32::from(nr))
-                    }
-                    0x9 if sec.2 == 0 || sec.3 == 0 => Err(status(0x120)),
-                    0x9 => {
-                        sec.1 = true;
-                        Ok(0)
-                    }
-                    0x7 => {
-                        sec.1 = false;
-                        Ok(0)
-                    }
-                    _ => Err(status(0x2)),
-                }
-            }
-            0x15 => {
-                let n = u16::from_le_bytes([data[0], data[1]]) as usize;
-                let ids: Vec<u16> = (0..n)
-                    .map(|i| u16::from_le_bytes([data[2 + 2 * i], data[3 + 2 * i]]))
-                    .collect();
-                let set = d.attached.entry(cmd.nsid).or_default();
-                match cmd.cdw10 & 0xf {
-                    0 if ids.iter().any(|i| set.contains(i)) => Err(status(0x118)),
-                    0 => {
-                        set.extend(ids);
-                        Ok(0)
-                    }
-                    1 => {
-                        for i in ids {
-                            set.remove(&i);
-                        }
-                        Ok(0)
-                    }
-                    _ => Err(status(0x2)),
-                }
-            }
-            _ => Err(status(0x1)),
-        }
-    }
+    use crate::testing::{answer, Drive};
 
     const PF: &str = "0000:01:00.0";
 

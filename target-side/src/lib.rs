@@ -2,10 +2,11 @@
 //!
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
 //! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement
-//! ([`plan`]), the desired-state store ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and
-//! volume creation with rollback and deletion ([`volume`]). The drive backend, reconcile and
-//! the API are still to come (see ARCHITECTURE.md); nothing here pretends to do them.
+//! ([`plan`]), the drive backend ([`backend`]), the desired-state store ([`store`]), its nvmetcli-format copy ([`nvmetcli`]) and
+//! volume creation with rollback and deletion ([`volume`]). Reconcile and the API are still
+//! to come (see ARCHITECTURE.md); nothing here pretends to do them.
 
+pub mod backend;
 pub mod carve;
 pub mod config;
 pub mod configfs;
@@ -14,4 +15,6 @@ pub mod nvmet;
 pub mod nvmetcli;
 pub mod plan;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod volume;

@@ -1,0 +1,326 @@
+//! The drive side of volumes on one PF, for real: placement from the PF's inventory (a pool
+//! namespace, or a created one when the drive really creates), carving, and the namespace's
+//! block device once the VF's controller has probed, checked against the NGUID the drive
+//! reported.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fabric::admin::{AdminDevice, AdminPassthru, NamespaceCreate, StatusCode};
+use fabric::nqn::Nqn;
+use fabric::root::SysRoot;
+use fabric::sysfs::sriov::PciAddress;
+use fabric::sysfs::NvmeSysfs;
+
+use crate::carve::{CarvedVf, Carver};
+use crate::config::VfResources;
+use crate::inventory::PfInventory;
+use crate::plan::{self, NamespaceChoice};
+use crate::store::Placement;
+use crate::volume::{Backend, Taken};
+
+/// One PF and its admin device.
+pub struct PfBackend<P: AdminPassthru> {
+    pub root: SysRoot,
+    pub pf: PciAddress,
+    pub admin: AdminDevice<P>,
+    pub resources: VfResources,
+    /// How long the VF's controller and namespace may take to appear after binding.
+    pub probe_wait: Duration,
+}
+
+impl<P: AdminPassthru> PfBackend<P> {
+    fn inventory(&self) -> Result<PfInventory, String> {
+        PfInventory::read(&self.root, self.pf, &self.admin).map_err(|e| e.to_string())
+    }
+
+    /// Creates a shared namespace of `size` bytes in LBA format 0 of `block` bytes; `None` when
+    /// the drive claims Namespace Management but does not implement create (QEMU's).
+    fn create(&self, size: u64, block: u64) -> Result<Option<(u32, u64)>, String> {
+        let blocks = size.div_ceil(block);
+        let mut spec = NamespaceCreate::new(blocks, 0);
+        spec.nmic = 1;
+        match self.admin.create_namespace(&spec) {
+            Ok(nsid) => Ok(Some((nsid, blocks * block))),
+            Err(e) if e.status_code() == Some(StatusCode::InvalidOpcode) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl<P: AdminPassthru> Backend for PfBackend<P> {
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
+        let inv = self.inventory()?;
+        let pf = self.pf.to_string();
+        let taken_ns = taken
+            .nsids
+            .iter()
+            .filter(|(p, _)| *p == pf)
+            .map(|(_, n)| *n)
+            .collect();
+        let used = taken
+            .vfs
+            .iter()
+            .filter(|(p, _)| *p == pf)
+            .map(|(_, v)| *v)
+            .collect();
+        let block = inv.namespaces.first().map_or(4096, |n| n.block_bytes);
+        let pool = plan::choose_namespace(size_bytes, block, false, 0, &inv.slots(), &taken_ns);
+        let (nsid, size) = match pool {
+            Ok(NamespaceChoice::Pool { nsid, size_bytes }) => (nsid, size_bytes),
+            Ok(NamespaceChoice::Create { .. }) => {
+                return Err("placement chose to create on a pool".into())
+            }
+            Err(pool_err) => {
+                let fits = inv.namespace_management
+                    && u128::from(plan::round_up(size_bytes, block).map_err(|e| e.to_string())?)
+                        <= inv.unallocated_bytes;
+                match fits.then(|| self.create(size_bytes, block)).transpose()? {
+                    Some(Some(made)) => made,
+                    _ => return Err(pool_err.to_string()),
+                }
+            }
+        };
+        let first_free = (1..=inv.total_vfs)
+            .find(|v| !taken.vfs.contains(&(pf.clone(), *v)))
+            .unwrap_or(1);
+        let vf = plan::choose_vf(
+            inv.total_vfs,
+            &used,
+            inv.free_for(first_free),
+            plan::per_vf(self.resources),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Placement {
+            pf,
+            vf,
+            nsid,
+            size_bytes: size,
+        })
+    }
+
+    fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        Carver::new(&self.root, self.pf, &self.admin)
+            .carve(p.vf, p.nsid, self.resources)
+            .map_err(|e| e.to_string())
+    }
+
+    fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String> {
+        let want = self
+            .inventory()?
+            .namespaces
+            .into_iter()
+            .find(|n| n.nsid == p.nsid)
+            .map(|n| n.nguid)
+            .ok_or_else(|| format!("namespace {} is not on the drive any more", p.nsid))?;
+        let sysfs = NvmeSysfs::new(self.root.clone());
+        let vf_nvme = self
+            .root
+            .sys_bus_pci_devices()
+            .join(vf.address.to_string())
+            .join("nvme");
+        let deadline = Instant::now() + self.probe_wait;
+        loop {
+            let found = (|| -> Option<String> {
+                let ctrl = std::fs::read_dir(&vf_nvme)
+                    .ok()?
+                    .filter_map(|e| e.ok())
+                    .find_map(|e| {
+                        let n = e.file_name().into_string().ok()?;
+                        n.starts_with("nvme").then_some(n)
+                    })?;
+                let c = sysfs.controller(&ctrl).ok()?;
+                let nqn = Nqn::new(&c.subsysnqn).ok()?;
+                sysfs
+                    .find_block_devices_for(&nqn)
+                    .ok()?
+                    .into_iter()
+                    .find(|(nsid, _)| *nsid == p.nsid)
+                    .map(|(_, d)| d)
+            })();
+            if let Some(dev) = found {
+                let nguid_path = self.root.path("/sys/block").join(&dev).join("nguid");
+                let have = std::fs::read_to_string(&nguid_path)
+                    .map_err(|e| format!("{}: {e}", nguid_path.display()))?
+                    .trim()
+                    .replace('-', "");
+                if have != want {
+                    return Err(format!(
+                        "/dev/{dev} has NGUID {have}, not the {want} the drive reports for namespace {}",
+                        p.nsid
+                    ));
+                }
+                return Ok(PathBuf::from("/dev").join(dev));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no block device for namespace {} behind VF {} ({}) within {}s",
+                    p.nsid,
+                    vf.vf,
+                    vf.address,
+                    self.probe_wait.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn release(&mut self, p: &Placement) -> Result<(), String> {
+        Carver::new(&self.root, self.pf, &self.admin)
+            .release(p.vf, p.nsid)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{answer, Drive};
+    use fabric::testing::{FakeAdmin, FakeSysfs};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    const PF: &str = "0000:01:00.0";
+
+    struct Bed {
+        _dir: tempfile::TempDir,
+        sys: FakeSysfs,
+        drive: Rc<RefCell<Drive>>,
+        backend: PfBackend<FakeAdmin>,
+    }
+
+    /// The test bed's drive: 4 VFs, pool namespaces 1 (1 GiB), 2 (512 MiB), 3 (2 GiB) of 512-byte
+    /// blocks, create not implemented (as QEMU's).
+    fn bed() -> Bed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sys = FakeSysfs::new(dir.path());
+        sys.add_pci_function(PF, Some("nvme"), None);
+        sys.set_sriov(PF, 4, 0, true);
+        for i in 0..4u32 {
+            let vf = format!("0000:01:00.{}", i + 1);
+            sys.add_pci_function(&vf, None, None);
+            sys.link_vf(PF, i, &vf);
+        }
+        let drivers = sys.root().path("/sys/bus/pci/drivers/nvme");
+        std::fs::create_dir_all(&drivers).expect("drivers");
+        std::fs::write(drivers.join("bind"), "").expect("bind");
+        let drive = Rc::new(RefCell::new(Drive::default()));
+        {
+            let mut d = drive.borrow_mut();
+            for vfn in 1..=4u16 {
+                d.secondaries.insert(vfn, (vfn, false, 0, 0));
+            }
+            for (nsid, bytes) in [(1u32, 1u64 << 30), (2, 512 << 20), (3, 2 << 30)] {
+                d.namespaces
+                    .insert(nsid, (bytes / 512, 9, 0xa0 + nsid as u8));
+            }
+        }
+        let d = Rc::clone(&drive);
+        let admin = AdminDevice::new(FakeAdmin::new(move |cmd, data| {
+            answer(&mut d.borrow_mut(), cmd, data)
+        }));
+        let backend = PfBackend {
+            root: sys.root(),
+            pf: PF.parse().expect("pci"),
+            admin,
+            resources: VfResources {
+                io_queues: 1,
+                interrupt_vectors: 1,
+            },
+            probe_wait: Duration::from_millis(300),
+        };
+        Bed {
+            _dir: dir,
+            sys,
+            drive,
+            backend,
+        }
+    }
+
+    #[test]
+    fn placement_takes_the_smallest_free_pool_namespace_and_the_lowest_free_vf() {
+        let mut b = bed();
+        let p = b
+            .backend
+            .place(600 << 20, &Taken::default())
+            .expect("place");
+        assert_eq!((p.vf, p.nsid, p.size_bytes), (1, 1, 1 << 30));
+        let mut taken = Taken::default();
+        taken.vfs.insert((PF.into(), 1));
+        taken.nsids.insert((PF.into(), 1));
+        let p = b.backend.place(600 << 20, &taken).expect("place");
+        assert_eq!((p.vf, p.nsid, p.size_bytes), (2, 3, 2 << 30));
+        let e = b
+            .backend
+            .place(3 << 30, &Taken::default())
+            .expect_err("too big");
+        assert!(e.contains("do not fit"), "{e}");
+    }
+
+    #[test]
+    fn a_drive_that_creates_gets_a_shared_namespace_when_no_pool_one_fits() {
+        let mut b = bed();
+        {
+            let mut d = b.drive.borrow_mut();
+            d.creates = true;
+            d.unallocated = 8 << 30;
+        }
+        let p = b
+            .backend
+            .place(3 << 30, &Taken::default())
+            .expect("created");
+        assert_eq!((p.nsid, p.size_bytes), (4, 3 << 30));
+        let create = b
+            .backend
+            .admin
+            .passthru()
+            .submitted()
+            .into_iter()
+            .find(|(c, _)| c.opcode == 0x0D)
+            .expect("create sent");
+        assert_eq!(create.1[30], 1, "NMIC: shared");
+    }
+
+    #[test]
+    fn the_block_device_is_found_through_the_vfs_subsystem_and_its_nguid_checked() {
+        let mut b = bed();
+        let p = b
+            .backend
+            .place(100 << 20, &Taken::default())
+            .expect("place");
+        let vf = b.backend.carve(&p).expect("carve");
+        let e = b
+            .backend
+            .block_device(&p, &vf)
+            .expect_err("nothing probed yet");
+        assert!(e.contains("no block device for namespace"), "{e}");
+        // The kernel probes the VF: its controller, subsystem and head namespace appear.
+        let nqn = "nqn.2019-08.org.qemu:testbed0001";
+        b.sys
+            .add_pci_controller("nvme2", &vf.address.to_string(), nqn);
+        b.sys.add_subsystem("nvme-subsys2", nqn);
+        b.sys.link_controller("nvme-subsys2", "nvme2");
+        b.sys.add_head_namespace("nvme-subsys2", "nvme2n1", p.nsid);
+        let block = b.sys.root().path("/sys/block/nvme2n1");
+        std::fs::create_dir_all(&block).expect("block");
+        assert_eq!(p.nsid, 2, "the smallest pool namespace that fits");
+        std::fs::write(
+            block.join("nguid"),
+            "ff000000-0000-0000-0000-000000000000\n",
+        )
+        .expect("nguid");
+        let e = b.backend.block_device(&p, &vf).expect_err("wrong identity");
+        assert!(e.contains("has NGUID"), "{e}");
+        std::fs::write(
+            block.join("nguid"),
+            "a2000000-0000-0000-0000-000000000000\n",
+        )
+        .expect("nguid");
+        assert_eq!(
+            b.backend.block_device(&p, &vf).expect("found"),
+            PathBuf::from("/dev/nvme2n1")
+        );
+        b.backend.release(&p).expect("release");
+        assert!(b.drive.borrow().attached[&p.nsid].is_empty());
+    }
+}

@@ -1,0 +1,154 @@
+//! Test fakes shared by the crate's unit tests: a drive that keeps the state QEMU's emulated
+//! NVMe controller keeps (secondary controllers and their resources, attachments, allocated
+//! namespaces) and answers the admin commands the service sends.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fabric::admin::status::NvmeStatus;
+use fabric::admin::{AdminCommand, SubmitError};
+
+/// A drive's secondary controllers and namespace attachments, changed by the commands the
+/// way QEMU's emulated controller does (resources only while offline, online only with
+/// resources, no double attach).
+#[derive(Debug, Default)]
+pub struct Drive {
+    /// scid -> (vfn, online, nvq, nvi)
+    pub secondaries: BTreeMap<u16, (u16, bool, u16, u16)>,
+    pub attached: BTreeMap<u32, BTreeSet<u16>>,
+    /// Allocated namespaces: nsid -> (blocks, LBA data size shift, NGUID first byte).
+    pub namespaces: BTreeMap<u32, (u64, u8, u8)>,
+    /// Whether create is implemented (QEMU's claims it and answers Invalid Command Opcode).
+    pub creates: bool,
+    pub unallocated: u128,
+}
+
+fn status(raw: u32) -> SubmitError {
+    SubmitError::Status(NvmeStatus::from_ioctl(raw))
+}
+
+pub fn answer(d: &mut Drive, cmd: &AdminCommand, data: &mut [u8]) -> Result<u32, SubmitError> {
+    let put16 =
+        |data: &mut [u8], at: usize, v: u16| data[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    match cmd.opcode {
+        0x06 => {
+            data.fill(0);
+            let from = (cmd.cdw10 >> 16) as u16;
+            match cmd.cdw10 & 0xff {
+                0x15 => {
+                    let list: Vec<_> = d
+                        .secondaries
+                        .iter()
+                        .filter(|(id, _)| **id >= from)
+                        .collect();
+                    data[0] = list.len() as u8;
+                    for (i, (scid, (vfn, online, nvq, nvi))) in list.into_iter().enumerate() {
+                        let e = 32 + i * 32;
+                        put16(data, e, *scid);
+                        put16(data, e + 2, 0);
+                        data[e + 4] = u8::from(*online);
+                        put16(data, e + 8, *vfn);
+                        put16(data, e + 10, *nvq);
+                        put16(data, e + 12, *nvi);
+                    }
+                }
+                0x01 => {
+                    put16(data, 256, 0x0008);
+                    data[296..312].copy_from_slice(&d.unallocated.to_le_bytes());
+                }
+                0x14 => {
+                    data[32..36].copy_from_slice(&8u32.to_le_bytes());
+                    data[64..68].copy_from_slice(&4u32.to_le_bytes());
+                }
+                0x10 => {
+                    let ids: Vec<u32> = d
+                        .namespaces
+                        .keys()
+                        .copied()
+                        .filter(|n| *n > cmd.nsid)
+                        .collect();
+                    for (i, id) in ids.iter().enumerate() {
+                        data[4 * i..4 * i + 4].copy_from_slice(&id.to_le_bytes());
+                    }
+                }
+                0x11 => {
+                    let Some((blocks, lbads, g)) = d.namespaces.get(&cmd.nsid) else {
+                        return Err(status(0x0B));
+                    };
+                    data[0..8].copy_from_slice(&blocks.to_le_bytes());
+                    data[130] = *lbads;
+                    data[104] = *g;
+                }
+                0x12 => {
+                    let ids: Vec<u16> = d
+                        .attached
+                        .get(&cmd.nsid)
+                        .map(|s| s.iter().copied().filter(|i| *i >= from).collect())
+                        .unwrap_or_default();
+                    put16(data, 0, ids.len() as u16);
+                    for (i, id) in ids.iter().enumerate() {
+                        put16(data, 2 + 2 * i, *id);
+                    }
+                }
+                _ => return Err(status(0x2)),
+            }
+            Ok(0)
+        }
+        0x1C => {
+            let scid = (cmd.cdw10 >> 16) as u16;
+            let nr = (cmd.cdw11 & 0xffff) as u16;
+            let Some(sec) = d.secondaries.get_mut(&scid) else {
+                return Err(status(0x11F));
+            };
+            match cmd.cdw10 & 0xf {
+                0x8 if sec.1 => Err(status(0x120)),
+                0x8 => {
+                    if (cmd.cdw10 >> 8) & 7 == 0 {
+                        sec.2 = nr
+                    } else {
+                        sec.3 = nr
+                    }
+                    Ok(u32::from(nr))
+                }
+                0x9 if sec.2 == 0 || sec.3 == 0 => Err(status(0x120)),
+                0x9 => {
+                    sec.1 = true;
+                    Ok(0)
+                }
+                0x7 => {
+                    sec.1 = false;
+                    Ok(0)
+                }
+                _ => Err(status(0x2)),
+            }
+        }
+        0x15 => {
+            let n = u16::from_le_bytes([data[0], data[1]]) as usize;
+            let ids: Vec<u16> = (0..n)
+                .map(|i| u16::from_le_bytes([data[2 + 2 * i], data[3 + 2 * i]]))
+                .collect();
+            let set = d.attached.entry(cmd.nsid).or_default();
+            match cmd.cdw10 & 0xf {
+                0 if ids.iter().any(|i| set.contains(i)) => Err(status(0x118)),
+                0 => {
+                    set.extend(ids);
+                    Ok(0)
+                }
+                1 => {
+                    for i in ids {
+                        set.remove(&i);
+                    }
+                    Ok(0)
+                }
+                _ => Err(status(0x2)),
+            }
+        }
+        0x0D if !d.creates => Err(status(0x1)),
+        0x0D => {
+            let blocks = u64::from_le_bytes(data[0..8].try_into().map_err(|_| status(0x2))?);
+            let nsid = d.namespaces.keys().max().copied().unwrap_or(0) + 1;
+            d.namespaces.insert(nsid, (blocks, 12, 0xc0 + nsid as u8));
+            Ok(nsid)
+        }
+        _ => Err(status(0x1)),
+    }
+}
