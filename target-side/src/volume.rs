@@ -11,7 +11,7 @@ use fabric::nqn::Nqn;
 use crate::carve::CarvedVf;
 use crate::config::Config;
 use crate::configfs::Configfs;
-use crate::nvmet::{HostAuth, NamespaceSpec, Nvmet, NvmetError};
+use crate::nvmet::{Change, HostAuth, NamespaceSpec, Nvmet, NvmetError};
 use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
 
 /// The drive side of a volume: where it goes, its VF, its block device.
@@ -61,6 +61,21 @@ pub enum VolumeError {
         reason: String,
         undo: Option<String>,
     },
+}
+
+/// What a reconcile run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Volumes whose kernel side had drifted and was rebuilt.
+    pub repaired: Vec<String>,
+    /// Creates and deletes a crash had left half done, now finished.
+    pub finished: Vec<String>,
+    /// Subsystems under our prefix no record wants (kept).
+    pub unclaimed: Vec<String>,
+    /// The same, removed because the configuration says so.
+    pub removed: Vec<String>,
+    /// What could not be converged this time, with why.
+    pub failed: Vec<String>,
 }
 
 /// What a create made, for undoing it.
@@ -151,7 +166,10 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         // The intent first: a crash from here on is converged by reconcile.
         self.store.create_volume(&record)?;
         let mut made = Vec::new();
-        match self.build(&record, &nqn, &mut made) {
+        let built = self
+            .place(&record)
+            .and_then(|p| self.export(&record, &nqn, &p, &mut made).map(|_| p));
+        match built {
             Ok(placement) => {
                 self.store
                     .update_volume(&record.name, VolumeState::Ready, Some(&placement))?;
@@ -243,12 +261,31 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         Ok(t)
     }
 
-    fn build(
+    /// Places the volume and records where, before anything on the drive changes (so that a
+    /// crash from here on is converged by reconcile, which finds the placement).
+    fn place(&mut self, v: &VolumeRecord) -> Result<Placement, (String, String)> {
+        let taken = self
+            .taken()
+            .map_err(|e| ("read the store".to_string(), e.to_string()))?;
+        let placement = self
+            .backend
+            .place(v.requested_bytes, &taken)
+            .map_err(|e| ("place the volume".to_string(), e))?;
+        self.store
+            .update_volume(&v.name, VolumeState::Creating, Some(&placement))
+            .map_err(|e| ("record the placement".to_string(), e.to_string()))?;
+        Ok(placement)
+    }
+
+    /// Makes the drive and nvmet side of a placed volume, skipping what exists; whether
+    /// anything in nvmet had to be made or repaired. `made` collects what a rollback removes.
+    fn export(
         &mut self,
         v: &VolumeRecord,
         nqn: &Nqn,
+        placement: &Placement,
         made: &mut Vec<Made>,
-    ) -> Result<Placement, (String, String)> {
+    ) -> Result<bool, (String, String)> {
         let step = |s: &str| {
             let s = s.to_string();
             move |e: String| (s, e)
@@ -257,21 +294,17 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
             let s = s.to_string();
             move |e: NvmetError| (s, e.to_string())
         };
-        let taken = self
-            .taken()
-            .map_err(|e| ("read the store".to_string(), e.to_string()))?;
-        let placement = self
-            .backend
-            .place(v.requested_bytes, &taken)
-            .map_err(step("place the volume"))?;
+        let mut changed = false;
+        let mut note = |c: Change| changed |= c != Change::Unchanged;
+        // Recorded before each call: a failure half-way leaves something to take back.
+        made.push(Made::Carved(placement.clone()));
         let carved = self
             .backend
-            .carve(&placement)
+            .carve(placement)
             .map_err(step("carve the VF"))?;
-        made.push(Made::Carved(placement.clone()));
         let device = self
             .backend
-            .block_device(&placement, &carved)
+            .block_device(placement, &carved)
             .map_err(step("find the namespace's block device"))?;
         let known = self
             .store
@@ -287,36 +320,43 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
                     dhgroup: k.dhgroup.clone(),
                 })
             });
-            // Recorded before the call: a failure after its mkdir leaves the object behind.
             if !self.nvmet.host_exists(&host) {
                 made.push(Made::Host(host.clone()));
             }
-            self.nvmet
-                .ensure_host(&host, auth.as_ref())
-                .map_err(nv("register the host"))?;
+            note(
+                self.nvmet
+                    .ensure_host(&host, auth.as_ref())
+                    .map_err(nv("register the host"))?,
+            );
         }
         if !self.nvmet.subsystem_exists(nqn) {
             made.push(Made::Subsystem(nqn.clone()));
         }
-        self.nvmet
-            .ensure_subsystem(nqn, "nvmf-target", &v.serial)
-            .map_err(nv("create the subsystem"))?;
-        self.nvmet
-            .ensure_namespace(
-                nqn,
-                &NamespaceSpec {
-                    nsid: 1,
-                    device_path: device,
-                    uuid: v.uuid.clone(),
-                    nguid: v.nguid.clone(),
-                },
-            )
-            .map_err(nv("create the namespace"))?;
+        note(
+            self.nvmet
+                .ensure_subsystem(nqn, "nvmf-target", &v.serial)
+                .map_err(nv("create the subsystem"))?,
+        );
+        note(
+            self.nvmet
+                .ensure_namespace(
+                    nqn,
+                    &NamespaceSpec {
+                        nsid: 1,
+                        device_path: device,
+                        uuid: v.uuid.clone(),
+                        nguid: v.nguid.clone(),
+                    },
+                )
+                .map_err(nv("create the namespace"))?,
+        );
         for h in &v.hosts {
             let host = Nqn::new(h).map_err(|e| ("host".to_string(), e.to_string()))?;
-            self.nvmet
-                .ensure_allowed(nqn, &host)
-                .map_err(nv("allow the host"))?;
+            note(
+                self.nvmet
+                    .ensure_allowed(nqn, &host)
+                    .map_err(nv("allow the host"))?,
+            );
         }
         for (i, addr) in self.config.listeners.iter().enumerate() {
             let id = u16::try_from(i + 1)
@@ -324,14 +364,88 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
             if !self.nvmet.port_exists(id) {
                 made.push(Made::Port(id));
             }
-            self.nvmet
-                .ensure_port(id, addr)
-                .map_err(nv("create the port"))?;
-            self.nvmet
-                .ensure_linked(id, nqn)
-                .map_err(nv("export on the port"))?;
+            note(
+                self.nvmet
+                    .ensure_port(id, addr)
+                    .map_err(nv("create the port"))?,
+            );
+            note(
+                self.nvmet
+                    .ensure_linked(id, nqn)
+                    .map_err(nv("export on the port"))?,
+            );
         }
-        Ok(placement)
+        Ok(changed)
+    }
+
+    /// Makes the kernel match the store: volumes left `creating` by a crash are finished
+    /// (without a placement nothing was touched yet, and the record is forgotten), `deleting`
+    /// ones are deleted, `ready` ones rebuilt where they drifted (after a reboot: all of
+    /// them); subsystems under our prefix that no record wants are reported, and removed
+    /// when the configuration says so. One volume failing does not stop the others.
+    pub fn reconcile(&mut self) -> Result<Reconciled, VolumeError> {
+        let mut r = Reconciled::default();
+        let records = self.store.volumes()?;
+        for v in &records {
+            let nqn = self.subsystem_nqn(&v.name)?;
+            match (v.state, &v.placement) {
+                (VolumeState::Deleting, _) => match self.delete(&v.name) {
+                    Ok(()) => r.finished.push(format!("{}: deleted", v.name)),
+                    Err(e) => r.failed.push(e.to_string()),
+                },
+                (VolumeState::Creating, None) => {
+                    self.store.delete_volume(&v.name)?;
+                    r.finished
+                        .push(format!("{}: forgotten (never placed)", v.name));
+                }
+                (state, Some(p)) => {
+                    let mut made = Vec::new();
+                    match self.export(v, &nqn, p, &mut made) {
+                        Ok(changed) if state == VolumeState::Creating => {
+                            self.store
+                                .update_volume(&v.name, VolumeState::Ready, Some(p))?;
+                            r.finished.push(format!("{}: created", v.name));
+                            let _ = changed;
+                        }
+                        Ok(true) => r.repaired.push(v.name.clone()),
+                        Ok(false) => {}
+                        Err((step, reason)) => {
+                            r.failed.push(format!("{}: {step}: {reason}", v.name))
+                        }
+                    }
+                }
+                (VolumeState::Ready, None) => r
+                    .failed
+                    .push(format!("{}: ready without a placement", v.name)),
+            }
+        }
+        let wanted: BTreeSet<String> = self
+            .store
+            .volumes()?
+            .into_iter()
+            .map(|v| format!("{}:{}", self.config.nqn_prefix, v.name))
+            .collect();
+        let present = self
+            .nvmet
+            .subsystems_under(&self.config.nqn_prefix)
+            .map_err(|e| VolumeError::Step {
+                volume: "*".into(),
+                step: "list subsystems".into(),
+                reason: e.to_string(),
+                undo: None,
+            })?;
+        for s in present.into_iter().filter(|s| !wanted.contains(s)) {
+            if self.config.remove_unclaimed {
+                let nqn = Nqn::new(&s).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+                match self.nvmet.remove_subsystem(&nqn) {
+                    Ok(_) => r.removed.push(s),
+                    Err(e) => r.failed.push(e.to_string()),
+                }
+            } else {
+                r.unclaimed.push(s);
+            }
+        }
+        Ok(r)
     }
 
     /// Undoes what a failed create made, newest first; the first failure is reported after
@@ -684,5 +798,120 @@ mod tests {
             assert!(w.backend.carved.is_empty(), "k={k}");
         }
         assert!(failed >= 5, "only {failed} deletes were made to fail");
+    }
+
+    fn reconcile(w: &mut World) -> Reconciled {
+        Volumes {
+            config: &w.config,
+            store: &mut w.store,
+            nvmet: &w.nvmet,
+            backend: &mut w.backend,
+        }
+        .reconcile()
+        .expect("reconcile")
+    }
+
+    #[test]
+    fn reconcile_rebuilds_drift_and_a_lost_kernel_state_and_then_has_nothing_to_do() {
+        let mut w = world();
+        create(&mut w, &req("vol1")).expect("create");
+        let built = w.nvmet.fs().snapshot();
+        assert_eq!(reconcile(&mut w), Reconciled::default(), "nothing drifted");
+        // By hand: unlinked from its port.
+        let sub = "nqn.2026-12.io.example.storage:vol1";
+        w.nvmet
+            .fs()
+            .unlink(Path::new(&format!("ports/1/subsystems/{sub}")))
+            .expect("unlink");
+        assert_eq!(reconcile(&mut w).repaired, vec!["vol1".to_string()]);
+        assert_eq!(w.nvmet.fs().snapshot(), built);
+        // A reboot: configfs is empty again (and the VF with it).
+        w.nvmet = Nvmet::new(FakeNvmet::new());
+        w.backend.carved.clear();
+        assert_eq!(reconcile(&mut w).repaired, vec!["vol1".to_string()]);
+        assert_eq!(w.nvmet.fs().snapshot(), built);
+        assert_eq!(w.backend.carved, BTreeSet::from([1]));
+        assert_eq!(reconcile(&mut w), Reconciled::default());
+    }
+
+    #[test]
+    fn reconcile_finishes_what_a_crash_left_half_done_without_duplicates() {
+        let mut w = world();
+        // A crash after the placement was recorded and the host made, before the rest.
+        let mut v = VolumeRecord {
+            name: "vol1".into(),
+            requested_bytes: 100 << 20,
+            uuid: "00000000-0000-4000-8000-000000000001".into(),
+            nguid: "00000000000040008000000000000001".into(),
+            serial: "00000000000040008000".into(),
+            state: VolumeState::Creating,
+            placement: None,
+            hosts: vec![HOST.into()],
+        };
+        w.store.create_volume(&v).expect("record");
+        let p = Placement {
+            pf: "0000:01:00.0".into(),
+            vf: 1,
+            nsid: 1,
+            size_bytes: 1 << 30,
+        };
+        w.store
+            .update_volume("vol1", VolumeState::Creating, Some(&p))
+            .expect("placed");
+        w.nvmet
+            .ensure_host(&Nqn::new(HOST).expect("nqn"), None)
+            .expect("host");
+        // One create that never got placed, and one delete cut short.
+        v.name = "ghost".into();
+        v.uuid = "00000000-0000-4000-8000-000000000002".into();
+        v.nguid = "00000000000040008000000000000002".into();
+        w.store.create_volume(&v).expect("ghost");
+        create(&mut w, &req("gone")).expect("gone");
+        w.store
+            .update_volume("gone", VolumeState::Deleting, None)
+            .expect("deleting");
+        let r = reconcile(&mut w);
+        assert_eq!(
+            r.finished,
+            vec![
+                "ghost: forgotten (never placed)".to_string(),
+                "gone: deleted".into(),
+                "vol1: created".into()
+            ]
+        );
+        assert!(r.failed.is_empty(), "{r:?}");
+        let names: Vec<_> = w
+            .store
+            .volumes()
+            .expect("list")
+            .into_iter()
+            .map(|v| (v.name, v.state))
+            .collect();
+        assert_eq!(names, vec![("vol1".to_string(), VolumeState::Ready)]);
+        assert_eq!(
+            w.nvmet
+                .subsystems_under("nqn.2026-12.io.example.storage")
+                .expect("subsystems"),
+            vec!["nqn.2026-12.io.example.storage:vol1".to_string()]
+        );
+        assert_eq!(reconcile(&mut w), Reconciled::default(), "converged");
+    }
+
+    #[test]
+    fn unclaimed_subsystems_under_our_prefix_are_reported_or_removed_and_others_left_alone() {
+        let mut w = world();
+        let stray = Nqn::new("nqn.2026-12.io.example.storage:stray").expect("nqn");
+        let theirs = Nqn::new("nqn.2020-01.org.other:disk").expect("nqn");
+        w.nvmet.ensure_subsystem(&stray, "x", "y").expect("stray");
+        w.nvmet.ensure_subsystem(&theirs, "x", "y").expect("theirs");
+        assert_eq!(
+            reconcile(&mut w).unclaimed,
+            vec![stray.as_str().to_string()]
+        );
+        assert!(w.nvmet.subsystem_exists(&stray));
+        w.config.remove_unclaimed = true;
+        assert_eq!(reconcile(&mut w).removed, vec![stray.as_str().to_string()]);
+        assert!(!w.nvmet.subsystem_exists(&stray));
+        assert!(w.nvmet.subsystem_exists(&theirs));
     }
 }
