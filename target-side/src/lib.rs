@@ -3,14 +3,16 @@
 //! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
 //! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement
 //! ([`plan`]), the drive backend ([`backend`]), the desired-state store ([`store`]), its
-//! nvmetcli-format copy ([`nvmetcli`]) and volume creation with rollback, deletion and
-//! reconcile ([`volume`]). The API and the daemon are still to come (see ARCHITECTURE.md);
-//! nothing here pretends to do them.
+//! nvmetcli-format copy ([`nvmetcli`]), DH-HMAC-CHAP keys ([`dhchap`]), host registration
+//! ([`hosts`]) and volume creation with rollback, deletion and reconcile ([`volume`]). The API
+//! and the daemon are still to come (see ARCHITECTURE.md); nothing here pretends to do them.
 
 pub mod backend;
 pub mod carve;
 pub mod config;
 pub mod configfs;
+pub mod dhchap;
+pub mod hosts;
 pub mod inventory;
 pub mod nvmet;
 pub mod nvmetcli;
