@@ -4,9 +4,11 @@
 //! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement
 //! ([`plan`]), the drive backend ([`backend`]), the desired-state store ([`store`]), its
 //! nvmetcli-format copy ([`nvmetcli`]), DH-HMAC-CHAP keys ([`dhchap`]), host registration
-//! ([`hosts`]) and volume creation with rollback, deletion and reconcile ([`volume`]). The API
-//! and the daemon are still to come (see ARCHITECTURE.md); nothing here pretends to do them.
+//! ([`hosts`]), volume creation with rollback, deletion and reconcile ([`volume`]), and the
+//! first part of the HTTP API ([`api`]). The daemon is still to come (see ARCHITECTURE.md);
+//! nothing here pretends to do it.
 
+pub mod api;
 pub mod backend;
 pub mod carve;
 pub mod config;
