@@ -172,6 +172,51 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
     }
 }
 
+/// Every managed PF: a volume goes to the first one with room, in configuration order.
+pub struct Pfs<P: AdminPassthru> {
+    pub pfs: Vec<PfBackend<P>>,
+}
+
+impl<P: AdminPassthru> Pfs<P> {
+    fn of(&mut self, pf: &str) -> Result<&mut PfBackend<P>, String> {
+        self.pfs
+            .iter_mut()
+            .find(|b| b.pf.to_string() == pf)
+            .ok_or_else(|| {
+                format!("PF {pf} is not managed by this daemon (not in the configuration)")
+            })
+    }
+}
+
+impl<P: AdminPassthru> Backend for Pfs<P> {
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
+        let mut why = Vec::new();
+        for b in &mut self.pfs {
+            match b.place(size_bytes, taken) {
+                Ok(p) => return Ok(p),
+                Err(e) => why.push(format!("{}: {e}", b.pf)),
+            }
+        }
+        Err(if why.is_empty() {
+            "no PF is managed".into()
+        } else {
+            why.join("; ")
+        })
+    }
+
+    fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        self.of(&p.pf)?.carve(p)
+    }
+
+    fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String> {
+        self.of(&p.pf)?.block_device(p, vf)
+    }
+
+    fn release(&mut self, p: &Placement) -> Result<(), String> {
+        self.of(&p.pf)?.release(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
