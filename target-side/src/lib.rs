@@ -5,8 +5,8 @@
 //! ([`plan`]), the drive backend ([`backend`]), the desired-state store ([`store`]), its
 //! nvmetcli-format copy ([`nvmetcli`]), DH-HMAC-CHAP keys ([`dhchap`]), host registration
 //! ([`hosts`]), volume creation with rollback, deletion and reconcile ([`volume`]), and the
-//! first part of the HTTP API ([`api`]). The daemon is still to come (see ARCHITECTURE.md);
-//! nothing here pretends to do it.
+//! first part of the HTTP API ([`api`]); the daemon and CLI are `main.rs`. What is still to
+//! come is in ARCHITECTURE.md; nothing here pretends to do it.
 
 pub mod api;
 pub mod backend;
