@@ -48,6 +48,41 @@ impl<P: AdminPassthru> PfBackend<P> {
     }
 }
 
+impl<P: AdminPassthru> PfBackend<P> {
+    /// The block device is the namespace the drive described: its NGUID when the kernel shows
+    /// one (it hides identifiers it does not trust, as for QEMU's controller: "Ignoring bogus
+    /// Namespace Identifiers"), else its size.
+    fn check_identity(&self, dev: &str, nsid: u32, nguid: &str, bytes: u64) -> Result<(), String> {
+        let block = self.root.path("/sys/block").join(dev);
+        match std::fs::read_to_string(block.join("nguid")) {
+            Ok(have) => {
+                let have = have.trim().replace('-', "");
+                if have != nguid {
+                    return Err(format!(
+                        "/dev/{dev} has NGUID {have}, not the {nguid} the drive reports for namespace {nsid}"
+                    ));
+                }
+            }
+            Err(_) => {
+                let sectors = std::fs::read_to_string(block.join("size"))
+                    .map_err(|e| format!("{}: {e}", block.join("size").display()))?;
+                let have = sectors.trim().parse::<u64>().map_err(|_| {
+                    format!(
+                        "{}: {sectors:?} is not a size",
+                        block.join("size").display()
+                    )
+                })? * 512;
+                if have != bytes {
+                    return Err(format!(
+                        "/dev/{dev} has {have} bytes, not the {bytes} the drive reports for namespace {nsid} (and no NGUID to compare)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<P: AdminPassthru> Backend for PfBackend<P> {
     fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
         let inv = self.inventory()?;
@@ -106,12 +141,12 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
     }
 
     fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String> {
-        let want = self
+        let (want, want_bytes) = self
             .inventory()?
             .namespaces
             .into_iter()
             .find(|n| n.nsid == p.nsid)
-            .map(|n| n.nguid)
+            .map(|n| (n.nguid, n.size_bytes))
             .ok_or_else(|| format!("namespace {} is not on the drive any more", p.nsid))?;
         let sysfs = NvmeSysfs::new(self.root.clone());
         let vf_nvme = self
@@ -139,17 +174,7 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
                     .map(|(_, d)| d)
             })();
             if let Some(dev) = found {
-                let nguid_path = self.root.path("/sys/block").join(&dev).join("nguid");
-                let have = std::fs::read_to_string(&nguid_path)
-                    .map_err(|e| format!("{}: {e}", nguid_path.display()))?
-                    .trim()
-                    .replace('-', "");
-                if have != want {
-                    return Err(format!(
-                        "/dev/{dev} has NGUID {have}, not the {want} the drive reports for namespace {}",
-                        p.nsid
-                    ));
-                }
+                self.check_identity(&dev, p.nsid, &want, want_bytes)?;
                 return Ok(PathBuf::from("/dev").join(dev));
             }
             if Instant::now() > deadline {
@@ -363,6 +388,16 @@ mod tests {
         .expect("nguid");
         assert_eq!(
             b.backend.block_device(&p, &vf).expect("found"),
+            PathBuf::from("/dev/nvme2n1")
+        );
+        // Without an NGUID (the kernel ignores QEMU's), the size must match instead.
+        std::fs::remove_file(block.join("nguid")).expect("rm");
+        std::fs::write(block.join("size"), "4096\n").expect("size");
+        let e = b.backend.block_device(&p, &vf).expect_err("wrong size");
+        assert!(e.contains("no NGUID to compare"), "{e}");
+        std::fs::write(block.join("size"), format!("{}\n", (512u64 << 20) / 512)).expect("size");
+        assert_eq!(
+            b.backend.block_device(&p, &vf).expect("found by size"),
             PathBuf::from("/dev/nvme2n1")
         );
         b.backend.release(&p).expect("release");
