@@ -369,54 +369,11 @@ pub async fn serve_unix(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::carve::CarvedVf;
     use crate::configfs::FakeNvmet;
-    use crate::store::Placement;
-    use crate::volume::Taken;
+    use crate::testing::FakeBackend;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
-
-    /// Two VFs on one PF, 1 GiB pool namespaces.
-    #[derive(Default)]
-    struct FakeBackend {
-        fail_carve: bool,
-    }
-
-    impl Backend for FakeBackend {
-        fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, String> {
-            if size > 1 << 30 {
-                return Err(format!("{size} bytes do not fit"));
-            }
-            let vf = (1..=2u16)
-                .find(|v| !taken.vfs.contains(&("0000:01:00.0".to_string(), *v)))
-                .ok_or("every VF holds a volume")?;
-            Ok(Placement {
-                pf: "0000:01:00.0".into(),
-                vf,
-                nsid: u32::from(vf),
-                size_bytes: 1 << 30,
-            })
-        }
-        fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
-            if self.fail_carve {
-                return Err("Invalid Secondary Controller State".into());
-            }
-            Ok(CarvedVf {
-                vf: p.vf,
-                cntlid: p.vf,
-                address: format!("0000:01:00.{}", p.vf)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?,
-            })
-        }
-        fn block_device(&mut self, p: &Placement, _: &CarvedVf) -> Result<PathBuf, String> {
-            Ok(PathBuf::from(format!("/dev/nvme{}n1", p.vf)))
-        }
-        fn release(&mut self, _: &Placement) -> Result<(), String> {
-            Ok(())
-        }
-    }
 
     struct Server {
         _dir: tempfile::TempDir,
@@ -612,7 +569,7 @@ mod tests {
             "/v1/hosts",
             Some(&format!(r#"{{"nqn": "{HOST}"}}"#)),
         );
-        s.service.lock().expect("lock").backend.fail_carve = true;
+        s.service.lock().expect("lock").backend.fail_at = Some(2); // place, then carve
         let before = s.service.lock().expect("lock").nvmet.fs().snapshot();
         let body = format!(r#"{{"name": "vol1", "size_bytes": 1048576, "hosts": ["{HOST}"]}}"#);
         let (code, e) = call(&s, "POST", "/v1/volumes", Some(&body));

@@ -245,50 +245,34 @@ impl<P: AdminPassthru> Backend for Pfs<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{answer, Drive};
-    use fabric::testing::{FakeAdmin, FakeSysfs};
+    use fabric::testing::FakeAdmin;
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    const PF: &str = "0000:01:00.0";
+    use crate::testing::{fake_pf, FakePf, PF};
 
     struct Bed {
         _dir: tempfile::TempDir,
-        sys: FakeSysfs,
-        drive: Rc<RefCell<Drive>>,
+        sys: fabric::testing::FakeSysfs,
+        drive: Rc<RefCell<crate::testing::Drive>>,
         backend: PfBackend<FakeAdmin>,
     }
 
-    /// The test bed's drive: 4 VFs, pool namespaces 1 (1 GiB), 2 (512 MiB), 3 (2 GiB) of 512-byte
-    /// blocks, create not implemented (as QEMU's).
+    /// The test bed's drive: 4 VFs, pool namespaces 1 (1 GiB), 2 (512 MiB), 3 (2 GiB) of
+    /// 512-byte blocks, create not implemented (as QEMU's).
     fn bed() -> Bed {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sys = FakeSysfs::new(dir.path());
-        sys.add_pci_function(PF, Some("nvme"), None);
-        sys.set_sriov(PF, 4, 0, true);
-        for i in 0..4u32 {
-            let vf = format!("0000:01:00.{}", i + 1);
-            sys.add_pci_function(&vf, None, None);
-            sys.link_vf(PF, i, &vf);
+        let FakePf {
+            dir,
+            sys,
+            drive,
+            admin,
+        } = fake_pf(0);
+        for (nsid, bytes) in [(1u32, 1u64 << 30), (2, 512 << 20), (3, 2 << 30)] {
+            drive
+                .borrow_mut()
+                .namespaces
+                .insert(nsid, (bytes / 512, 9, 0xa0 + nsid as u8));
         }
-        let drivers = sys.root().path("/sys/bus/pci/drivers/nvme");
-        std::fs::create_dir_all(&drivers).expect("drivers");
-        std::fs::write(drivers.join("bind"), "").expect("bind");
-        let drive = Rc::new(RefCell::new(Drive::default()));
-        {
-            let mut d = drive.borrow_mut();
-            for vfn in 1..=4u16 {
-                d.secondaries.insert(vfn, (vfn, false, 0, 0));
-            }
-            for (nsid, bytes) in [(1u32, 1u64 << 30), (2, 512 << 20), (3, 2 << 30)] {
-                d.namespaces
-                    .insert(nsid, (bytes / 512, 9, 0xa0 + nsid as u8));
-            }
-        }
-        let d = Rc::clone(&drive);
-        let admin = AdminDevice::new(FakeAdmin::new(move |cmd, data| {
-            answer(&mut d.borrow_mut(), cmd, data)
-        }));
         let backend = PfBackend {
             root: sys.root(),
             pf: PF.parse().expect("pci"),

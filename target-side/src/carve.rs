@@ -325,53 +325,12 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
 mod tests {
     use super::*;
 
-    use fabric::testing::{FakeAdmin, FakeSysfs};
-    use std::cell::RefCell;
     use std::collections::BTreeSet;
-    use std::rc::Rc;
 
-    use crate::testing::{answer, Drive};
-
-    const PF: &str = "0000:01:00.0";
-
-    struct Bed {
-        _dir: tempfile::TempDir,
-        sys: FakeSysfs,
-        drive: Rc<RefCell<Drive>>,
-        admin: AdminDevice<FakeAdmin>,
-    }
+    use crate::testing::{fake_pf, FakePf as Bed, PF};
 
     fn bed(numvfs: u16) -> Bed {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sys = FakeSysfs::new(dir.path());
-        sys.add_pci_function(PF, Some("nvme"), None);
-        sys.set_sriov(PF, 4, numvfs, true);
-        for i in 0..4u32 {
-            let vf = format!("0000:01:00.{}", i + 1);
-            sys.add_pci_function(&vf, None, None);
-            sys.link_vf(PF, i, &vf);
-        }
-        let drivers = sys.root().path("/sys/bus/pci/drivers/nvme");
-        fs::create_dir_all(&drivers).expect("drivers");
-        fs::write(drivers.join("bind"), "").expect("bind");
-        fs::write(drivers.join("unbind"), "").expect("unbind");
-        let drive = Rc::new(RefCell::new(Drive::default()));
-        for vfn in 1..=4u16 {
-            drive
-                .borrow_mut()
-                .secondaries
-                .insert(vfn, (vfn, false, 0, 0));
-        }
-        let d = Rc::clone(&drive);
-        let admin = AdminDevice::new(FakeAdmin::new(move |cmd, data| {
-            answer(&mut d.borrow_mut(), cmd, data)
-        }));
-        Bed {
-            _dir: dir,
-            sys,
-            drive,
-            admin,
-        }
+        fake_pf(numvfs)
     }
 
     fn pf() -> PciAddress {

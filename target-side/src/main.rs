@@ -202,15 +202,20 @@ fn client(
     Ok(())
 }
 
-fn volume_rows(v: &Value) {
-    let rows: Vec<&Value> = match v {
-        Value::Array(a) => a.iter().collect(),
+/// The rows of an answer (a list, one object, or nothing: `None` after printing "done").
+fn rows(v: &Value) -> Option<Vec<&Value>> {
+    match v {
+        Value::Array(a) => Some(a.iter().collect()),
         Value::Null => {
             println!("done");
-            return;
+            None
         }
-        one => vec![one],
-    };
+        one => Some(vec![one]),
+    }
+}
+
+fn volume_rows(v: &Value) {
+    let Some(rows) = rows(v) else { return };
     println!(
         "{:<20} {:<9} {:>14} {:<14} {:>3} SUBSYSTEM NQN",
         "NAME", "STATE", "SIZE", "PF", "VF"
@@ -235,14 +240,7 @@ fn volume_rows(v: &Value) {
 }
 
 fn host_rows(v: &Value) {
-    let rows: Vec<&Value> = match v {
-        Value::Array(a) => a.iter().collect(),
-        Value::Null => {
-            println!("done");
-            return;
-        }
-        one => vec![one],
-    };
+    let Some(rows) = rows(v) else { return };
     for r in &rows {
         if let Some(k) = r["dhchap_key"].as_str() {
             println!("generated DH-HMAC-CHAP key (shown once): {k}");

@@ -4,8 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
 use fabric::admin::status::NvmeStatus;
-use fabric::admin::{AdminCommand, SubmitError};
+use fabric::admin::{AdminCommand, AdminDevice, SubmitError};
+use fabric::testing::{FakeAdmin, FakeSysfs};
+
+use crate::carve::CarvedVf;
+use crate::store::Placement;
+use crate::volume::{Backend, Taken};
 
 /// A drive's secondary controllers and namespace attachments, changed by the commands the
 /// way QEMU's emulated controller does (resources only while offline, online only with
@@ -150,5 +159,113 @@ pub fn answer(d: &mut Drive, cmd: &AdminCommand, data: &mut [u8]) -> Result<u32,
             Ok(nsid)
         }
         _ => Err(status(0x1)),
+    }
+}
+
+/// A drive with two VFs and pool namespaces of 1 GiB; fails the call numbered `fail_at`.
+#[derive(Debug, Default)]
+pub struct FakeBackend {
+    pub carved: BTreeSet<u16>,
+    pub calls: usize,
+    pub fail_at: Option<usize>,
+    pub fail_release: bool,
+}
+
+impl FakeBackend {
+    fn tick(&mut self, what: &str) -> Result<(), String> {
+        self.calls += 1;
+        if self.fail_at == Some(self.calls) {
+            return Err(format!(
+                "{what} failed (injected): {}",
+                NvmeStatus::from_ioctl(0x120)
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FakeBackend {
+    fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, String> {
+        self.tick("place")?;
+        if size > 1 << 30 {
+            return Err("no namespace that large".into());
+        }
+        let vf = (1..=2u16)
+            .find(|v| !taken.vfs.contains(&("0000:01:00.0".to_string(), *v)))
+            .ok_or("no free VF")?;
+        Ok(Placement {
+            pf: "0000:01:00.0".into(),
+            vf,
+            nsid: u32::from(vf),
+            size_bytes: 1 << 30,
+        })
+    }
+    fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        self.tick("carve")?;
+        self.carved.insert(p.vf);
+        Ok(CarvedVf {
+            vf: p.vf,
+            cntlid: p.vf,
+            address: format!("0000:01:00.{}", p.vf)
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        })
+    }
+    fn block_device(&mut self, p: &Placement, _: &CarvedVf) -> Result<PathBuf, String> {
+        self.tick("block device")?;
+        Ok(PathBuf::from(format!("/dev/nvme{}n1", p.vf)))
+    }
+    fn release(&mut self, p: &Placement) -> Result<(), String> {
+        if self.fail_release {
+            return Err("release failed (injected)".into());
+        }
+        self.carved.remove(&p.vf);
+        Ok(())
+    }
+}
+
+/// The PCI address of [`fake_pf`]'s PF.
+pub const PF: &str = "0000:01:00.0";
+
+/// A PF like the test bed's in a fake sysfs tree: 4 VFs (`virtfn0..3`, unbound), `numvfs` of
+/// them enabled, autoprobe on, the nvme driver's bind/unbind files, and a [`Drive`] with one
+/// offline secondary controller per VF behind a fake admin device.
+pub struct FakePf {
+    pub dir: tempfile::TempDir,
+    pub sys: FakeSysfs,
+    pub drive: Rc<RefCell<Drive>>,
+    pub admin: AdminDevice<FakeAdmin>,
+}
+
+pub fn fake_pf(numvfs: u16) -> FakePf {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sys = FakeSysfs::new(dir.path());
+    sys.add_pci_function(PF, Some("nvme"), None);
+    sys.set_sriov(PF, 4, numvfs, true);
+    for i in 0..4u32 {
+        let vf = format!("0000:01:00.{}", i + 1);
+        sys.add_pci_function(&vf, None, None);
+        sys.link_vf(PF, i, &vf);
+    }
+    let drivers = sys.root().path("/sys/bus/pci/drivers/nvme");
+    std::fs::create_dir_all(&drivers).expect("drivers");
+    std::fs::write(drivers.join("bind"), "").expect("bind");
+    std::fs::write(drivers.join("unbind"), "").expect("unbind");
+    let drive = Rc::new(RefCell::new(Drive::default()));
+    for vfn in 1..=4u16 {
+        drive
+            .borrow_mut()
+            .secondaries
+            .insert(vfn, (vfn, false, 0, 0));
+    }
+    let d = Rc::clone(&drive);
+    let admin = AdminDevice::new(FakeAdmin::new(move |cmd, data| {
+        answer(&mut d.borrow_mut(), cmd, data)
+    }));
+    FakePf {
+        dir,
+        sys,
+        drive,
+        admin,
     }
 }

@@ -484,72 +484,10 @@ mod tests {
     use super::*;
     use crate::configfs::FakeNvmet;
     use crate::store::HostRecord;
-    use fabric::admin::status::NvmeStatus;
+    use crate::testing::FakeBackend;
     use std::path::Path;
 
     const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
-
-    /// A drive with two VFs and pool namespaces of 1 GiB; fails the call numbered `fail_at`.
-    #[derive(Debug, Default)]
-    struct FakeBackend {
-        carved: BTreeSet<u16>,
-        calls: usize,
-        fail_at: Option<usize>,
-        fail_release: bool,
-    }
-
-    impl FakeBackend {
-        fn tick(&mut self, what: &str) -> Result<(), String> {
-            self.calls += 1;
-            if self.fail_at == Some(self.calls) {
-                return Err(format!(
-                    "{what} failed (injected): {}",
-                    NvmeStatus::from_ioctl(0x120)
-                ));
-            }
-            Ok(())
-        }
-    }
-
-    impl Backend for FakeBackend {
-        fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, String> {
-            self.tick("place")?;
-            if size > 1 << 30 {
-                return Err("no namespace that large".into());
-            }
-            let vf = (1..=2u16)
-                .find(|v| !taken.vfs.contains(&("0000:01:00.0".to_string(), *v)))
-                .ok_or("no free VF")?;
-            Ok(Placement {
-                pf: "0000:01:00.0".into(),
-                vf,
-                nsid: u32::from(vf),
-                size_bytes: 1 << 30,
-            })
-        }
-        fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
-            self.tick("carve")?;
-            self.carved.insert(p.vf);
-            Ok(CarvedVf {
-                vf: p.vf,
-                cntlid: p.vf,
-                address: format!("0000:01:00.{}", p.vf)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?,
-            })
-        }
-        fn block_device(&mut self, p: &Placement, _: &CarvedVf) -> Result<PathBuf, String> {
-            self.tick("block device")?;
-            Ok(PathBuf::from(format!("/dev/nvme{}n1", p.vf)))
-        }
-        fn release(&mut self, p: &Placement) -> Result<(), String> {
-            if self.fail_release {
-                return Err("release failed (injected)".into());
-            }
-            self.carved.remove(&p.vf);
-            Ok(())
-        }
-    }
 
     struct World {
         _dir: tempfile::TempDir,
