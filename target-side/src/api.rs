@@ -125,7 +125,10 @@ struct VolumeView {
     listeners: Vec<Value>,
     pf: Option<String>,
     vf: Option<u16>,
+    /// The namespace ID hosts see in the subsystem (always 1: one namespace per volume).
     nsid: u32,
+    /// The namespace's ID on the drive (attached to the VF).
+    drive_nsid: Option<u32>,
     uuid: String,
     nguid: String,
 }
@@ -145,6 +148,7 @@ fn view(config: &Config, v: VolumeRecord) -> VolumeView {
         pf: v.placement.as_ref().map(|p| p.pf.clone()),
         vf: v.placement.as_ref().map(|p| p.vf),
         nsid: 1,
+        drive_nsid: v.placement.as_ref().map(|p| p.nsid),
         uuid: v.uuid,
         nguid: v.nguid,
         name: v.name,
@@ -497,6 +501,10 @@ mod tests {
             (json!("ready"), json!(1u64 << 30), json!(1))
         );
         assert_eq!(v["listeners"][0]["traddr"], "192.0.2.1");
+        assert_eq!(
+            (v["nsid"].clone(), v["drive_nsid"].clone()),
+            (json!(1), json!(1))
+        );
         let (code, again) = call(&s, "POST", "/v1/volumes", Some(&body));
         assert_eq!(
             (code, again["uuid"].clone()),

@@ -307,8 +307,15 @@ fn serve(config_path: &Path) -> anyhow::Result<()> {
             probe_wait: Duration::from_secs(30),
         });
     }
+    let nvmet_dir = root.path("/sys/kernel/config/nvmet");
+    if !nvmet_dir.is_dir() {
+        bail!(
+            "{} does not exist: load the kernel target (modprobe nvmet nvmet-rdma) and mount configfs (mount -t configfs none /sys/kernel/config)",
+            nvmet_dir.display()
+        );
+    }
     let store = Store::open(&config.state_dir)?;
-    let nvmet = Nvmet::new(HostConfigfs::new(root.path("/sys/kernel/config/nvmet")));
+    let nvmet = Nvmet::new(HostConfigfs::new(nvmet_dir));
     let period = config.reconcile_period;
     let socket = config.api_socket.clone();
     let service = Arc::new(Mutex::new(Service {
