@@ -30,7 +30,7 @@ pub struct PfBackend<P: AdminPassthru> {
 }
 
 impl<P: AdminPassthru> PfBackend<P> {
-    fn inventory(&self) -> Result<PfInventory, String> {
+    fn read_inventory(&self) -> Result<PfInventory, String> {
         PfInventory::read(&self.root, self.pf, &self.admin).map_err(|e| e.to_string())
     }
 
@@ -85,7 +85,7 @@ impl<P: AdminPassthru> PfBackend<P> {
 
 impl<P: AdminPassthru> Backend for PfBackend<P> {
     fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
-        let inv = self.inventory()?;
+        let inv = self.read_inventory()?;
         let pf = self.pf.to_string();
         let taken_ns = taken
             .nsids
@@ -142,7 +142,7 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
 
     fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String> {
         let (want, want_bytes) = self
-            .inventory()?
+            .read_inventory()?
             .namespaces
             .into_iter()
             .find(|n| n.nsid == p.nsid)
@@ -195,6 +195,16 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
             .release(p.vf, p.nsid)
             .map_err(|e| e.to_string())
     }
+
+    fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        Carver::new(&self.root, self.pf, &self.admin)
+            .locate(p.vf)
+            .map_err(|e| e.to_string())
+    }
+
+    fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
+        self.read_inventory().map(|i| vec![i])
+    }
 }
 
 /// Every managed PF: a volume goes to the first one with room, in configuration order.
@@ -239,6 +249,18 @@ impl<P: AdminPassthru> Backend for Pfs<P> {
 
     fn release(&mut self, p: &Placement) -> Result<(), String> {
         self.of(&p.pf)?.release(p)
+    }
+
+    fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        self.of(&p.pf)?.locate(p)
+    }
+
+    fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
+        let mut all = Vec::new();
+        for b in &mut self.pfs {
+            all.extend(Backend::inventory(b)?);
+        }
+        Ok(all)
     }
 }
 

@@ -273,6 +273,27 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
         })
     }
 
+    /// Where VF `vf` is (PCI address, secondary controller), changing nothing.
+    pub fn locate(&self, vf: u16) -> Result<CarvedVf, CarveError> {
+        let sec = self.secondary(vf)?;
+        let func = self.function(vf, "find the VF")?;
+        let vfn = func
+            .sriov
+            .and_then(|s| s.vfs.into_iter().find(|f| f.index == u32::from(vf) - 1))
+            .ok_or_else(|| {
+                self.state(
+                    vf,
+                    "find the VF",
+                    format!("no virtfn{} under the PF", vf - 1),
+                )
+            })?;
+        Ok(CarvedVf {
+            vf,
+            cntlid: sec.scid,
+            address: vfn.address,
+        })
+    }
+
     /// Undoes a carve: unbinds the VF, detaches the namespace, takes the secondary offline.
     /// The VFs stay enabled (others may be in use) and keep their resources.
     pub fn release(&self, vf: u16, nsid: u32) -> Result<(), CarveError> {

@@ -202,6 +202,7 @@ impl FakeNvmet {
                     ("device_uuid", ""),
                     ("device_nguid", ""),
                     ("enable", "0"),
+                    ("revalidate_size", ""),
                 ],
             ),
             Kind::Port => (
@@ -322,6 +323,10 @@ impl Configfs for FakeNvmet {
         let enabled = n.get(&dir.join("enable")) == Some(&Node::Attr("1".into()));
         if matches!(name, "device_path" | "device_uuid" | "device_nguid") && enabled {
             return Err(errno(libc::EBUSY));
+        }
+        // The kernel: "enable ns before revalidate".
+        if name == "revalidate_size" && !enabled {
+            return Err(errno(libc::EINVAL));
         }
         if name == "attr_allow_any_host" && value != "0" && value != "1" {
             return Err(errno(libc::EINVAL));

@@ -34,7 +34,7 @@ pub enum InventoryError {
 }
 
 /// A flexible resource type's totals on the primary controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Flexible {
     pub total: u32,
     /// Held by the primary controller itself.
@@ -44,7 +44,7 @@ pub struct Flexible {
 }
 
 /// A secondary controller (one per VF).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Secondary {
     pub cntlid: u16,
     pub vf: u16,
@@ -54,7 +54,7 @@ pub struct Secondary {
 }
 
 /// An allocated namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Namespace {
     pub nsid: u32,
     pub size_bytes: u64,
@@ -66,7 +66,7 @@ pub struct Namespace {
 }
 
 /// One PF.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PfInventory {
     pub pf: String,
     pub model: String,

@@ -292,6 +292,41 @@ impl<C: Configfs> Nvmet<C> {
         Ok(made.or(repaired))
     }
 
+    /// The hosts the subsystem allows.
+    pub fn allowed(&self, nqn: &Nqn) -> Result<Vec<String>> {
+        let path = rel(&["subsystems", nqn.as_str(), "allowed_hosts"]);
+        self.fs.list(&path).map_err(Self::io("list", &path))
+    }
+
+    /// The block device behind a namespace, when it exists.
+    pub fn device_path(&self, nqn: &Nqn, nsid: u32) -> Option<PathBuf> {
+        let path = rel(&[
+            "subsystems",
+            nqn.as_str(),
+            "namespaces",
+            &nsid.to_string(),
+            "device_path",
+        ]);
+        self.fs
+            .read(&path)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
+    /// Makes nvmet read the namespace's size again and announce a change to connected hosts
+    /// (a Namespace Attribute Changed event).
+    pub fn revalidate_size(&self, nqn: &Nqn, nsid: u32) -> Result<()> {
+        let path = rel(&[
+            "subsystems",
+            nqn.as_str(),
+            "namespaces",
+            &nsid.to_string(),
+            "revalidate_size",
+        ]);
+        self.fs.write(&path, "1").map_err(Self::io("write", &path))
+    }
+
     /// Exports the subsystem on port `id`.
     pub fn ensure_linked(&self, id: u16, nqn: &Nqn) -> Result<Change> {
         self.link_once(

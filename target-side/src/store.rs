@@ -38,7 +38,7 @@ pub enum VolumeState {
 }
 
 impl VolumeState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             VolumeState::Creating => "creating",
             VolumeState::Ready => "ready",
@@ -245,6 +245,24 @@ impl Store {
             ),
         }
         .map_err(self.err("update volume"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                what: "volume",
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a resized volume's requested size.
+    pub fn set_requested(&mut self, name: &str, bytes: u64) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE volumes SET requested_bytes = ?2 WHERE name = ?1",
+                params![name, bytes as i64],
+            )
+            .map_err(self.err("resize volume"))?;
         if n == 0 {
             return Err(StoreError::NotFound {
                 what: "volume",

@@ -13,6 +13,7 @@ use fabric::admin::{AdminCommand, AdminDevice, SubmitError};
 use fabric::testing::{FakeAdmin, FakeSysfs};
 
 use crate::carve::CarvedVf;
+use crate::inventory::{Flexible, Namespace, PfInventory};
 use crate::store::Placement;
 use crate::volume::{Backend, Taken};
 
@@ -221,6 +222,54 @@ impl Backend for FakeBackend {
         }
         self.carved.remove(&p.vf);
         Ok(())
+    }
+    fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String> {
+        if !self.carved.contains(&p.vf) {
+            return Err(format!("VF {} is not carved", p.vf));
+        }
+        Ok(CarvedVf {
+            vf: p.vf,
+            cntlid: p.vf,
+            address: format!("0000:01:00.{}", p.vf)
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        })
+    }
+    fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
+        Ok(vec![PfInventory {
+            pf: "0000:01:00.0".into(),
+            model: "fake".into(),
+            serial: "fake0".into(),
+            total_vfs: 2,
+            enabled_vfs: self.carved.len() as u16,
+            autoprobe: false,
+            vq: Flexible {
+                total: 8,
+                primary: 2,
+                assigned: 2 * self.carved.len() as u32,
+            },
+            vi: Flexible {
+                total: 4,
+                primary: 1,
+                assigned: self.carved.len() as u32,
+            },
+            secondaries: Vec::new(),
+            namespace_management: false,
+            unallocated_bytes: 0,
+            namespaces: (1..=2u16)
+                .map(|vf| Namespace {
+                    nsid: u32::from(vf),
+                    size_bytes: 1 << 30,
+                    block_bytes: 512,
+                    nguid: format!("{:032x}", vf),
+                    attached: if self.carved.contains(&vf) {
+                        vec![vf]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect(),
+        }])
     }
 }
 

@@ -11,6 +11,8 @@ use fabric::nqn::Nqn;
 use crate::carve::CarvedVf;
 use crate::config::Config;
 use crate::configfs::Configfs;
+use crate::connections::{Connection, Connections, Seen};
+use crate::inventory::PfInventory;
 use crate::nvmet::{Change, HostAuth, NamespaceSpec, Nvmet, NvmetError};
 use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
 
@@ -24,6 +26,10 @@ pub trait Backend {
     fn block_device(&mut self, p: &Placement, vf: &CarvedVf) -> Result<PathBuf, String>;
     /// Undoes `carve`.
     fn release(&mut self, p: &Placement) -> Result<(), String>;
+    /// Where a carved VF is now (PCI address, controller), changing nothing.
+    fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String>;
+    /// What every managed PF offers.
+    fn inventory(&mut self) -> Result<Vec<PfInventory>, String>;
 }
 
 /// VFs and namespaces other volumes hold, per PF.
@@ -51,6 +57,12 @@ pub enum VolumeError {
     Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// Hosts are connected (or the kernel cannot say): refused unless forced.
+    #[error("in use: {0}")]
+    Busy(String),
+    /// The drive cannot do it.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A step failed; what the request made was undone (`undo` says if that failed too).
@@ -109,6 +121,16 @@ pub struct Volumes<'a, C: Configfs, B: Backend> {
     pub store: &'a mut Store,
     pub nvmet: &'a Nvmet<C>,
     pub backend: &'a mut B,
+    pub connections: &'a Connections,
+}
+
+/// What a revoke left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Whether the grant existed.
+    pub changed: bool,
+    /// The host's connections that stay up (nvmet does not end them), or why unknown.
+    pub still_connected: Result<Vec<Connection>, String>,
 }
 
 impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
@@ -203,13 +225,36 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
     /// Deletes a volume: marked `deleting` first, then unexported (links, grants, namespace,
     /// subsystem), hosts no other volume allows removed from nvmet, the VF released, and the
     /// record forgotten last. A failure leaves the volume `deleting`; calling again finishes.
-    pub fn delete(&mut self, name: &str) -> Result<(), VolumeError> {
+    ///
+    /// Refused while a host is connected, or when the kernel cannot tell, unless `force`; a
+    /// delete already under way (`deleting`) goes on.
+    pub fn delete(&mut self, name: &str, force: bool) -> Result<(), VolumeError> {
         check_name(name)?;
         let v = self
             .store
             .volume(name)?
             .ok_or_else(|| VolumeError::NotFound(format!("volume {name}")))?;
         let nqn = self.subsystem_nqn(name)?;
+        if !force && v.state != VolumeState::Deleting {
+            match self.connections.of(nqn.as_str()) {
+                Seen::Known(c) if c.is_empty() => {}
+                Seen::Known(c) => {
+                    return Err(VolumeError::Busy(format!(
+                        "volume {name} has connected hosts ({}); disconnect them, or force",
+                        c.iter()
+                            .map(|c| format!("{} on controller {}", c.hostnqn, c.cntlid))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+                Seen::Unknown(why) => {
+                    return Err(VolumeError::Busy(format!(
+                        "cannot tell whether hosts are connected to volume {name} ({why}); \
+                         force the delete once no host uses it"
+                    )))
+                }
+            }
+        }
         self.store
             .update_volume(name, VolumeState::Deleting, None)?;
         let fail = |step: &str, reason: String| VolumeError::Step {
@@ -248,6 +293,161 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         }
         self.store.delete_volume(name)?;
         Ok(())
+    }
+
+    fn ready(&self, name: &str) -> Result<VolumeRecord, VolumeError> {
+        check_name(name)?;
+        let v = self
+            .store
+            .volume(name)?
+            .ok_or_else(|| VolumeError::NotFound(format!("volume {name}")))?;
+        if v.state != VolumeState::Ready {
+            return Err(VolumeError::Conflict(format!(
+                "volume {name} is {}, not ready",
+                v.state.as_str()
+            )));
+        }
+        Ok(v)
+    }
+
+    fn host_auth(&self, host: &str) -> Result<Option<HostAuth>, VolumeError> {
+        let known = self.store.hosts()?;
+        let h = known
+            .iter()
+            .find(|k| k.nqn == host)
+            .ok_or_else(|| VolumeError::NotFound(format!("host {host} is not registered")))?;
+        if self.config.require_dhchap && h.dhchap_key.is_none() {
+            return Err(VolumeError::Invalid(format!(
+                "host {host} has no DH-HMAC-CHAP key and the policy requires one"
+            )));
+        }
+        Ok(h.dhchap_key.as_ref().map(|key| HostAuth {
+            key: key.clone(),
+            ctrl_key: h.dhchap_ctrl_key.clone(),
+            hash: h.hash.clone(),
+            dhgroup: h.dhgroup.clone(),
+        }))
+    }
+
+    /// Allows a registered host on a ready volume: the store, then nvmet (the host object
+    /// with its keys, then the grant). Whether the grant is new.
+    pub fn allow(&mut self, name: &str, host: &str) -> Result<bool, VolumeError> {
+        let v = self.ready(name)?;
+        let host_nqn = Nqn::new(host).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+        let auth = self.host_auth(host)?;
+        let nqn = self.subsystem_nqn(name)?;
+        let changed = self.store.set_allowed(name, host, true)?;
+        let fail = |step: &str, e: NvmetError| VolumeError::Step {
+            volume: v.name.clone(),
+            step: step.to_string(),
+            reason: e.to_string(),
+            undo: None,
+        };
+        let made_host = !self.nvmet.host_exists(&host_nqn);
+        let applied = self
+            .nvmet
+            .ensure_host(&host_nqn, auth.as_ref())
+            .map_err(|e| fail("register the host", e))
+            .and_then(|_| {
+                self.nvmet
+                    .ensure_allowed(&nqn, &host_nqn)
+                    .map_err(|e| fail("allow the host", e))
+            });
+        if let Err(mut e) = applied {
+            // Undo: the grant, the host object if this call made it.
+            let mut undo = Vec::new();
+            if changed {
+                if let Err(u) = self.store.set_allowed(name, host, false) {
+                    undo.push(u.to_string());
+                }
+            }
+            if made_host {
+                if let Err(u) = self.nvmet.remove_host(&host_nqn) {
+                    undo.push(u.to_string());
+                }
+            }
+            if let VolumeError::Step { undo: slot, .. } = &mut e {
+                *slot = (!undo.is_empty()).then(|| undo.join("; "));
+            }
+            return Err(e);
+        }
+        Ok(changed)
+    }
+
+    /// Revokes a host on a volume: new connects are refused at once; a connection already up
+    /// stays (nvmet does not end it) and is reported. The host object goes from nvmet when no
+    /// other volume allows it.
+    pub fn revoke(&mut self, name: &str, host: &str) -> Result<Revoked, VolumeError> {
+        let v = self.ready(name)?;
+        let host_nqn = Nqn::new(host).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+        let nqn = self.subsystem_nqn(name)?;
+        let changed = self.store.set_allowed(name, host, false)?;
+        let fail = |step: &str, e: NvmetError| VolumeError::Step {
+            volume: v.name.clone(),
+            step: step.to_string(),
+            reason: e.to_string(),
+            undo: None,
+        };
+        self.nvmet
+            .revoke(&nqn, &host_nqn)
+            .map_err(|e| fail("revoke the host", e))?;
+        let elsewhere = self
+            .store
+            .volumes()?
+            .iter()
+            .any(|o| o.hosts.iter().any(|h| h == host));
+        if !elsewhere {
+            self.nvmet
+                .remove_host(&host_nqn)
+                .map_err(|e| fail("remove the host", e))?;
+        }
+        let still_connected = match self.connections.of(nqn.as_str()) {
+            Seen::Known(c) => Ok(c.into_iter().filter(|c| c.hostnqn == host).collect()),
+            Seen::Unknown(why) => Err(why),
+        };
+        Ok(Revoked {
+            changed,
+            still_connected,
+        })
+    }
+
+    /// Resizes a volume. NVMe has no namespace resize (Namespace Management creates and
+    /// deletes), so a volume grows only within the namespace it was given (a pool namespace
+    /// or LBA rounding can hold more than was asked for); beyond that the answer says so.
+    /// Shrinking is refused (it would cut off data the guest wrote). nvmet is told to
+    /// re-read the device's size, which announces a change to connected hosts.
+    pub fn resize(&mut self, name: &str, size_bytes: u64) -> Result<VolumeRecord, VolumeError> {
+        let v = self.ready(name)?;
+        let placed = v.placement.as_ref().ok_or_else(|| {
+            VolumeError::Conflict(format!("volume {name} is ready without a placement"))
+        })?;
+        if size_bytes < v.requested_bytes {
+            return Err(VolumeError::Invalid(format!(
+                "volume {name}: {size_bytes} bytes is smaller than its {} bytes; shrinking \
+                 would cut off data",
+                v.requested_bytes
+            )));
+        }
+        if size_bytes > placed.size_bytes {
+            return Err(VolumeError::Unsupported(format!(
+                "volume {name}: its namespace {} on {} holds {} bytes and NVMe cannot grow a \
+                 namespace in place; create a larger volume and copy",
+                placed.nsid, placed.pf, placed.size_bytes
+            )));
+        }
+        let nqn = self.subsystem_nqn(name)?;
+        self.nvmet
+            .revalidate_size(&nqn, 1)
+            .map_err(|e| VolumeError::Step {
+                volume: name.to_string(),
+                step: "revalidate the namespace size".into(),
+                reason: e.to_string(),
+                undo: None,
+            })?;
+        self.store.set_requested(name, size_bytes)?;
+        self.store
+            .volume(name)?
+            .ok_or_else(|| VolumeError::NotFound(format!("volume {name}")))
     }
 
     fn taken(&self) -> Result<Taken, VolumeError> {
@@ -358,6 +558,23 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
                     .map_err(nv("allow the host"))?,
             );
         }
+        // A grant nobody recorded (made by hand) is drift: taken back.
+        for extra in self
+            .nvmet
+            .allowed(nqn)
+            .map_err(nv("list the allowed hosts"))?
+            .into_iter()
+            .filter(|h| !v.hosts.contains(h))
+        {
+            let host = Nqn::new(&extra).map_err(|e| ("host".to_string(), e.to_string()))?;
+            if self
+                .nvmet
+                .revoke(nqn, &host)
+                .map_err(nv("revoke a host nobody allowed"))?
+            {
+                note(Change::Repaired);
+            }
+        }
         for (i, addr) in self.config.listeners.iter().enumerate() {
             let id = u16::try_from(i + 1)
                 .map_err(|_| ("ports".to_string(), "too many listeners".to_string()))?;
@@ -389,7 +606,7 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         for v in &records {
             let nqn = self.subsystem_nqn(&v.name)?;
             match (v.state, &v.placement) {
-                (VolumeState::Deleting, _) => match self.delete(&v.name) {
+                (VolumeState::Deleting, _) => match self.delete(&v.name, true) {
                     Ok(()) => r.finished.push(format!("{}: deleted", v.name)),
                     Err(e) => r.failed.push(e.to_string()),
                 },
@@ -495,6 +712,21 @@ mod tests {
         store: Store,
         nvmet: Nvmet<FakeNvmet>,
         backend: FakeBackend,
+        /// A debugfs tree: present, so connections are known (none until a test adds one).
+        debugfs: tempfile::TempDir,
+        connections: Connections,
+    }
+
+    impl World {
+        fn volumes(&mut self) -> Volumes<'_, FakeNvmet, FakeBackend> {
+            Volumes {
+                config: &self.config,
+                store: &mut self.store,
+                nvmet: &self.nvmet,
+                backend: &mut self.backend,
+                connections: &self.connections,
+            }
+        }
     }
 
     fn world() -> World {
@@ -504,6 +736,7 @@ mod tests {
             Path::new("example"),
         )
         .expect("config");
+        let debugfs = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(dir.path()).expect("store");
         store
             .put_host(&HostRecord {
@@ -520,6 +753,8 @@ mod tests {
             store,
             nvmet: Nvmet::new(FakeNvmet::new()),
             backend: FakeBackend::default(),
+            connections: Connections::new(debugfs.path()),
+            debugfs,
         }
     }
 
@@ -532,13 +767,7 @@ mod tests {
     }
 
     fn create(w: &mut World, r: &CreateVolume) -> Result<VolumeRecord, VolumeError> {
-        Volumes {
-            config: &w.config,
-            store: &mut w.store,
-            nvmet: &w.nvmet,
-            backend: &mut w.backend,
-        }
-        .create(r)
+        w.volumes().create(r)
     }
 
     #[test]
@@ -675,13 +904,7 @@ mod tests {
     }
 
     fn delete(w: &mut World, name: &str) -> Result<(), VolumeError> {
-        Volumes {
-            config: &w.config,
-            store: &mut w.store,
-            nvmet: &w.nvmet,
-            backend: &mut w.backend,
-        }
-        .delete(name)
+        w.volumes().delete(name, false)
     }
 
     #[test]
@@ -739,14 +962,7 @@ mod tests {
     }
 
     fn reconcile(w: &mut World) -> Reconciled {
-        Volumes {
-            config: &w.config,
-            store: &mut w.store,
-            nvmet: &w.nvmet,
-            backend: &mut w.backend,
-        }
-        .reconcile()
-        .expect("reconcile")
+        w.volumes().reconcile().expect("reconcile")
     }
 
     #[test]

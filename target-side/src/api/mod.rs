@@ -1,26 +1,35 @@
-//! The storage node's HTTP/JSON API (axum), served on a Unix socket. Errors are
+//! The storage node's HTTP/JSON API (axum): on a Unix socket (mode 0600) by default, and on an
+//! opt-in TCP listener that answers 401 without the bearer token. Errors are
 //! `{ "error": KIND, "detail": TEXT }` with a 4xx for the caller's mistakes (which change
 //! nothing) and a 5xx when a kernel step failed (and was undone). Every handler runs the
 //! blocking service work (configfs, sysfs, SQLite) off the async threads, one request at a
-//! time.
+//! time. The OpenAPI document is generated from these handlers ([`ApiDoc`]) and committed as
+//! `target-side/openapi.json`.
+
+mod auth;
+mod handlers;
+pub mod views;
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::OpenApi;
 
 use crate::config::Config;
 use crate::configfs::Configfs;
-use crate::hosts::{self, HostError, RegisterHost};
+use crate::connections::Connections;
+use crate::hosts::HostError;
+use crate::metrics::Metrics;
 use crate::nvmet::Nvmet;
-use crate::store::{HostRecord, Store, StoreError, VolumeRecord, VolumeState};
-use crate::volume::{Backend, CreateVolume, VolumeError, Volumes};
+use crate::store::{Store, StoreError};
+use crate::volume::{Backend, VolumeError, Volumes};
+
+pub use auth::require_token;
+use auth::BearerScheme;
 
 /// Everything a request may touch, behind one lock.
 pub struct Service<C: Configfs, B: Backend> {
@@ -28,6 +37,8 @@ pub struct Service<C: Configfs, B: Backend> {
     pub store: Store,
     pub nvmet: Nvmet<C>,
     pub backend: B,
+    pub connections: Connections,
+    pub metrics: Arc<Metrics>,
 }
 
 impl<C: Configfs, B: Backend> Service<C, B> {
@@ -37,19 +48,44 @@ impl<C: Configfs, B: Backend> Service<C, B> {
             store: &mut self.store,
             nvmet: &self.nvmet,
             backend: &mut self.backend,
+            connections: &self.connections,
+        }
+    }
+
+    /// Rewrites the nvmetcli copy; a failure is logged, never fails the request that
+    /// changed the kernel (the store and the kernel are right; the copy is the operator's).
+    pub fn save_copy(&self) {
+        if let Err(e) = crate::copy::save(&self.config, &self.store, &self.nvmet) {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "nvmetcli copy", "error": e})
+            );
         }
     }
 }
 
-type Shared<C, B> = Arc<Mutex<Service<C, B>>>;
+pub type Shared<C, B> = Arc<Mutex<Service<C, B>>>;
 
 /// An API error: status, kind, detail.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, &'static str, String);
 
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        ApiError(status, kind, detail.into())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1, "detail": self.2}))).into_response()
+        (
+            self.0,
+            Json(views::ErrorBody {
+                error: self.1.to_string(),
+                detail: self.2,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -60,6 +96,8 @@ impl From<VolumeError> for ApiError {
             VolumeError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, "invalid", detail),
             VolumeError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, "not_found", detail),
             VolumeError::Conflict(_) => ApiError(StatusCode::CONFLICT, "conflict", detail),
+            VolumeError::Busy(_) => ApiError(StatusCode::CONFLICT, "in_use", detail),
+            VolumeError::Unsupported(_) => ApiError(StatusCode::CONFLICT, "unsupported", detail),
             VolumeError::Store(s) => s.into(),
             VolumeError::Step { .. } => {
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "kernel", detail)
@@ -113,99 +151,57 @@ where
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
-/// A volume as an initiator needs it.
-#[derive(Debug, Serialize)]
-struct VolumeView {
-    name: String,
-    state: &'static str,
-    subsystem_nqn: String,
-    requested_bytes: u64,
-    size_bytes: Option<u64>,
-    hosts: Vec<String>,
-    listeners: Vec<Value>,
-    pf: Option<String>,
-    vf: Option<u16>,
-    /// The namespace ID hosts see in the subsystem (always 1: one namespace per volume).
-    nsid: u32,
-    /// The namespace's ID on the drive (attached to the VF).
-    drive_nsid: Option<u32>,
-    uuid: String,
-    nguid: String,
+/// The OpenAPI document of the routes below.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nvmf-target",
+        description = "Storage node API: volumes carved as NVMe SR-IOV VFs and exported over NVMe-oF",
+        version = "1"
+    ),
+    paths(
+        handlers::healthz,
+        handlers::metrics,
+        handlers::inventory,
+        handlers::list_listeners,
+        handlers::list_volumes,
+        handlers::create_volume,
+        handlers::get_volume,
+        handlers::delete_volume,
+        handlers::resize_volume,
+        handlers::volume_hosts,
+        handlers::allow_host,
+        handlers::revoke_host,
+        handlers::list_hosts,
+        handlers::register_host,
+        handlers::delete_host,
+    ),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+/// The committed document's text (`nvmf-target openapi` prints the generated one).
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
 }
 
-fn view(config: &Config, v: VolumeRecord) -> VolumeView {
-    VolumeView {
-        subsystem_nqn: format!("{}:{}", config.nqn_prefix, v.name),
-        state: match v.state {
-            VolumeState::Creating => "creating",
-            VolumeState::Ready => "ready",
-            VolumeState::Deleting => "deleting",
-        },
-        requested_bytes: v.requested_bytes,
-        size_bytes: v.placement.as_ref().map(|p| p.size_bytes),
-        hosts: v.hosts,
-        listeners: listeners(config),
-        pf: v.placement.as_ref().map(|p| p.pf.clone()),
-        vf: v.placement.as_ref().map(|p| p.vf),
-        nsid: 1,
-        drive_nsid: v.placement.as_ref().map(|p| p.nsid),
-        uuid: v.uuid,
-        nguid: v.nguid,
-        name: v.name,
-    }
-}
-
-fn listeners(config: &Config) -> Vec<Value> {
-    config
-        .listeners
-        .iter()
-        .map(|l| {
-            json!({
-                "trtype": l.trtype().as_str(),
-                "traddr": l.traddr().map(|a| a.to_string()),
-                "trsvcid": l.trsvcid(),
-            })
-        })
-        .collect()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    size_bytes: u64,
-    #[serde(default)]
-    hosts: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostBody {
-    nqn: String,
-    dhchap_key: Option<String>,
-    dhchap_ctrl_key: Option<String>,
-    hash: Option<String>,
-    dhgroup: Option<String>,
-}
-
-fn host_view(h: &HostRecord) -> Value {
-    json!({
-        "nqn": h.nqn,
-        "hash": h.hash,
-        "dhgroup": h.dhgroup,
-        "has_key": h.dhchap_key.is_some(),
-        "bidirectional": h.dhchap_ctrl_key.is_some(),
-    })
-}
-
-/// The routes.
+/// The routes, with every error response counted in the metrics.
 pub fn router<C, B>(service: Shared<C, B>) -> Router
 where
     C: Configfs + 'static,
     B: Backend + Send + 'static,
 {
+    let counts = Arc::clone(&service.lock().unwrap_or_else(|e| e.into_inner()).metrics);
+    use handlers::*;
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::<C, B>))
+        .route("/v1/inventory", get(inventory::<C, B>))
         .route("/v1/listeners", get(list_listeners::<C, B>))
         .route(
             "/v1/volumes",
@@ -214,6 +210,15 @@ where
         .route(
             "/v1/volumes/{name}",
             get(get_volume::<C, B>).delete(delete_volume::<C, B>),
+        )
+        .route("/v1/volumes/{name}/resize", post(resize_volume::<C, B>))
+        .route(
+            "/v1/volumes/{name}/hosts",
+            get(volume_hosts::<C, B>).post(allow_host::<C, B>),
+        )
+        .route(
+            "/v1/volumes/{name}/hosts/{nqn}",
+            axum::routing::delete(revoke_host::<C, B>),
         )
         .route(
             "/v1/hosts",
@@ -231,128 +236,15 @@ where
             )
         })
         .with_state(service)
-}
-
-async fn list_listeners<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-) -> Result<Json<Value>, ApiError> {
-    with(s, |svc| Ok(Json(json!(listeners(&svc.config))))).await
-}
-
-async fn list_volumes<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-) -> Result<Json<Value>, ApiError> {
-    with(s, |svc| {
-        let vols = svc.store.volumes()?;
-        Ok(Json(json!(vols
-            .into_iter()
-            .map(|v| view(&svc.config, v))
-            .collect::<Vec<_>>())))
-    })
-    .await
-}
-
-async fn get_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-    Path(name): Path<String>,
-) -> Result<Json<VolumeView>, ApiError> {
-    with(s, move |svc| {
-        let v = svc.store.volume(&name)?.ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no volume {name:?}"),
-            )
-        })?;
-        Ok(Json(view(&svc.config, v)))
-    })
-    .await
-}
-
-async fn create_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-    body: Result<Json<CreateBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<VolumeView>), ApiError> {
-    let Json(b) = body.map_err(bad_json)?;
-    with(s, move |svc| {
-        let existed = svc.store.volume(&b.name)?.is_some();
-        let v = svc.volumes().create(&CreateVolume {
-            name: b.name,
-            size_bytes: b.size_bytes,
-            hosts: b.hosts,
-        })?;
-        let code = if existed {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        };
-        Ok((code, Json(view(&svc.config, v))))
-    })
-    .await
-}
-
-async fn delete_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    with(s, move |svc| {
-        svc.volumes().delete(&name)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
-async fn list_hosts<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-) -> Result<Json<Value>, ApiError> {
-    with(s, |svc| {
-        Ok(Json(json!(svc
-            .store
-            .hosts()?
-            .iter()
-            .map(host_view)
-            .collect::<Vec<_>>())))
-    })
-    .await
-}
-
-async fn register_host<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-    body: Result<Json<HostBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(b) = body.map_err(bad_json)?;
-    with(s, move |svc| {
-        let require = svc.config.require_dhchap;
-        let (rec, generated) = hosts::register(
-            &mut svc.store,
-            &RegisterHost {
-                nqn: b.nqn,
-                dhchap_key: b.dhchap_key,
-                dhchap_ctrl_key: b.dhchap_ctrl_key,
-                hash: b.hash,
-                dhgroup: b.dhgroup,
-            },
-            require,
-        )?;
-        let mut v = host_view(&rec);
-        if let Some(k) = generated {
-            // The only time the generated key is shown.
-            v["dhchap_key"] = json!(k);
-        }
-        Ok((StatusCode::CREATED, Json(v)))
-    })
-    .await
-}
-
-async fn delete_host<C: Configfs + 'static, B: Backend + Send + 'static>(
-    State(s): State<Shared<C, B>>,
-    Path(nqn): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    with(s, move |svc| {
-        svc.store.delete_host(&nqn)?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
+        .layer(axum::middleware::map_response(move |r: Response| {
+            let counts = Arc::clone(&counts);
+            async move {
+                if r.status().is_client_error() || r.status().is_server_error() {
+                    counts.error(r.status().as_str());
+                }
+                r
+            }
+        }))
 }
 
 /// Serves `router` on the Unix socket at `path` (created with mode 0600) until `shutdown`.
@@ -370,36 +262,58 @@ pub async fn serve_unix(
         .await
 }
 
+/// Serves `router` on TCP at `listener`, every request checked for `Bearer <token>`.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    token: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, require_token(router, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::configfs::FakeNvmet;
     use crate::testing::FakeBackend;
+    use serde_json::{json, Value};
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
 
     struct Server {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         socket: PathBuf,
         service: Shared<FakeNvmet, FakeBackend>,
-        _rt: tokio::runtime::Runtime,
+        rt: tokio::runtime::Runtime,
     }
 
-    fn server() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config::parse(
-            include_str!("../nvmf-target.example.toml"),
+    /// The service over fakes; its debugfs tree (connections) is `<dir>/debugfs`, present.
+    fn service(dir: &std::path::Path) -> Shared<FakeNvmet, FakeBackend> {
+        let mut config = Config::parse(
+            include_str!("../../nvmf-target.example.toml"),
             std::path::Path::new("example"),
         )
         .expect("config");
-        let store = Store::open(dir.path()).expect("store");
-        let service = Arc::new(Mutex::new(Service {
+        config.state_dir = dir.to_path_buf();
+        let store = Store::open(dir).expect("store");
+        std::fs::create_dir_all(dir.join("debugfs")).expect("debugfs");
+        Arc::new(Mutex::new(Service {
             config,
             store,
             nvmet: Nvmet::new(FakeNvmet::new()),
             backend: FakeBackend::default(),
-        }));
+            connections: Connections::new(dir.join("debugfs")),
+            metrics: Arc::new(Metrics::new()),
+        }))
+    }
+
+    fn server() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service = service(dir.path());
         let socket = dir.path().join("api.sock");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (s, r) = (socket.clone(), router(Arc::clone(&service)));
@@ -411,10 +325,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Server {
-            _dir: dir,
+            dir,
             socket,
             service,
-            _rt: rt,
+            rt,
         }
     }
 
