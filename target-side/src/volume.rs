@@ -1068,4 +1068,196 @@ mod tests {
         assert!(!w.nvmet.subsystem_exists(&stray));
         assert!(w.nvmet.subsystem_exists(&theirs));
     }
+
+    const SUB1: &str = "nqn.2026-12.io.example.storage:vol1";
+    const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555";
+
+    fn register(w: &mut World, nqn: &str) {
+        w.store
+            .put_host(&HostRecord {
+                nqn: nqn.into(),
+                dhchap_key: Some("DHHC-1:00:b3RoZXI=:".into()),
+                dhchap_ctrl_key: None,
+                hash: "hmac(sha256)".into(),
+                dhgroup: "null".into(),
+            })
+            .expect("host");
+    }
+
+    #[test]
+    fn delete_is_refused_while_a_host_is_connected_or_the_kernel_cannot_tell_unless_forced() {
+        let mut w = world();
+        create(&mut w, &req("vol1")).expect("create");
+        crate::connections::tests::fake_ctrl(w.debugfs.path(), SUB1, 3, HOST);
+        let before = w.nvmet.fs().snapshot();
+        match delete(&mut w, "vol1") {
+            Err(VolumeError::Busy(d)) => {
+                assert!(d.contains(HOST) && d.contains("controller 3"), "{d}")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(
+            w.nvmet.fs().snapshot(),
+            before,
+            "a refused delete changed nvmet"
+        );
+        assert_eq!(
+            w.store.volume("vol1").expect("read").map(|v| v.state),
+            Some(VolumeState::Ready)
+        );
+        // A kernel without nvmet debugfs: unknown is refused too.
+        w.connections = Connections::new(w.debugfs.path().join("absent"));
+        match delete(&mut w, "vol1") {
+            Err(VolumeError::Busy(d)) => assert!(d.contains("CONFIG_NVME_TARGET_DEBUGFS"), "{d}"),
+            r => panic!("{r:?}"),
+        }
+        w.volumes().delete("vol1", true).expect("forced");
+        assert_eq!(w.store.volume("vol1").expect("read"), None);
+        assert!(!w.nvmet.subsystem_exists(&Nqn::new(SUB1).expect("nqn")));
+    }
+
+    #[test]
+    fn hosts_are_allowed_and_revoked_on_a_live_volume_and_a_live_connection_is_reported() {
+        let mut w = world();
+        register(&mut w, OTHER);
+        create(&mut w, &req("vol1")).expect("create");
+        let sub = Nqn::new(SUB1).expect("nqn");
+        let other = Nqn::new(OTHER).expect("nqn");
+        assert!(w.volumes().allow("vol1", OTHER).expect("allow"));
+        assert!(
+            !w.volumes().allow("vol1", OTHER).expect("again"),
+            "idempotent"
+        );
+        assert!(w
+            .nvmet
+            .allowed(&sub)
+            .expect("allowed")
+            .contains(&OTHER.to_string()));
+        assert_eq!(
+            w.nvmet
+                .fs()
+                .read(Path::new(&format!("hosts/{OTHER}/dhchap_key")))
+                .expect("key"),
+            "DHHC-1:00:b3RoZXI=:"
+        );
+        crate::connections::tests::fake_ctrl(w.debugfs.path(), SUB1, 4, OTHER);
+        let r = w.volumes().revoke("vol1", OTHER).expect("revoke");
+        assert!(r.changed);
+        let still = r.still_connected.expect("known");
+        assert_eq!((still.len(), still[0].cntlid), (1, 4));
+        assert!(!w
+            .nvmet
+            .allowed(&sub)
+            .expect("allowed")
+            .contains(&OTHER.to_string()));
+        assert!(!w.nvmet.host_exists(&other), "no volume allows it any more");
+        assert!(
+            w.nvmet.host_exists(&Nqn::new(HOST).expect("nqn")),
+            "the other host stays"
+        );
+        assert_eq!(
+            w.store.volume("vol1").expect("read").map(|v| v.hosts),
+            Some(vec![HOST.to_string()])
+        );
+        // Bad input changes nothing.
+        let before = w.nvmet.fs().snapshot();
+        assert!(matches!(
+            w.volumes().allow("vol1", "nqn.2014-08.org.example:nobody"),
+            Err(VolumeError::Store(StoreError::NotFound { .. }) | VolumeError::NotFound(_))
+        ));
+        assert!(matches!(
+            w.volumes().allow("nope", OTHER),
+            Err(VolumeError::NotFound(_))
+        ));
+        assert!(matches!(
+            w.volumes().allow("vol1", "not an nqn"),
+            Err(VolumeError::Invalid(_))
+        ));
+        assert_eq!(w.nvmet.fs().snapshot(), before);
+    }
+
+    #[test]
+    fn allowing_a_host_that_fails_in_nvmet_takes_the_grant_back() {
+        let mut w = world();
+        register(&mut w, OTHER);
+        create(&mut w, &req("vol1")).expect("create");
+        let before = w.nvmet.fs().snapshot();
+        // Find an operation number that fails inside allow: each one in turn.
+        for k in 1..20 {
+            w.nvmet.fs().fail_op(k);
+            let r = w.volumes().allow("vol1", OTHER);
+            w.nvmet.fs().fail_op(0);
+            match r {
+                Err(VolumeError::Step { .. }) => {
+                    assert_eq!(w.nvmet.fs().snapshot(), before, "k={k}");
+                    assert_eq!(
+                        w.store.volume("vol1").expect("read").map(|v| v.hosts),
+                        Some(vec![HOST.to_string()]),
+                        "k={k}"
+                    );
+                }
+                Ok(_) => return,
+                Err(e) => panic!("k={k}: {e}"),
+            }
+        }
+        panic!("allow never succeeded");
+    }
+
+    #[test]
+    fn resize_grows_within_the_namespace_announces_it_and_refuses_the_rest() {
+        let mut w = world();
+        create(&mut w, &req("vol1")).expect("create");
+        let v = w.volumes().resize("vol1", 512 << 20).expect("grow within");
+        assert_eq!(v.requested_bytes, 512 << 20);
+        assert_eq!(
+            w.nvmet
+                .fs()
+                .read(Path::new(&format!(
+                    "subsystems/{SUB1}/namespaces/1/revalidate_size"
+                )))
+                .expect("revalidate"),
+            "1",
+            "nvmet was told to re-read the size"
+        );
+        let before = (
+            w.nvmet.fs().snapshot(),
+            w.store.volume("vol1").expect("read"),
+        );
+        match w.volumes().resize("vol1", 2 << 30) {
+            Err(VolumeError::Unsupported(d)) => assert!(d.contains("cannot grow"), "{d}"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            w.volumes().resize("vol1", 100 << 20),
+            Err(VolumeError::Invalid(_))
+        ));
+        assert!(matches!(
+            w.volumes().resize("nope", 1 << 30),
+            Err(VolumeError::NotFound(_))
+        ));
+        assert_eq!(
+            (
+                w.nvmet.fs().snapshot(),
+                w.store.volume("vol1").expect("read")
+            ),
+            before
+        );
+    }
+
+    #[test]
+    fn reconcile_takes_back_a_grant_made_by_hand() {
+        let mut w = world();
+        register(&mut w, OTHER);
+        create(&mut w, &req("vol1")).expect("create");
+        let sub = Nqn::new(SUB1).expect("nqn");
+        let other = Nqn::new(OTHER).expect("nqn");
+        w.nvmet.ensure_host(&other, None).expect("host by hand");
+        w.nvmet.ensure_allowed(&sub, &other).expect("grant by hand");
+        assert_eq!(reconcile(&mut w).repaired, vec!["vol1".to_string()]);
+        assert_eq!(
+            w.nvmet.allowed(&sub).expect("allowed"),
+            vec![HOST.to_string()]
+        );
+        assert_eq!(reconcile(&mut w), Reconciled::default(), "converged");
+    }
 }

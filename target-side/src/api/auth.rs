@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::Modify;
 
 use super::ApiError;
@@ -48,7 +49,8 @@ pub fn require_token(router: Router, token: String) -> Router {
     router.layer(axum::middleware::from_fn_with_state(Arc::new(token), check))
 }
 
-/// Declares the bearer scheme in the OpenAPI document.
+/// Declares the bearer scheme in the OpenAPI document, and the 401 every operation answers
+/// on the TCP listener without it.
 pub struct BearerScheme;
 
 impl Modify for BearerScheme {
@@ -58,6 +60,31 @@ impl Modify for BearerScheme {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let unauthorized = ResponseBuilder::new()
+            .description("the TCP listener's bearer token is missing or wrong")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .insert("401".into(), RefOr::T(unauthorized.clone()));
+            }
+        }
     }
 }
 
