@@ -1,12 +1,11 @@
-//! `nvmf-target`: the storage node service.
-//!
-//! Built so far: the configuration ([`config`]), the nvmet configfs model ([`nvmet`] over
-//! [`configfs`]), VF carving ([`carve`]), the PF inventory ([`inventory`]), placement
-//! ([`plan`]), the drive backend ([`backend`]), the desired-state store ([`store`]), its
-//! nvmetcli-format copy ([`nvmetcli`]), DH-HMAC-CHAP keys ([`dhchap`]), host registration
-//! ([`hosts`]), volume creation with rollback, deletion and reconcile ([`volume`]), and the
-//! first part of the HTTP API ([`api`]); the daemon and CLI are `main.rs`. What is still to
-//! come is in ARCHITECTURE.md; nothing here pretends to do it.
+//! `nvmf-target`: the storage node service. The configuration ([`config`]), the nvmet
+//! configfs model ([`nvmet`] over [`configfs`]), VF carving ([`carve`]), the PF inventory
+//! ([`inventory`]), placement ([`plan`]), the drive backend ([`backend`]), the desired-state
+//! store ([`store`]) and its nvmetcli-format copy ([`nvmetcli`], kept current by [`copy`]),
+//! DH-HMAC-CHAP keys ([`dhchap`]), host registration ([`hosts`]), connected hosts
+//! ([`connections`]), volumes: create with rollback, delete, resize, grants and reconcile
+//! ([`volume`]), metrics ([`metrics`]) and the HTTP API ([`api`]); the daemon and the CLI are
+//! the binary (`main.rs`, `daemon.rs`, `client.rs`). ARCHITECTURE.md has the layering.
 
 pub mod api;
 pub mod backend;
