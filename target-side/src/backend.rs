@@ -17,7 +17,7 @@ use crate::config::VfResources;
 use crate::inventory::PfInventory;
 use crate::plan::{self, NamespaceChoice};
 use crate::store::Placement;
-use crate::volume::{Backend, Taken};
+use crate::volume::{Backend, PlaceError, Taken};
 
 /// One PF and its admin device.
 pub struct PfBackend<P: AdminPassthru> {
@@ -84,8 +84,8 @@ impl<P: AdminPassthru> PfBackend<P> {
 }
 
 impl<P: AdminPassthru> Backend for PfBackend<P> {
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
-        let inv = self.read_inventory()?;
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError> {
+        let inv = self.read_inventory().map_err(PlaceError::Failed)?;
         let pf = self.pf.to_string();
         let taken_ns = taken
             .nsids
@@ -104,15 +104,23 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
         let (nsid, size) = match pool {
             Ok(NamespaceChoice::Pool { nsid, size_bytes }) => (nsid, size_bytes),
             Ok(NamespaceChoice::Create { .. }) => {
-                return Err("placement chose to create on a pool".into())
+                return Err(PlaceError::Failed(
+                    "placement chose to create on a pool".into(),
+                ))
             }
             Err(pool_err) => {
                 let fits = inv.namespace_management
-                    && u128::from(plan::round_up(size_bytes, block).map_err(|e| e.to_string())?)
-                        <= inv.unallocated_bytes;
-                match fits.then(|| self.create(size_bytes, block)).transpose()? {
+                    && u128::from(
+                        plan::round_up(size_bytes, block)
+                            .map_err(|e| PlaceError::NoRoom(e.to_string()))?,
+                    ) <= inv.unallocated_bytes;
+                match fits
+                    .then(|| self.create(size_bytes, block))
+                    .transpose()
+                    .map_err(PlaceError::Failed)?
+                {
                     Some(Some(made)) => made,
-                    _ => return Err(pool_err.to_string()),
+                    _ => return Err(PlaceError::NoRoom(pool_err.to_string())),
                 }
             }
         };
@@ -125,7 +133,7 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
             inv.free_for(first_free),
             plan::per_vf(self.resources),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PlaceError::NoRoom(e.to_string()))?;
         Ok(Placement {
             pf,
             vf,
@@ -224,18 +232,28 @@ impl<P: AdminPassthru> Pfs<P> {
 }
 
 impl<P: AdminPassthru> Backend for Pfs<P> {
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String> {
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError> {
         let mut why = Vec::new();
+        let mut failed = false;
         for b in &mut self.pfs {
             match b.place(size_bytes, taken) {
                 Ok(p) => return Ok(p),
-                Err(e) => why.push(format!("{}: {e}", b.pf)),
+                Err(e) => {
+                    failed |= matches!(e, PlaceError::Failed(_));
+                    why.push(format!("{}: {e}", b.pf));
+                }
             }
         }
-        Err(if why.is_empty() {
-            "no PF is managed".into()
+        let why = if why.is_empty() {
+            "no PF is managed".to_string()
         } else {
             why.join("; ")
+        };
+        // Room may exist on a PF that could not be read: that is a failure, not a full node.
+        Err(if failed {
+            PlaceError::Failed(why)
+        } else {
+            PlaceError::NoRoom(why)
         })
     }
 
@@ -330,7 +348,10 @@ mod tests {
             .backend
             .place(3 << 30, &Taken::default())
             .expect_err("too big");
-        assert!(e.contains("do not fit"), "{e}");
+        assert!(
+            matches!(&e, PlaceError::NoRoom(d) if d.contains("do not fit")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use fabric::testing::{FakeAdmin, FakeSysfs};
 use crate::carve::CarvedVf;
 use crate::inventory::{Flexible, Namespace, PfInventory};
 use crate::store::Placement;
-use crate::volume::{Backend, Taken};
+use crate::volume::{Backend, PlaceError, Taken};
 
 /// A drive's secondary controllers and namespace attachments, changed by the commands the
 /// way QEMU's emulated controller does (resources only while offline, online only with
@@ -186,14 +186,14 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
-    fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, String> {
-        self.tick("place")?;
+    fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, PlaceError> {
+        self.tick("place").map_err(PlaceError::Failed)?;
         if size > 1 << 30 {
-            return Err("no namespace that large".into());
+            return Err(PlaceError::NoRoom("no namespace that large".into()));
         }
         let vf = (1..=2u16)
             .find(|v| !taken.vfs.contains(&("0000:01:00.0".to_string(), *v)))
-            .ok_or("no free VF")?;
+            .ok_or(PlaceError::NoRoom("no free VF".into()))?;
         Ok(Placement {
             pf: "0000:01:00.0".into(),
             vf,

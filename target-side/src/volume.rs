@@ -19,7 +19,7 @@ use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
 /// The drive side of a volume: where it goes, its VF, its block device.
 pub trait Backend {
     /// Chooses the PF, VF and namespace for `size_bytes`, avoiding what `taken` holds.
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, String>;
+    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError>;
     /// Carves the VF and attaches the namespace.
     fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String>;
     /// Waits for the namespace's block device behind the carved VF (and checks its identity).
@@ -30,6 +30,18 @@ pub trait Backend {
     fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String>;
     /// What every managed PF offers.
     fn inventory(&mut self) -> Result<Vec<PfInventory>, String>;
+}
+
+/// Why a volume could not be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// No PF has the capacity, a free VF or the flexible resources: the caller's request is
+    /// too large for what is left (nothing was changed).
+    #[error("no room: {0}")]
+    NoRoom(String),
+    /// Reading or asking the drive failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// VFs and namespaces other volumes hold, per PF.
@@ -63,6 +75,9 @@ pub enum VolumeError {
     /// The drive cannot do it.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// No managed PF has room for it (nothing was changed).
+    #[error("{0}")]
+    NoRoom(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A step failed; what the request made was undone (`undo` says if that failed too).
@@ -188,9 +203,18 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         // The intent first: a crash from here on is converged by reconcile.
         self.store.create_volume(&record)?;
         let mut made = Vec::new();
-        let built = self
-            .place(&record)
-            .and_then(|p| self.export(&record, &nqn, &p, &mut made).map(|_| p));
+        let placed = match self.place(&record) {
+            Ok(p) => Ok(p),
+            Err(Err(no_room)) => {
+                self.store.delete_volume(&record.name)?;
+                return Err(VolumeError::NoRoom(format!(
+                    "volume {}: {no_room}",
+                    record.name
+                )));
+            }
+            Err(Ok(step)) => Err(step),
+        };
+        let built = placed.and_then(|p| self.export(&record, &nqn, &p, &mut made).map(|_| p));
         match built {
             Ok(placement) => {
                 self.store
@@ -463,17 +487,21 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
 
     /// Places the volume and records where, before anything on the drive changes (so that a
     /// crash from here on is converged by reconcile, which finds the placement).
-    fn place(&mut self, v: &VolumeRecord) -> Result<Placement, (String, String)> {
+    fn place(
+        &mut self,
+        v: &VolumeRecord,
+    ) -> Result<Placement, Result<(String, String), PlaceError>> {
         let taken = self
             .taken()
-            .map_err(|e| ("read the store".to_string(), e.to_string()))?;
-        let placement = self
-            .backend
-            .place(v.requested_bytes, &taken)
-            .map_err(|e| ("place the volume".to_string(), e))?;
+            .map_err(|e| Ok(("read the store".to_string(), e.to_string())))?;
+        let placement = match self.backend.place(v.requested_bytes, &taken) {
+            Ok(p) => p,
+            Err(e @ PlaceError::NoRoom(_)) => return Err(Err(e)),
+            Err(PlaceError::Failed(e)) => return Err(Ok(("place the volume".to_string(), e))),
+        };
         self.store
             .update_volume(&v.name, VolumeState::Creating, Some(&placement))
-            .map_err(|e| ("record the placement".to_string(), e.to_string()))?;
+            .map_err(|e| Ok(("record the placement".to_string(), e.to_string())))?;
         Ok(placement)
     }
 

@@ -98,6 +98,7 @@ impl From<VolumeError> for ApiError {
             VolumeError::Conflict(_) => ApiError(StatusCode::CONFLICT, "conflict", detail),
             VolumeError::Busy(_) => ApiError(StatusCode::CONFLICT, "in_use", detail),
             VolumeError::Unsupported(_) => ApiError(StatusCode::CONFLICT, "unsupported", detail),
+            VolumeError::NoRoom(_) => ApiError(StatusCode::CONFLICT, "no_capacity", detail),
             VolumeError::Store(s) => s.into(),
             VolumeError::Step { .. } => {
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "kernel", detail)
@@ -453,6 +454,11 @@ mod tests {
             (r#"{"name": "Bad Name", "size_bytes": 1}"#, 400, "invalid"),
             (r#"{"name": "v", "size_bytes": 0}"#, 400, "invalid"),
             (r#"{"name": "v", "size_bytes": -1}"#, 400, "invalid"),
+            (
+                r#"{"name": "v", "size_bytes": 4294967296}"#,
+                409,
+                "no_capacity",
+            ),
             (
                 r#"{"name": "v", "size_bytes": 1, "hosts": ["nqn.2014-08.org.example:nobody"]}"#,
                 404,

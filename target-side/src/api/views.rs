@@ -11,7 +11,8 @@ use crate::store::{HostRecord, VolumeRecord};
 /// Every error: a kind a program can match and a text that names the problem.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `invalid`, `not_found`, `conflict`, `in_use`, `unsupported`, `unauthorized`, `kernel`,
+    /// `invalid`, `not_found`, `conflict`, `in_use`, `unsupported`, `no_capacity`,
+    /// `unauthorized`, `kernel`,
     /// `store`, `internal`.
     pub error: String,
     pub detail: String,
