@@ -157,18 +157,19 @@ fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
     assert_eq!(connect("disconnected"), true, "{:?}", report.connect);
 }
 
-/// Builds the `vdpa-blk` binary with the profile these tests were built with (so the binary
-/// under test is never a stale build of another profile) and returns its path; `VDPA_BLK_BIN`
-/// names another binary to test instead (another checkout, say).
-fn vdpa_blk_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("VDPA_BLK_BIN") {
-        let bin = PathBuf::from(bin);
+/// Builds binary `bin` of workspace package `package` with the profile these tests were built
+/// with (so the binary under test is never a stale build of another profile) and returns its
+/// path; the environment variable `override_var` names another binary to test instead
+/// (another checkout, say). The guests see the host's root, so the path works there too.
+fn workspace_binary(package: &str, bin: &str, override_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        let path = PathBuf::from(path);
         assert!(
-            bin.is_file(),
-            "VDPA_BLK_BIN={} is not a file",
-            bin.display()
+            path.is_file(),
+            "{override_var}={} is not a file",
+            path.display()
         );
-        return bin;
+        return path;
     }
     let testbed = PathBuf::from(env!("CARGO_BIN_EXE_testbed"));
     // target/<profile dir>/testbed: `debug` is the `dev` profile's directory.
@@ -179,21 +180,17 @@ fn vdpa_blk_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("no profile directory above {}", testbed.display()));
     let profile = if dir == "debug" { "dev" } else { dir };
     let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--profile",
-            profile,
-            "-p",
-            "vdpa-blk",
-            "--bin",
-            "vdpa-blk",
-        ])
+        .args(["build", "--profile", profile, "-p", package, "--bin", bin])
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build vdpa-blk: {e}"));
-    assert!(status.success(), "building vdpa-blk ({profile}) failed");
-    let bin = testbed.with_file_name("vdpa-blk");
-    assert!(bin.is_file(), "no vdpa-blk binary at {}", bin.display());
-    bin
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+    assert!(status.success(), "building {bin} ({profile}) failed");
+    let path = testbed.with_file_name(bin);
+    assert!(path.is_file(), "no {bin} binary at {}", path.display());
+    path
+}
+
+fn vdpa_blk_binary() -> PathBuf {
+    workspace_binary("vdpa-blk", "vdpa-blk", "VDPA_BLK_BIN")
 }
 
 fn vdpa_blk_run(backing: Backing) -> vdpa_blk::Report {
@@ -243,5 +240,29 @@ fn the_trio_topology_boots_and_joins_both_compute_nodes_to_the_storage_node() {
     eprintln!(
         "trio: every link up in {:.1}s, {:.1}s in all",
         r.up_s, r.total_s
+    );
+}
+
+#[test]
+fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and_deletes() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = workspace_binary("nvmf-target", "nvmf-target", "NVMF_TARGET_BIN");
+    let prepared = prepared();
+    let r = testbed::scenarios::nvmf_target::run(&prepared, &params(Topology::Pair), &bin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    eprintln!("nvmf-target: {r:#?}");
+    let attempts: Vec<&str> = r.refused.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(
+        attempts,
+        ["no-secret", "wrong-secret", "other-host"],
+        "{r:?}"
+    );
+    assert!(r.refused.iter().all(|a| a.1 != "0"), "{r:?}");
+    assert_eq!(r.regions_checked, 4, "{r:?}");
+    assert_eq!(r.reconnects.len(), 2, "{r:?}");
+    assert!(
+        ["finished", "absent"].contains(&r.interrupted_create.as_str()),
+        "{r:?}"
     );
 }

@@ -54,7 +54,7 @@ enum Cmd {
         bed: BedArgs,
     },
     /// Run a scenario by name: reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric,
-    /// lifecycle, topology (the end-to-end tests run the same functions).
+    /// lifecycle, nvmf-target, topology (the end-to-end tests run the same functions).
     Run {
         /// The scenario to run.
         scenario: String,
@@ -63,6 +63,9 @@ enum Cmd {
         /// The vdpa-blk binary of the vdpa-blk scenarios (default: next to this one).
         #[arg(long)]
         vdpa_blk: Option<PathBuf>,
+        /// The nvmf-target binary of the nvmf-target scenario (default: next to this one).
+        #[arg(long)]
+        nvmf_target: Option<PathBuf>,
         /// Break a step on purpose: wrong-nqn, missing-module, no-boot.
         #[arg(long)]
         fault: Option<String>,
@@ -278,14 +281,22 @@ fn bench(args: &BedArgs, vdpa_blk: Option<PathBuf>, bp: &bench::BenchParams) -> 
 }
 
 /// Runs a scenario other than `reference` and prints what it reports.
-fn scenario_run(name: &str, args: &BedArgs, vdpa_blk: Option<PathBuf>) -> anyhow::Result<()> {
-    use testbed::scenarios::{fabric_probe, lifecycle, topology, vdpa_blk as vb};
-    let known = "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, topology";
+fn scenario_run(
+    name: &str,
+    args: &BedArgs,
+    vdpa_blk: Option<PathBuf>,
+    nvmf_target: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use testbed::scenarios::{
+        fabric_probe, lifecycle, nvmf_target as nt, topology, vdpa_blk as vb,
+    };
+    let known =
+        "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, nvmf-target, topology";
     let mut p = params(args)?;
     let backing = match name {
         "vdpa-blk-local" => Some(vb::Backing::Local),
         "vdpa-blk-fabric" => Some(vb::Backing::Fabric),
-        "fabric-probe" | "lifecycle" | "topology" => None,
+        "fabric-probe" | "lifecycle" | "nvmf-target" | "topology" => None,
         other => anyhow::bail!("unknown scenario `{other}`: expected one of {known}"),
     };
     let bin = match vdpa_blk {
@@ -298,6 +309,18 @@ fn scenario_run(name: &str, args: &BedArgs, vdpa_blk: Option<PathBuf>) -> anyhow
         anyhow::bail!(
             "no vdpa-blk binary at {}: build it with the same profile (cargo build --release -p vdpa-blk) or pass --vdpa-blk",
             bin.display()
+        );
+    }
+    let nvmf_target = match nvmf_target {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating the testbed binary")?
+            .with_file_name("nvmf-target"),
+    };
+    if name == "nvmf-target" && !nvmf_target.is_file() {
+        anyhow::bail!(
+            "no nvmf-target binary at {}: build it with the same profile (cargo build --release -p nvmf-target) or pass --nvmf-target",
+            nvmf_target.display()
         );
     }
     let progress = Progress::new("testbed");
@@ -314,6 +337,10 @@ fn scenario_run(name: &str, args: &BedArgs, vdpa_blk: Option<PathBuf>) -> anyhow
             println!("{r:#?}");
         }
         ("lifecycle", _) => println!("{:#?}", lifecycle::run(&prepared, &p)?),
+        ("nvmf-target", _) => {
+            p.topology = Topology::Pair;
+            println!("{:#?}", nt::run(&prepared, &p, &nvmf_target)?);
+        }
         _ => {
             let r = topology::run(&prepared, &p)?;
             println!(
@@ -467,6 +494,7 @@ fn main() -> ExitCode {
             scenario,
             bed,
             vdpa_blk,
+            nvmf_target,
             fault,
             measure,
         } => (|| {
@@ -477,7 +505,7 @@ fn main() -> ExitCode {
             if fault.is_some() || measure {
                 anyhow::bail!("--fault and --measure belong to the reference scenario");
             }
-            scenario_run(&scenario, &bed, vdpa_blk)
+            scenario_run(&scenario, &bed, vdpa_blk, nvmf_target)
         })(),
         Cmd::Bench {
             bed,

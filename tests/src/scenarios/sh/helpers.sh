@@ -38,3 +38,11 @@ vdpa_left() {
   [ "$_vdpa" = "$_want" ] || { echo "vdpa devices: '$_vdpa', expected '$_want'"; return 1; }
   [ "$_vduse" = "$_want" ] || { echo "VDUSE devices: '$_vduse', expected '$_want'"; return 1; }
 }
+
+# ctrls_of NQN: the NVMe controllers (nvme1 ...) of subsystem NQN, one a line (none: no
+# output).
+ctrls_of() {
+  for _c in /sys/class/nvme/nvme*; do
+    if [ -e "$_c/subsysnqn" ] && [ "$(cat "$_c/subsysnqn")" = "$1" ]; then basename "$_c"; fi
+  done
+}
