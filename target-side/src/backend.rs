@@ -84,7 +84,15 @@ impl<P: AdminPassthru> PfBackend<P> {
 }
 
 impl<P: AdminPassthru> Backend for PfBackend<P> {
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError> {
+    fn place(
+        &mut self,
+        size_bytes: u64,
+        taken: &Taken,
+        only_pf: Option<&str>,
+    ) -> Result<Placement, PlaceError> {
+        if only_pf.is_some_and(|p| p != self.pf.to_string()) {
+            return Err(PlaceError::NoRoom(format!("not PF {}", self.pf)));
+        }
         let inv = self.read_inventory().map_err(PlaceError::Failed)?;
         let pf = self.pf.to_string();
         let taken_ns = taken
@@ -213,6 +221,10 @@ impl<P: AdminPassthru> Backend for PfBackend<P> {
     fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
         self.read_inventory().map(|i| vec![i])
     }
+
+    fn pfs(&self) -> Vec<String> {
+        vec![self.pf.to_string()]
+    }
 }
 
 /// Every managed PF: a volume goes to the first one with room, in configuration order.
@@ -232,11 +244,19 @@ impl<P: AdminPassthru> Pfs<P> {
 }
 
 impl<P: AdminPassthru> Backend for Pfs<P> {
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError> {
+    fn place(
+        &mut self,
+        size_bytes: u64,
+        taken: &Taken,
+        only_pf: Option<&str>,
+    ) -> Result<Placement, PlaceError> {
         let mut why = Vec::new();
         let mut failed = false;
         for b in &mut self.pfs {
-            match b.place(size_bytes, taken) {
+            if only_pf.is_some_and(|p| p != b.pf.to_string()) {
+                continue;
+            }
+            match b.place(size_bytes, taken, None) {
                 Ok(p) => return Ok(p),
                 Err(e) => {
                     failed |= matches!(e, PlaceError::Failed(_));
@@ -271,6 +291,10 @@ impl<P: AdminPassthru> Backend for Pfs<P> {
 
     fn locate(&mut self, p: &Placement) -> Result<CarvedVf, String> {
         self.of(&p.pf)?.locate(p)
+    }
+
+    fn pfs(&self) -> Vec<String> {
+        self.pfs.iter().map(|b| b.pf.to_string()).collect()
     }
 
     fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
@@ -336,17 +360,17 @@ mod tests {
         let mut b = bed();
         let p = b
             .backend
-            .place(600 << 20, &Taken::default())
+            .place(600 << 20, &Taken::default(), None)
             .expect("place");
         assert_eq!((p.vf, p.nsid, p.size_bytes), (1, 1, 1 << 30));
         let mut taken = Taken::default();
         taken.vfs.insert((PF.into(), 1));
         taken.nsids.insert((PF.into(), 1));
-        let p = b.backend.place(600 << 20, &taken).expect("place");
+        let p = b.backend.place(600 << 20, &taken, None).expect("place");
         assert_eq!((p.vf, p.nsid, p.size_bytes), (2, 3, 2 << 30));
         let e = b
             .backend
-            .place(3 << 30, &Taken::default())
+            .place(3 << 30, &Taken::default(), None)
             .expect_err("too big");
         assert!(
             matches!(&e, PlaceError::NoRoom(d) if d.contains("do not fit")),
@@ -364,7 +388,7 @@ mod tests {
         }
         let p = b
             .backend
-            .place(3 << 30, &Taken::default())
+            .place(3 << 30, &Taken::default(), None)
             .expect("created");
         assert_eq!((p.nsid, p.size_bytes), (4, 3 << 30));
         let create = b
@@ -383,7 +407,7 @@ mod tests {
         let mut b = bed();
         let p = b
             .backend
-            .place(100 << 20, &Taken::default())
+            .place(100 << 20, &Taken::default(), None)
             .expect("place");
         let vf = b.backend.carve(&p).expect("carve");
         let e = b

@@ -63,6 +63,9 @@ enum VolumeOp {
         /// Host NQNs allowed to connect (registered with `host add`).
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Put it on this managed PF (PCI address).
+        #[arg(long)]
+        pf: Option<String>,
     },
     List,
     Show {
@@ -120,8 +123,14 @@ enum HostOp {
 fn volume(op: VolumeOp, c: &ClientArgs) -> anyhow::Result<()> {
     use client::{volume_host_rows, volume_rows};
     match op {
-        VolumeOp::Create { name, size, hosts } => {
-            let body = json!({"name": name, "size_bytes": parse_size(&size)?, "hosts": hosts});
+        VolumeOp::Create {
+            name,
+            size,
+            hosts,
+            pf,
+        } => {
+            let body =
+                json!({"name": name, "size_bytes": parse_size(&size)?, "hosts": hosts, "pf": pf});
             client(c, "POST", "/v1/volumes", Some(body), volume_rows)
         }
         VolumeOp::List => client(c, "GET", "/v1/volumes", None, volume_rows),

@@ -186,7 +186,12 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
-    fn place(&mut self, size: u64, taken: &Taken) -> Result<Placement, PlaceError> {
+    fn place(
+        &mut self,
+        size: u64,
+        taken: &Taken,
+        _only_pf: Option<&str>,
+    ) -> Result<Placement, PlaceError> {
         self.tick("place").map_err(PlaceError::Failed)?;
         if size > 1 << 30 {
             return Err(PlaceError::NoRoom("no namespace that large".into()));
@@ -234,6 +239,9 @@ impl Backend for FakeBackend {
                 .parse()
                 .map_err(|e| format!("{e}"))?,
         })
+    }
+    fn pfs(&self) -> Vec<String> {
+        vec!["0000:01:00.0".into()]
     }
     fn inventory(&mut self) -> Result<Vec<PfInventory>, String> {
         Ok(vec![PfInventory {

@@ -19,7 +19,14 @@ use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
 /// The drive side of a volume: where it goes, its VF, its block device.
 pub trait Backend {
     /// Chooses the PF, VF and namespace for `size_bytes`, avoiding what `taken` holds.
-    fn place(&mut self, size_bytes: u64, taken: &Taken) -> Result<Placement, PlaceError>;
+    fn place(
+        &mut self,
+        size_bytes: u64,
+        taken: &Taken,
+        only_pf: Option<&str>,
+    ) -> Result<Placement, PlaceError>;
+    /// The managed PFs' PCI addresses.
+    fn pfs(&self) -> Vec<String>;
     /// Carves the VF and attaches the namespace.
     fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String>;
     /// Waits for the namespace's block device behind the carved VF (and checks its identity).
@@ -58,6 +65,8 @@ pub struct CreateVolume {
     pub size_bytes: u64,
     /// Registered host NQNs allowed to connect.
     pub hosts: Vec<String>,
+    /// Put it on this PF (PCI address) rather than the first with room.
+    pub pf: Option<String>,
 }
 
 /// Why a volume request failed; `Invalid`, `Conflict` and `NotFound` change nothing.
@@ -179,8 +188,22 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
                 )));
             }
         }
+        if let Some(pf) = &req.pf {
+            let managed = self.backend.pfs();
+            if !managed.contains(pf) {
+                return Err(VolumeError::NotFound(format!(
+                    "PF {pf} is not managed by this daemon (managed: {})",
+                    managed.join(", ")
+                )));
+            }
+        }
         if let Some(v) = self.store.volume(&req.name)? {
-            return if v.requested_bytes == req.size_bytes && v.hosts == hosts {
+            let same_pf = match (&req.pf, &v.placement) {
+                (None, _) => true,
+                (Some(want), Some(p)) => &p.pf == want,
+                (Some(_), None) => false,
+            };
+            return if v.requested_bytes == req.size_bytes && v.hosts == hosts && same_pf {
                 Ok(v)
             } else {
                 Err(VolumeError::Conflict(format!(
@@ -203,7 +226,7 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         // The intent first: a crash from here on is converged by reconcile.
         self.store.create_volume(&record)?;
         let mut made = Vec::new();
-        let placed = match self.place(&record) {
+        let placed = match self.place(&record, req.pf.as_deref()) {
             Ok(p) => Ok(p),
             Err(Err(no_room)) => {
                 self.store.delete_volume(&record.name)?;
@@ -490,11 +513,12 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
     fn place(
         &mut self,
         v: &VolumeRecord,
+        only_pf: Option<&str>,
     ) -> Result<Placement, Result<(String, String), PlaceError>> {
         let taken = self
             .taken()
             .map_err(|e| Ok(("read the store".to_string(), e.to_string())))?;
-        let placement = match self.backend.place(v.requested_bytes, &taken) {
+        let placement = match self.backend.place(v.requested_bytes, &taken, only_pf) {
             Ok(p) => p,
             Err(e @ PlaceError::NoRoom(_)) => return Err(Err(e)),
             Err(PlaceError::Failed(e)) => return Err(Ok(("place the volume".to_string(), e))),
@@ -791,6 +815,7 @@ mod tests {
             name: name.into(),
             size_bytes: 100 << 20,
             hosts: vec![HOST.into()],
+            pf: None,
         }
     }
 
@@ -878,6 +903,13 @@ mod tests {
                     ..req("x")
                 },
                 "invalid",
+            ),
+            (
+                CreateVolume {
+                    pf: Some("0000:99:00.0".into()),
+                    ..req("x")
+                },
+                "not found",
             ),
         ] {
             let e = create(&mut w, &r).expect_err("refused");

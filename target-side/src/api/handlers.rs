@@ -181,6 +181,7 @@ pub async fn create_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
             name: b.name,
             size_bytes: b.size_bytes,
             hosts: b.hosts,
+            pf: b.pf,
         })?;
         if !existed {
             svc.save_copy();

@@ -189,6 +189,8 @@ pub struct CreateVolumeBody {
     /// Registered host NQNs allowed to connect.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Put it on this managed PF (PCI address) rather than the first with room.
+    pub pf: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
