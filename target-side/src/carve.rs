@@ -233,17 +233,7 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
                 .attach_namespace(nsid, &[sec.scid])
                 .map_err(self.admin_err(vf, "attach the namespace"))?;
         }
-        let func = self.function(vf, "find the VF")?;
-        let vfn = func
-            .sriov
-            .and_then(|s| s.vfs.into_iter().find(|f| f.index == u32::from(vf) - 1))
-            .ok_or_else(|| {
-                self.state(
-                    vf,
-                    "find the VF",
-                    format!("no virtfn{} under the PF after enabling", vf - 1),
-                )
-            })?;
+        let vfn = self.vf_function(vf)?;
         let vf_dir = self
             .root
             .sys_bus_pci_devices()
@@ -273,12 +263,10 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
         })
     }
 
-    /// Where VF `vf` is (PCI address, secondary controller), changing nothing.
-    pub fn locate(&self, vf: u16) -> Result<CarvedVf, CarveError> {
-        let sec = self.secondary(vf)?;
+    /// VF `vf`'s PCI function (`virtfn<vf-1>` of the PF), once the VFs are enabled.
+    fn vf_function(&self, vf: u16) -> Result<fabric::sysfs::sriov::VirtualFunction, CarveError> {
         let func = self.function(vf, "find the VF")?;
-        let vfn = func
-            .sriov
+        func.sriov
             .and_then(|s| s.vfs.into_iter().find(|f| f.index == u32::from(vf) - 1))
             .ok_or_else(|| {
                 self.state(
@@ -286,7 +274,13 @@ impl<'a, P: AdminPassthru> Carver<'a, P> {
                     "find the VF",
                     format!("no virtfn{} under the PF", vf - 1),
                 )
-            })?;
+            })
+    }
+
+    /// Where VF `vf` is (PCI address, secondary controller), changing nothing.
+    pub fn locate(&self, vf: u16) -> Result<CarvedVf, CarveError> {
+        let sec = self.secondary(vf)?;
+        let vfn = self.vf_function(vf)?;
         Ok(CarvedVf {
             vf,
             cntlid: sec.scid,

@@ -185,6 +185,17 @@ impl FakeBackend {
     }
 }
 
+/// The fake backend's VF `vf`: controller `vf` at function `vf` of the PF's slot.
+fn fake_vf(vf: u16) -> Result<CarvedVf, String> {
+    Ok(CarvedVf {
+        vf,
+        cntlid: vf,
+        address: format!("0000:01:00.{vf}")
+            .parse()
+            .map_err(|e| format!("{e}"))?,
+    })
+}
+
 impl Backend for FakeBackend {
     fn place(
         &mut self,
@@ -209,13 +220,7 @@ impl Backend for FakeBackend {
     fn carve(&mut self, p: &Placement) -> Result<CarvedVf, String> {
         self.tick("carve")?;
         self.carved.insert(p.vf);
-        Ok(CarvedVf {
-            vf: p.vf,
-            cntlid: p.vf,
-            address: format!("0000:01:00.{}", p.vf)
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        })
+        fake_vf(p.vf)
     }
     fn block_device(&mut self, p: &Placement, _: &CarvedVf) -> Result<PathBuf, String> {
         self.tick("block device")?;
@@ -232,13 +237,7 @@ impl Backend for FakeBackend {
         if !self.carved.contains(&p.vf) {
             return Err(format!("VF {} is not carved", p.vf));
         }
-        Ok(CarvedVf {
-            vf: p.vf,
-            cntlid: p.vf,
-            address: format!("0000:01:00.{}", p.vf)
-                .parse()
-                .map_err(|e| format!("{e}"))?,
-        })
+        fake_vf(p.vf)
     }
     fn pfs(&self) -> Vec<String> {
         vec!["0000:01:00.0".into()]

@@ -339,6 +339,17 @@ mod tests {
 
     /// One request over the socket; the status and the JSON body (Null when empty).
     fn call(s: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (code, rest) = raw(s, method, path, body);
+        // Bodies may be chunked; the JSON is the part between the first { or [ and the last } or ].
+        let json = match (rest.find(['{', '[']), rest.rfind(['}', ']'])) {
+            (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b]).expect("json body"),
+            _ => Value::Null,
+        };
+        (code, json)
+    }
+
+    /// One request over the socket; the status and the body as text.
+    fn raw(s: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut c = UnixStream::connect(&s.socket).expect("connect");
         let body = body.unwrap_or("");
         write!(
@@ -355,12 +366,7 @@ mod tests {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .expect("status");
-        // Bodies may be chunked; the JSON is the part between the first { or [ and the last } or ].
-        let json = match (rest.find(['{', '[']), rest.rfind(['}', ']'])) {
-            (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b]).expect("json body"),
-            _ => Value::Null,
-        };
-        (code, json)
+        (code, rest.to_string())
     }
 
     const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
@@ -594,7 +600,7 @@ mod tests {
             Some(&format!(r#"{{"nqn": "{HOST}"}}"#)),
         );
         assert_eq!((code, h["allowed"].clone()), (201, json!([HOST])));
-        let (code, text) = raw(&s, "GET", "/metrics");
+        let (code, text) = raw(&s, "GET", "/metrics", None);
         assert_eq!(code, 200);
         for line in [
             "nvmf_target_volumes{state=\"ready\"} 1",
@@ -612,25 +618,6 @@ mod tests {
         );
         let (code, e) = call(&s, "DELETE", "/v1/volumes/vol1?force=maybe", None);
         assert_eq!((code, e["error"].clone()), (400, json!("invalid")));
-    }
-
-    /// One request over the socket; the status and the body as text.
-    fn raw(s: &Server, method: &str, path: &str) -> (u16, String) {
-        let mut c = UnixStream::connect(&s.socket).expect("connect");
-        write!(
-            c,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut out = String::new();
-        c.read_to_string(&mut out).expect("read");
-        let (head, rest) = out.split_once("\r\n\r\n").expect("a response");
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status");
-        (code, rest.to_string())
     }
 
     #[test]
