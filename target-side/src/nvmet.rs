@@ -242,12 +242,9 @@ impl<C: Configfs> Nvmet<C> {
         )
     }
 
-    /// `ports/ID` at `addr`. The kernel refuses address changes while subsystems are linked,
-    /// so a linked port at another address is a conflict.
-    pub fn ensure_port(&self, id: u16, addr: &TransportAddress) -> Result<Change> {
-        let dir = rel(&["ports", &id.to_string()]);
-        let made = self.mkdir_once(&dir)?;
-        let want = [
+    /// A port's address attributes as nvmet holds them for `addr`.
+    fn port_attrs(addr: &TransportAddress) -> [(&'static str, String); 4] {
+        [
             ("addr_trtype", addr.trtype().as_str().to_string()),
             (
                 "addr_adrfam",
@@ -263,7 +260,41 @@ impl<C: Configfs> Nvmet<C> {
                 "addr_trsvcid",
                 addr.trsvcid().map(|p| p.to_string()).unwrap_or_default(),
             ),
-        ];
+        ]
+    }
+
+    /// Whether `ports/ID` exists at exactly `addr` (reading only).
+    pub fn port_is_at(&self, id: u16, addr: &TransportAddress) -> Result<bool> {
+        let dir = rel(&["ports", &id.to_string()]);
+        for (attr, want) in Self::port_attrs(addr) {
+            let path = dir.join(attr);
+            if self.fs.read(&path).map_err(Self::io("read", &path))? != want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether any subsystem allows `host`.
+    pub fn allowed_anywhere(&self, host: &Nqn) -> Result<bool> {
+        let path = PathBuf::from("subsystems");
+        for s in self.fs.list(&path).map_err(Self::io("list", &path))? {
+            if self
+                .fs
+                .exists(&rel(&["subsystems", &s, "allowed_hosts", host.as_str()]))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// `ports/ID` at `addr`. The kernel refuses address changes while subsystems are linked,
+    /// so a linked port at another address is a conflict.
+    pub fn ensure_port(&self, id: u16, addr: &TransportAddress) -> Result<Change> {
+        let dir = rel(&["ports", &id.to_string()]);
+        let made = self.mkdir_once(&dir)?;
+        let want = Self::port_attrs(addr);
         let subsystems = dir.join("subsystems");
         let linked = !self
             .fs

@@ -129,7 +129,29 @@ CREATE TABLE IF NOT EXISTS volume_hosts (
     host TEXT NOT NULL REFERENCES hosts(nqn),
     PRIMARY KEY (volume, host)
 );
+CREATE TABLE IF NOT EXISTS owned (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 ";
+
+/// Shared nvmet objects (ports, hosts) this daemon made, so that it removes or rewrites only
+/// those: one a person or another tool made is used as it is or refused, never changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    Port,
+    Host,
+}
+
+impl Owned {
+    fn as_str(self) -> &'static str {
+        match self {
+            Owned::Port => "port",
+            Owned::Host => "host",
+        }
+    }
+}
 
 impl Store {
     /// Opens (or creates) `<state_dir>/state.db`.
@@ -414,6 +436,41 @@ impl Store {
                 name: nqn.to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// Records that this daemon is making (or made) `name`: written before the mkdir, so a
+    /// crash in between leaves a claim on something absent, which is harmless.
+    pub fn claim(&mut self, kind: Owned, name: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO owned (kind, name) VALUES (?1, ?2)",
+                params![kind.as_str(), name],
+            )
+            .map_err(self.err("claim"))?;
+        Ok(())
+    }
+
+    /// Whether this daemon made `name`.
+    pub fn owns(&self, kind: Owned, name: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM owned WHERE kind = ?1 AND name = ?2",
+                params![kind.as_str(), name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(self.err("owns"))
+    }
+
+    /// Forgets a claim once the object is removed.
+    pub fn disown(&mut self, kind: Owned, name: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM owned WHERE kind = ?1 AND name = ?2",
+                params![kind.as_str(), name],
+            )
+            .map_err(self.err("disown"))?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use fabric::nqn::Nqn;
+use fabric::transport::TransportAddress;
 
 use crate::carve::CarvedVf;
 use crate::config::Config;
@@ -14,7 +15,7 @@ use crate::configfs::Configfs;
 use crate::connections::{Connection, Connections, Seen};
 use crate::inventory::PfInventory;
 use crate::nvmet::{Change, HostAuth, NamespaceSpec, Nvmet, NvmetError};
-use crate::store::{Placement, Store, StoreError, VolumeRecord, VolumeState};
+use crate::store::{Owned, Placement, Store, StoreError, VolumeRecord, VolumeState};
 
 /// The drive side of a volume: where it goes, its VF, its block device.
 pub trait Backend {
@@ -112,6 +113,15 @@ pub struct Reconciled {
     pub removed: Vec<String>,
     /// What could not be converged this time, with why.
     pub failed: Vec<String>,
+}
+
+/// Whose a port is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortUse {
+    Made,
+    Ours,
+    /// Someone else's at our address: subsystems are linked to it, nothing else.
+    Theirs,
 }
 
 /// What a create made, for undoing it.
@@ -322,16 +332,14 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
             .collect();
         for h in v.hosts.iter().filter(|h| !others.contains(*h)) {
             let host = Nqn::new(h).map_err(|e| fail("remove the host", e.to_string()))?;
-            self.nvmet
-                .remove_host(&host)
-                .map_err(|e| fail("remove the host", e.to_string()))?;
+            self.drop_host_if_unused(&host)
+                .map_err(|e| fail("remove the host", e))?;
         }
         for id in 1..=self.config.listeners.len() {
             let id = u16::try_from(id)
                 .map_err(|_| fail("remove the port", "too many listeners".into()))?;
-            self.nvmet
-                .remove_port_if_unused(id)
-                .map_err(|e| fail("remove the port", e.to_string()))?;
+            self.drop_port_if_unused(id)
+                .map_err(|e| fail("remove the port", e))?;
         }
         if let Some(p) = &v.placement {
             self.backend
@@ -390,7 +398,15 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
             reason: e.to_string(),
             undo: None,
         };
-        let made_host = !self.nvmet.host_exists(&host_nqn);
+        let made_host = match self.take_host(&host_nqn) {
+            Ok(m) => m,
+            Err(e) => {
+                if changed {
+                    self.store.set_allowed(name, host, false)?;
+                }
+                return Err(VolumeError::Conflict(e));
+            }
+        };
         let applied = self
             .nvmet
             .ensure_host(&host_nqn, auth.as_ref())
@@ -409,8 +425,8 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
                 }
             }
             if made_host {
-                if let Err(u) = self.nvmet.remove_host(&host_nqn) {
-                    undo.push(u.to_string());
+                if let Err(u) = self.drop_host_if_unused(&host_nqn) {
+                    undo.push(u);
                 }
             }
             if let VolumeError::Step { undo: slot, .. } = &mut e {
@@ -444,9 +460,13 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
             .iter()
             .any(|o| o.hosts.iter().any(|h| h == host));
         if !elsewhere {
-            self.nvmet
-                .remove_host(&host_nqn)
-                .map_err(|e| fail("remove the host", e))?;
+            self.drop_host_if_unused(&host_nqn)
+                .map_err(|e| VolumeError::Step {
+                    volume: v.name.clone(),
+                    step: "remove the host".into(),
+                    reason: e,
+                    undo: None,
+                })?;
         }
         let still_connected = match self.connections.of(nqn.as_str()) {
             Seen::Known(c) => Ok(c.into_iter().filter(|c| c.hostnqn == host).collect()),
@@ -572,7 +592,10 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
                     dhgroup: k.dhgroup.clone(),
                 })
             });
-            if !self.nvmet.host_exists(&host) {
+            if self
+                .take_host(&host)
+                .map_err(|e| ("register the host".to_string(), e))?
+            {
                 made.push(Made::Host(host.clone()));
             }
             note(
@@ -630,14 +653,22 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         for (i, addr) in self.config.listeners.iter().enumerate() {
             let id = u16::try_from(i + 1)
                 .map_err(|_| ("ports".to_string(), "too many listeners".to_string()))?;
-            if !self.nvmet.port_exists(id) {
-                made.push(Made::Port(id));
+            match self
+                .take_port(id, addr)
+                .map_err(|e| ("create the port".to_string(), e))?
+            {
+                PortUse::Theirs => {}
+                use_ => {
+                    if use_ == PortUse::Made {
+                        made.push(Made::Port(id));
+                    }
+                    note(
+                        self.nvmet
+                            .ensure_port(id, addr)
+                            .map_err(nv("create the port"))?,
+                    );
+                }
             }
-            note(
-                self.nvmet
-                    .ensure_port(id, addr)
-                    .map_err(nv("create the port"))?,
-            );
             note(
                 self.nvmet
                     .ensure_linked(id, nqn)
@@ -717,27 +748,109 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         Ok(r)
     }
 
+    /// The host object is ours to write: claimed when absent (`true`: made now), ours
+    /// already, or refused when someone else made it (its keys are theirs).
+    fn take_host(&mut self, host: &Nqn) -> Result<bool, String> {
+        let owned = self
+            .store
+            .owns(Owned::Host, host.as_str())
+            .map_err(|e| e.to_string())?;
+        if self.nvmet.host_exists(host) {
+            return if owned {
+                Ok(false)
+            } else {
+                Err(format!(
+                    "host {host} exists in nvmet and was not made by nvmf-target: its \
+                     DH-HMAC-CHAP settings are someone else's (remove it or use another NQN)"
+                ))
+            };
+        }
+        self.store
+            .claim(Owned::Host, host.as_str())
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Port `id` for `addr`: made now (claimed), ours, or someone else's at the same
+    /// address (shared, never changed); someone else's at another address is refused.
+    fn take_port(&mut self, id: u16, addr: &TransportAddress) -> Result<PortUse, String> {
+        let name = id.to_string();
+        let owned = self
+            .store
+            .owns(Owned::Port, &name)
+            .map_err(|e| e.to_string())?;
+        if self.nvmet.port_exists(id) {
+            if owned {
+                return Ok(PortUse::Ours);
+            }
+            return match self.nvmet.port_is_at(id, addr) {
+                Ok(true) => Ok(PortUse::Theirs),
+                Ok(false) => Err(format!(
+                    "nvmet port {id} exists at another address and was not made by \
+                     nvmf-target; it is left as it is (free the port id or move the listener)"
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        self.store
+            .claim(Owned::Port, &name)
+            .map_err(|e| e.to_string())?;
+        Ok(PortUse::Made)
+    }
+
+    /// Removes a host object this daemon made once no subsystem allows it.
+    fn drop_host_if_unused(&mut self, host: &Nqn) -> Result<(), String> {
+        let s = |e: &dyn std::fmt::Display| e.to_string();
+        if !self
+            .store
+            .owns(Owned::Host, host.as_str())
+            .map_err(|e| s(&e))?
+            || self.nvmet.allowed_anywhere(host).map_err(|e| s(&e))?
+        {
+            return Ok(());
+        }
+        self.nvmet.remove_host(host).map_err(|e| s(&e))?;
+        self.store
+            .disown(Owned::Host, host.as_str())
+            .map_err(|e| s(&e))
+    }
+
+    /// Removes a port this daemon made once nothing is exported on it.
+    fn drop_port_if_unused(&mut self, id: u16) -> Result<(), String> {
+        let name = id.to_string();
+        if !self
+            .store
+            .owns(Owned::Port, &name)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        if self
+            .nvmet
+            .remove_port_if_unused(id)
+            .map_err(|e| e.to_string())?
+            || !self.nvmet.port_exists(id)
+        {
+            self.store
+                .disown(Owned::Port, &name)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Undoes what a failed create made, newest first; the first failure is reported after
     /// trying the rest.
     fn undo(&mut self, made: Vec<Made>) -> Result<(), String> {
         let mut first = None;
         for m in made.into_iter().rev() {
             let r = match &m {
-                Made::Port(id) => self
-                    .nvmet
-                    .remove_port_if_unused(*id)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                Made::Port(id) => self.drop_port_if_unused(*id),
                 Made::Subsystem(nqn) => self
                     .nvmet
                     .remove_subsystem(nqn)
                     .map(drop)
                     .map_err(|e| e.to_string()),
-                Made::Host(h) => self
-                    .nvmet
-                    .remove_host(h)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                Made::Host(h) => self.drop_host_if_unused(h),
                 Made::Carved(p) => self.backend.release(p),
             };
             if let Err(e) = r {
@@ -1072,6 +1185,8 @@ mod tests {
         w.store
             .update_volume("vol1", VolumeState::Creating, Some(&p))
             .expect("placed");
+        // The daemon claims the host before making it.
+        w.store.claim(Owned::Host, HOST).expect("claim");
         w.nvmet
             .ensure_host(&Nqn::new(HOST).expect("nqn"), None)
             .expect("host");
@@ -1319,5 +1434,45 @@ mod tests {
             vec![HOST.to_string()]
         );
         assert_eq!(reconcile(&mut w), Reconciled::default(), "converged");
+    }
+
+    #[test]
+    fn hosts_and_ports_someone_else_made_are_used_as_they_are_or_refused_never_changed() {
+        let mut w = world();
+        let theirs = w.config.listeners[0].clone();
+        // Their port 1 at our address: shared, and left when our last volume goes.
+        w.nvmet.ensure_port(1, &theirs).expect("their port");
+        create(&mut w, &req("vol1")).expect("create on a shared port");
+        assert_eq!(w.nvmet.linked(1).expect("linked"), vec![SUB1.to_string()]);
+        w.volumes().delete("vol1", false).expect("delete");
+        assert!(w.nvmet.port_exists(1), "their port was removed");
+        // Their port 1 at another address: refused, nothing changed.
+        let other: TransportAddress =
+            TransportAddress::rdma("198.51.100.9".parse().expect("ip"), 4420).expect("addr");
+        w.nvmet.remove_port_if_unused(1).expect("rm");
+        w.nvmet.ensure_port(1, &other).expect("their other port");
+        let before = w.nvmet.fs().snapshot();
+        match create(&mut w, &req("vol2")) {
+            Err(VolumeError::Step { step, reason, .. }) => {
+                assert_eq!(step, "create the port");
+                assert!(reason.contains("not made by nvmf-target"), "{reason}");
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(w.nvmet.fs().snapshot(), before);
+        assert!(w.store.volumes().expect("list").is_empty());
+        // Their host object under our host's NQN: refused, its keys untouched.
+        w.nvmet.remove_port_if_unused(1).expect("rm");
+        let host = Nqn::new(HOST).expect("nqn");
+        w.nvmet.ensure_host(&host, None).expect("their host");
+        let before = w.nvmet.fs().snapshot();
+        match create(&mut w, &req("vol3")) {
+            Err(VolumeError::Step { step, reason, .. }) => {
+                assert_eq!(step, "register the host");
+                assert!(reason.contains("not made by nvmf-target"), "{reason}");
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(w.nvmet.fs().snapshot(), before);
     }
 }
