@@ -331,6 +331,23 @@ impl Configfs for FakeNvmet {
         if name == "attr_allow_any_host" && value != "0" && value != "1" {
             return Err(errno(libc::EINVAL));
         }
+        // nvmet parses UUIDs and NGUIDs (dashes optional) and prints them dashed.
+        let value = if matches!(name, "device_uuid" | "device_nguid") {
+            let hex = value.replace('-', "").to_ascii_lowercase();
+            if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(errno(libc::EINVAL));
+            }
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        } else {
+            value
+        };
         n.insert(rel.to_path_buf(), Node::Attr(value));
         Ok(())
     }

@@ -69,6 +69,17 @@ pub struct NamespaceSpec {
     pub nguid: String,
 }
 
+/// Whether a namespace attribute as nvmet shows it holds `want`: nvmet prints UUIDs and
+/// NGUIDs in the dashed 8-4-4-4-12 form whatever form they were written in.
+fn same_value(attr: &str, now: &str, want: &str) -> bool {
+    if matches!(attr, "device_uuid" | "device_nguid") {
+        let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
+        norm(now) == norm(want)
+    } else {
+        now == want
+    }
+}
+
 /// The model over a configfs (the kernel's, or a fake).
 pub struct Nvmet<C> {
     fs: C,
@@ -216,7 +227,7 @@ impl<C: Configfs> Nvmet<C> {
             for (attr, want) in attrs {
                 let path = dir.join(attr);
                 let now = self.fs.read(&path).map_err(Self::io("read", &path))?;
-                if now != want {
+                if !same_value(attr, &now, want) {
                     return Err(NvmetError::Conflict {
                         what: format!("namespace {} of {nqn}", ns.nsid),
                         detail: format!("enabled with {attr} {now:?}, not {want:?}"),
@@ -226,7 +237,13 @@ impl<C: Configfs> Nvmet<C> {
             return Ok(made);
         }
         for (attr, want) in attrs {
-            self.set(&dir.join(attr), want)?;
+            let path = dir.join(attr);
+            let now = self.fs.read(&path).map_err(Self::io("read", &path))?;
+            if !same_value(attr, &now, want) {
+                self.fs
+                    .write(&path, want)
+                    .map_err(Self::io("write", &path))?;
+            }
         }
         self.fs
             .write(&enable, "1")
