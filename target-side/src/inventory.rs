@@ -63,6 +63,20 @@ pub struct Namespace {
     pub nguid: String,
     /// Controllers it is attached to.
     pub attached: Vec<u16>,
+    /// The drive's LBA formats for it (the one in use is marked).
+    pub lba_formats: Vec<LbaFormatView>,
+}
+
+/// An LBA format a namespace can be formatted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct LbaFormatView {
+    pub index: u8,
+    /// Data bytes per block (absent when the format is unusable).
+    pub data_bytes: Option<u64>,
+    pub metadata_bytes: u16,
+    /// Relative performance, 0 (best) to 3.
+    pub relative_performance: u8,
+    pub in_use: bool,
 }
 
 /// One PF.
@@ -123,6 +137,18 @@ impl PfInventory {
                 block_bytes: block,
                 nguid: id.nguid.iter().map(|b| format!("{b:02x}")).collect(),
                 attached: admin.namespace_controllers(nsid).map_err(a)?,
+                lba_formats: id
+                    .lbaf
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| LbaFormatView {
+                        index: u8::try_from(i).unwrap_or(u8::MAX),
+                        data_bytes: f.data_size(),
+                        metadata_bytes: f.ms,
+                        relative_performance: f.rp,
+                        in_use: i == id.lba_format_index(),
+                    })
+                    .collect(),
             });
         }
         Ok(PfInventory {
@@ -302,6 +328,18 @@ mod tests {
         assert_eq!(
             (inv.namespaces[1].size_bytes, inv.namespaces[1].block_bytes),
             (512 << 20, 4096)
+        );
+        let in_use: Vec<_> = inv.namespaces[1]
+            .lba_formats
+            .iter()
+            .filter(|f| f.in_use)
+            .map(|f| f.data_bytes)
+            .collect();
+        assert_eq!(
+            in_use,
+            vec![Some(4096)],
+            "{:?}",
+            inv.namespaces[1].lba_formats
         );
         assert!(inv.namespaces[0].nguid.starts_with("ab") && inv.namespaces[0].nguid.len() == 32);
         assert_eq!(

@@ -13,7 +13,7 @@ use fabric::admin::{AdminCommand, AdminDevice, SubmitError};
 use fabric::testing::{FakeAdmin, FakeSysfs};
 
 use crate::carve::CarvedVf;
-use crate::inventory::{Flexible, Namespace, PfInventory};
+use crate::inventory::{Flexible, LbaFormatView, Namespace, PfInventory};
 use crate::store::Placement;
 use crate::volume::{Backend, PlaceError, Taken};
 
@@ -274,6 +274,13 @@ impl Backend for FakeBackend {
                     } else {
                         vec![]
                     },
+                    lba_formats: vec![LbaFormatView {
+                        index: 0,
+                        data_bytes: Some(512),
+                        metadata_bytes: 0,
+                        relative_performance: 0,
+                        in_use: true,
+                    }],
                 })
                 .collect(),
         }])
