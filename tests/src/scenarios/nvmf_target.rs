@@ -5,10 +5,13 @@
 //! both; a connect with the host's secret works and one without a secret, with a wrong secret
 //! or from a host the subsystem does not allow is refused; bytes written on the compute node
 //! are read back from the VF namespace's block device on the storage node; the daemon killed
-//! with -9 in the middle of a create and started again converges (nothing duplicated); a cold
-//! reboot of the storage node restores both exports from the store and the compute node's
-//! controllers reconnect by themselves; deletes remove the subsystems, detach the namespaces
-//! and free the VFs. Guest shell in `sh/nvmf_target_*.sh`.
+//! with -9 in the middle of the first create (just after it enabled the VFs) and started again
+//! converges (nothing duplicated); a daemon restarted with everything in place changes
+//! nothing; a cold reboot of the storage node restores both exports from the store and the
+//! compute node's controllers reconnect by themselves; deletes remove the subsystems, detach
+//! the namespaces and free the VFs. Every reconcile pass any daemon run printed must have
+//! failed nothing (checked last, so that one run shows every other check too). Guest shell in
+//! `sh/nvmf_target_*.sh`.
 
 use std::path::Path;
 
