@@ -2,9 +2,9 @@
 //! a table for people or the API's JSON (`--json`) for scripts; an error answer is the exit
 //! status and its `error (status): detail` line.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+
+use nvmf_service::client::{exchange, request};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -35,79 +35,6 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .with_context(|| format!("size {s:?}: expected a number with an optional K/M/G/T suffix"))
-}
-
-/// One request to the API over its Unix socket: the status and the body's text.
-fn exchange(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, String)> {
-    let mut c = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the nvmf-target API at {} (is the daemon running?)",
-            socket.display()
-        )
-    })?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: nvmf-target\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = Vec::new();
-    c.read_to_end(&mut out)?;
-    let out = String::from_utf8_lossy(&out);
-    let (head, rest) = out
-        .split_once("\r\n\r\n")
-        .context("a malformed HTTP response")?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("a response without a status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let text = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((code, text))
-}
-
-/// One request: the status and the JSON body (`Null` when empty).
-fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let (code, text) = exchange(socket, method, path, body)?;
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("the API answered {code} with {text:?}"))?
-    };
-    Ok((code, v))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 pub fn client(

@@ -55,7 +55,10 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tcp = match &config.api_tcp {
-        Some(t) => Some((t.addr, read_token(&t.token_file)?)),
+        Some(t) => Some((
+            t.addr,
+            nvmf_service::auth::read_token(&t.token_file).context("api.token_file")?,
+        )),
         None => None,
     };
     let root = SysRoot::host();
@@ -167,29 +170,4 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
-}
-
-/// The TCP API's bearer token: the file's first line, which must not be empty, in a file
-/// only its owner can read.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("api.token_file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "api.token_file {}: mode {:o} lets others read the token; chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("api.token_file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.len() < 16 {
-        bail!(
-            "api.token_file {}: the token must be at least 16 characters on the first line",
-            path.display()
-        );
-    }
-    Ok(token)
 }

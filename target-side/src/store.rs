@@ -157,26 +157,11 @@ impl Store {
     /// Opens (or creates) `<state_dir>/state.db`.
     pub fn open(state_dir: &Path) -> Result<Store> {
         let path = state_dir.join("state.db");
-        let err = |op| {
-            let path = path.clone();
-            move |source| StoreError::Sqlite { op, path, source }
-        };
-        let conn = Connection::open(&path).map_err(err("open"))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(err("journal_mode"))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Sqlite {
-                op: "journal_mode",
-                path,
-                source: rusqlite::Error::InvalidParameterName(format!(
-                    "WAL refused (journal_mode is {mode})"
-                )),
-            });
-        }
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(err("pragmas"))?;
-        conn.execute_batch(SCHEMA).map_err(err("schema"))?;
+        let conn = nvmf_service::store::open(&path, SCHEMA).map_err(|e| StoreError::Sqlite {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })?;
         Ok(Store { conn, path })
     }
 

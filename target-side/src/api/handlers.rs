@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::views::{self, *};
-use super::{bad_json, with, ApiError, Shared};
+use super::{with, ApiError, Shared};
 use crate::configfs::Configfs;
 use crate::connections::Connection;
 use crate::hosts::{self, RegisterHost};
@@ -15,21 +15,10 @@ use crate::inventory::PfInventory;
 use crate::metrics::{Observed, PfObserved};
 use crate::store::{VolumeRecord, VolumeState};
 use crate::volume::{Backend, CreateVolume};
-
-fn bad_path(e: PathRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text())
-}
-
-fn bad_query(e: QueryRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.body_text())
-}
+use nvmf_service::error::ErrorBody;
 
 fn no_volume(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no volume {name:?}"),
-    )
+    ApiError::not_found(format!("no volume {name:?}"))
 }
 
 fn nqn_of<C: Configfs, B: Backend>(svc: &super::Service<C, B>, name: &str) -> String {
@@ -81,9 +70,9 @@ pub async fn metrics<C: Configfs + 'static, B: Backend + Send + 'static>(
                 o.connected.push((v.name.clone(), h.len() as i64));
             }
         }
-        svc.metrics.render(&o).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })
+        svc.metrics
+            .render(&o)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await?;
     Ok((
@@ -174,7 +163,7 @@ pub async fn create_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     body: Result<Json<CreateVolumeBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<VolumeView>), ApiError> {
-    let Json(b) = body.map_err(bad_json)?;
+    let Json(b) = body?;
     with(s, move |svc| {
         let existed = svc.store.volume(&b.name)?.is_some();
         let v = svc.volumes().create(&CreateVolume {
@@ -205,7 +194,7 @@ pub async fn get_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VolumeView>, ApiError> {
-    let Path(name) = name.map_err(bad_path)?;
+    let Path(name) = name?;
     with(s, move |svc| {
         let v = svc.store.volume(&name)?.ok_or_else(|| no_volume(&name))?;
         Ok(Json(view_of(svc, v)))
@@ -227,8 +216,8 @@ pub async fn delete_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
     name: Result<Path<String>, PathRejection>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(name) = name.map_err(bad_path)?;
-    let Query(q) = q.map_err(bad_query)?;
+    let Path(name) = name?;
+    let Query(q) = q?;
     with(s, move |svc| {
         let r = svc.volumes().delete(&name, q.force.unwrap_or(false));
         svc.save_copy();
@@ -253,8 +242,8 @@ pub async fn resize_volume<C: Configfs + 'static, B: Backend + Send + 'static>(
     name: Result<Path<String>, PathRejection>,
     body: Result<Json<ResizeBody>, JsonRejection>,
 ) -> Result<Json<VolumeView>, ApiError> {
-    let Path(name) = name.map_err(bad_path)?;
-    let Json(b) = body.map_err(bad_json)?;
+    let Path(name) = name?;
+    let Json(b) = body?;
     with(s, move |svc| {
         let v = svc.volumes().resize(&name, b.size_bytes)?;
         Ok(Json(view_of(svc, v)))
@@ -272,7 +261,7 @@ pub async fn volume_hosts<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<VolumeHostsView>, ApiError> {
-    let Path(name) = name.map_err(bad_path)?;
+    let Path(name) = name?;
     with(s, move |svc| {
         let v = svc.store.volume(&name)?.ok_or_else(|| no_volume(&name))?;
         let seen = svc.connections.of(&nqn_of(svc, &name));
@@ -295,8 +284,8 @@ pub async fn allow_host<C: Configfs + 'static, B: Backend + Send + 'static>(
     name: Result<Path<String>, PathRejection>,
     body: Result<Json<AllowBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<VolumeHostsView>), ApiError> {
-    let Path(name) = name.map_err(bad_path)?;
-    let Json(b) = body.map_err(bad_json)?;
+    let Path(name) = name?;
+    let Json(b) = body?;
     with(s, move |svc| {
         let new = svc.volumes().allow(&name, &b.nqn)?;
         svc.save_copy();
@@ -325,7 +314,7 @@ pub async fn revoke_host<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<RevokeView>, ApiError> {
-    let Path((name, nqn)) = p.map_err(bad_path)?;
+    let Path((name, nqn)) = p?;
     with(s, move |svc| {
         let r = svc.volumes().revoke(&name, &nqn)?;
         svc.save_copy();
@@ -376,7 +365,7 @@ pub async fn register_host<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     body: Result<Json<RegisterHostBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<HostView>), ApiError> {
-    let Json(b) = body.map_err(bad_json)?;
+    let Json(b) = body?;
     with(s, move |svc| {
         let require = svc.config.require_dhchap;
         let (rec, generated) = hosts::register(
@@ -409,7 +398,7 @@ pub async fn delete_host<C: Configfs + 'static, B: Backend + Send + 'static>(
     State(s): State<Shared<C, B>>,
     nqn: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(nqn) = nqn.map_err(bad_path)?;
+    let Path(nqn) = nqn?;
     with(s, move |svc| {
         svc.store.delete_host(&nqn)?;
         Ok(StatusCode::NO_CONTENT)

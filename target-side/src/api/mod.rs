@@ -6,17 +6,15 @@
 //! time. The OpenAPI document is generated from these handlers ([`ApiDoc`]) and committed as
 //! `target-side/openapi.json`.
 
-mod auth;
 mod handlers;
 pub mod views;
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
+use nvmf_service::auth::BearerScheme;
 use utoipa::OpenApi;
 
 use crate::config::Config;
@@ -28,8 +26,8 @@ use crate::nvmet::Nvmet;
 use crate::store::{Store, StoreError};
 use crate::volume::{Backend, VolumeError, Volumes};
 
-pub use auth::require_token;
-use auth::BearerScheme;
+pub use nvmf_service::error::ApiError;
+pub use nvmf_service::serve::{serve_tcp, serve_unix};
 
 /// Everything a request may touch, behind one lock.
 pub struct Service<C: Configfs, B: Backend> {
@@ -66,42 +64,21 @@ impl<C: Configfs, B: Backend> Service<C, B> {
 
 pub type Shared<C, B> = Arc<Mutex<Service<C, B>>>;
 
-/// An API error: status, kind, detail.
-#[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str, String);
-
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
-        ApiError(status, kind, detail.into())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(views::ErrorBody {
-                error: self.1.to_string(),
-                detail: self.2,
-            }),
-        )
-            .into_response()
-    }
-}
-
 impl From<VolumeError> for ApiError {
     fn from(e: VolumeError) -> Self {
         let detail = e.to_string();
         match e {
-            VolumeError::Invalid(_) => ApiError(StatusCode::BAD_REQUEST, "invalid", detail),
-            VolumeError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, "not_found", detail),
-            VolumeError::Conflict(_) => ApiError(StatusCode::CONFLICT, "conflict", detail),
-            VolumeError::Busy(_) => ApiError(StatusCode::CONFLICT, "in_use", detail),
-            VolumeError::Unsupported(_) => ApiError(StatusCode::CONFLICT, "unsupported", detail),
-            VolumeError::NoRoom(_) => ApiError(StatusCode::CONFLICT, "no_capacity", detail),
+            VolumeError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", detail),
+            VolumeError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", detail),
+            VolumeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            VolumeError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "in_use", detail),
+            VolumeError::Unsupported(_) => {
+                ApiError::new(StatusCode::CONFLICT, "unsupported", detail)
+            }
+            VolumeError::NoRoom(_) => ApiError::new(StatusCode::CONFLICT, "no_capacity", detail),
             VolumeError::Store(s) => s.into(),
             VolumeError::Step { .. } => {
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "kernel", detail)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "kernel", detail)
             }
         }
     }
@@ -111,11 +88,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let detail = e.to_string();
         match e {
-            StoreError::Duplicate { .. } => ApiError(StatusCode::CONFLICT, "conflict", detail),
-            StoreError::NotFound { .. } => ApiError(StatusCode::NOT_FOUND, "not_found", detail),
-            StoreError::HostInUse { .. } => ApiError(StatusCode::CONFLICT, "in_use", detail),
+            StoreError::Duplicate { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
+            StoreError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+            }
+            StoreError::HostInUse { .. } => ApiError::new(StatusCode::CONFLICT, "in_use", detail),
             StoreError::Sqlite { .. } => {
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "store", detail)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", detail)
             }
         }
     }
@@ -124,14 +103,10 @@ impl From<StoreError> for ApiError {
 impl From<HostError> for ApiError {
     fn from(e: HostError) -> Self {
         match e {
-            HostError::Invalid(d) => ApiError(StatusCode::BAD_REQUEST, "invalid", d),
+            HostError::Invalid(d) => ApiError::new(StatusCode::BAD_REQUEST, "invalid", d),
             HostError::Store(s) => s.into(),
         }
     }
-}
-
-fn bad_json(e: JsonRejection) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "invalid", e.body_text())
 }
 
 /// Runs `f` on the service off the async threads.
@@ -149,7 +124,7 @@ where
         f(&mut guard)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// The OpenAPI document of the routes below.
@@ -199,7 +174,7 @@ where
 {
     let counts = Arc::clone(&service.lock().unwrap_or_else(|e| e.into_inner()).metrics);
     use handlers::*;
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::<C, B>))
         .route("/v1/inventory", get(inventory::<C, B>))
@@ -229,54 +204,12 @@ where
             "/v1/hosts/{nqn}",
             axum::routing::delete(delete_host::<C, B>),
         )
-        .fallback(|| async {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such resource".into(),
-            )
-        })
-        .with_state(service)
-        .layer(axum::middleware::map_response(move |r: Response| {
-            let counts = Arc::clone(&counts);
-            async move {
-                if r.status().is_client_error() || r.status().is_server_error() {
-                    counts.error(r.status().as_str());
-                }
-                r
-            }
-        }))
-}
-
-/// Serves `router` on the Unix socket at `path` (created with mode 0600) until `shutdown`.
-pub async fn serve_unix(
-    path: &std::path::Path,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // Bound under a temporary name and made private before it appears at `path`: nobody can
-    // connect in the moment between bind and chmod.
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = tokio::net::UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)?;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Serves `router` on TCP at `listener`, every request checked for `Bearer <token>`.
-pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    token: String,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, require_token(router, token))
-        .with_graceful_shutdown(shutdown)
-        .await
+        .fallback(nvmf_service::error::no_route)
+        .with_state(service);
+    nvmf_service::serve::report_errors(
+        routes,
+        Arc::new(move |status: StatusCode| counts.error(status.as_str())),
+    )
 }
 
 #[cfg(test)]

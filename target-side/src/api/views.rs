@@ -8,16 +8,6 @@ use crate::config::Config;
 use crate::connections::{Connection, Seen};
 use crate::store::{HostRecord, VolumeRecord};
 
-/// Every error: a kind a program can match and a text that names the problem.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// `invalid`, `not_found`, `conflict`, `in_use`, `unsupported`, `no_capacity`,
-    /// `unauthorized`, `kernel`,
-    /// `store`, `internal`.
-    pub error: String,
-    pub detail: String,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: String,

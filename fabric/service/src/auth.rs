@@ -1,6 +1,8 @@
 //! The TCP listener's bearer token: every request carries `Authorization: Bearer <token>` or
-//! gets 401 (the Unix socket's mode 0600 is its access control instead).
+//! gets 401 (the Unix socket's mode 0600 is its access control instead); the token file's
+//! checks; and the scheme with its 401 answers in an OpenAPI document.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -12,7 +14,49 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::Modify;
 
-use super::ApiError;
+use crate::error::ApiError;
+
+/// Shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Why a token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token file {path}: mode {mode:o} lets others read the token; chmod 600 it")]
+    Readable { path: String, mode: u32 },
+    #[error("token file {path}: the token must be at least {MIN_TOKEN_LEN} characters on the first line")]
+    Short { path: String },
+}
+
+/// The token: the file's first line, at least [`MIN_TOKEN_LEN`] characters, in a file only
+/// its owner can read.
+pub fn read_token(path: &Path) -> Result<String, TokenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read = |source| TokenError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Readable {
+            path: shown,
+            mode: mode & 0o777,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(TokenError::Short { path: shown });
+    }
+    Ok(token)
+}
 
 /// Compares without stopping at the first difference (the time does not tell how much of a
 /// guess was right).
@@ -49,8 +93,9 @@ pub fn require_token(router: Router, token: String) -> Router {
     router.layer(axum::middleware::from_fn_with_state(Arc::new(token), check))
 }
 
-/// Declares the bearer scheme in the OpenAPI document, and the 401 every operation answers
-/// on the TCP listener without it.
+/// Declares the bearer scheme (`bearer`) in an OpenAPI document, and the 401 every
+/// operation answers on the TCP listener without it (the document must reference the
+/// `ErrorBody` schema).
 pub struct BearerScheme;
 
 impl Modify for BearerScheme {
@@ -90,7 +135,8 @@ impl Modify for BearerScheme {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn tokens_compare_whole() {
@@ -98,5 +144,25 @@ mod tests {
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"abcd"));
         assert!(!same(b"", b"a"));
+    }
+
+    #[test]
+    fn a_token_file_must_be_private_and_long_enough() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("token");
+        std::fs::write(&p, "0123456789abcdef\nignored\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(matches!(
+            read_token(&p),
+            Err(TokenError::Readable { mode: 0o644, .. })
+        ));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read_token(&p).expect("token"), "0123456789abcdef");
+        std::fs::write(&p, "short\n").expect("write");
+        assert!(matches!(read_token(&p), Err(TokenError::Short { .. })));
+        assert!(matches!(
+            read_token(&dir.path().join("absent")),
+            Err(TokenError::Read { .. })
+        ));
     }
 }
