@@ -652,7 +652,9 @@ mod tests {
         let token = "schemathesis-token-0123456789";
         let port = tcp_server(&s, token);
         let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        // Run where its cache and reports go away with the test.
         let out = std::process::Command::new("st")
+            .current_dir(s.dir.path())
             .args(["run", doc, "--url"])
             .arg(format!("http://127.0.0.1:{port}"))
             .args(["-H", &format!("Authorization: Bearer {token}")])
