@@ -571,7 +571,9 @@ fn steps_of(bed: &mut Bed, bin: &str) -> Result<Report> {
             ("OTHER_NQN", OTHER_NQN.to_string()),
             ("OTHER_ID", OTHER_ID.to_string()),
         ],
-        secs(120),
+        // A refusal may come late: a wrong-secret connect was once seen blocked in the
+        // kernel for over 2 minutes (see the script).
+        secs(420),
     )?;
     for r in all_with(&refused, "attempt") {
         let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
