@@ -1,4 +1,8 @@
 //! `nvmf-initiator`: the compute node agent.
 //!
-//! Not built yet (see ARCHITECTURE.md in this folder for what will live here).
-//! This crate deliberately exposes nothing until the pieces are real.
+//! What exists so far (see ARCHITECTURE.md in this folder for the whole plan):
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | the TOML configuration, checked whole; the host identity files |
+pub mod config;
