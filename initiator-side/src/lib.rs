@@ -5,4 +5,6 @@
 //! | module | job |
 //! |---|---|
 //! | [`config`] | the TOML configuration, checked whole; the host identity files |
+//! | [`store`] | the attachment records in SQLite (`<state_dir>/state.db`, private: it holds secrets) |
 pub mod config;
+pub mod store;
