@@ -7,7 +7,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use fabric::transport::TransportAddress;
 use serde::Serialize;
+
+use crate::port_connections;
 
 /// Where the kernel puts nvmet's debugfs directory.
 pub const DEFAULT_ROOT: &str = "/sys/kernel/debug/nvmet";
@@ -49,10 +52,19 @@ impl Seen {
     }
 }
 
-/// The reader, over a debugfs root the caller chooses (tests use a temporary tree).
+/// The reader, over a debugfs root the caller chooses (tests use a temporary tree), and
+/// optionally the transport count for kernels without nvmet debugfs.
 #[derive(Debug, Clone)]
 pub struct Connections {
     root: PathBuf,
+    fallback: Option<Fallback>,
+}
+
+/// Where to count transport connections when nvmet debugfs is missing.
+#[derive(Debug, Clone)]
+struct Fallback {
+    listeners: Vec<TransportAddress>,
+    proc_net: PathBuf,
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -61,17 +73,46 @@ fn read_trim(p: &Path) -> Option<String> {
 
 impl Connections {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Connections { root: root.into() }
+        Connections {
+            root: root.into(),
+            fallback: None,
+        }
+    }
+
+    /// Without nvmet debugfs, counts the transport's connections on `listeners` (RDMA CM ids,
+    /// TCP sockets under `proc_net`): none means nobody is connected to any subsystem; some
+    /// cannot be attributed and stay unknown.
+    pub fn with_transport_fallback(
+        mut self,
+        listeners: Vec<TransportAddress>,
+        proc_net: impl Into<PathBuf>,
+    ) -> Self {
+        self.fallback = Some(Fallback {
+            listeners,
+            proc_net: proc_net.into(),
+        });
+        self
     }
 
     /// The connections to subsystem `nqn`.
     pub fn of(&self, nqn: &str) -> Seen {
         if !self.root.is_dir() {
-            return Seen::Unknown(format!(
+            let why = format!(
                 "{} does not exist: this kernel does not show nvmet's controllers (it needs \
                  CONFIG_NVME_TARGET_DEBUGFS, kernel 6.10 or later, and debugfs mounted)",
                 self.root.display()
-            ));
+            );
+            let Some(f) = &self.fallback else {
+                return Seen::Unknown(why);
+            };
+            return match port_connections::count(&f.listeners, &f.proc_net) {
+                Ok(0) => Seen::Known(Vec::new()),
+                Ok(n) => Seen::Unknown(format!(
+                    "{n} transport connection(s) on the listeners, which this kernel cannot \
+                     attribute to a subsystem: {why}"
+                )),
+                Err(e) => Seen::Unknown(format!("{why}; counting the transport failed: {e}")),
+            };
         }
         let dir = self.root.join(nqn);
         let entries = match fs::read_dir(&dir) {
@@ -155,5 +196,27 @@ pub(crate) mod tests {
             k => panic!("{k:?}"),
         }
         assert_eq!(c.of("x").hosts(), None);
+    }
+
+    #[test]
+    fn without_debugfs_no_transport_connection_means_nobody_and_some_stay_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = TransportAddress::tcp("192.0.2.1".parse().expect("ip"), 4420).expect("addr");
+        let c =
+            Connections::new(dir.path().join("nvmet")).with_transport_fallback(vec![l], dir.path());
+        let header = "  sl  local_address rem_address   st\n";
+        fs::write(dir.path().join("tcp"), header).expect("tcp");
+        assert_eq!(c.of("nqn.2026-12.io.example:vol1"), Seen::Known(vec![]));
+        // 192.0.2.1:4420 (0x1144), established.
+        let local = format!("{:08X}:1144", u32::from_ne_bytes([192, 0, 2, 1]));
+        fs::write(
+            dir.path().join("tcp"),
+            format!("{header}   0: {local} 0202000A:C000 01 0 0 0 0 0 0 1 1\n"),
+        )
+        .expect("tcp");
+        match c.of("nqn.2026-12.io.example:vol1") {
+            Seen::Unknown(why) => assert!(why.starts_with("1 transport connection"), "{why}"),
+            k => panic!("{k:?}"),
+        }
     }
 }

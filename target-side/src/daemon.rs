@@ -85,12 +85,14 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
     let nvmet = Nvmet::new(HostConfigfs::new(nvmet_dir));
     let period = config.reconcile_period;
     let socket = config.api_socket.clone();
+    let connections = Connections::new(root.path(connections::DEFAULT_ROOT))
+        .with_transport_fallback(config.listeners.clone(), root.path("/proc/net"));
     let service = Arc::new(Mutex::new(Service {
         config,
         store,
         nvmet,
         backend: Pfs { pfs },
-        connections: Connections::new(root.path(connections::DEFAULT_ROOT)),
+        connections,
         metrics: Arc::new(Metrics::new()),
     }));
     let reconcile = |s: &Arc<Mutex<Service<HostConfigfs, Pfs<fabric::admin::NvmeCharDevice>>>>| {

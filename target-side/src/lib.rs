@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nvmet;
 pub mod nvmetcli;
 pub mod plan;
+pub mod port_connections;
 pub mod store;
 #[cfg(test)]
 mod testing;

@@ -261,7 +261,12 @@ fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and
     assert!(r.refused.iter().all(|a| a.1 != "0"), "{r:?}");
     assert_eq!(r.regions_checked, 4, "{r:?}");
     assert_eq!(r.reconnects.len(), 2, "{r:?}");
-    assert_eq!(r.deletes.len(), 2, "{r:?}");
+    assert_eq!(r.deletes.len(), 3, "{r:?}");
+    assert!(r.deletes[0].contains("refused while connected"), "{r:?}");
+    assert!(
+        r.deletes[1..].iter().all(|d| d.ends_with(": deleted")),
+        "{r:?}"
+    );
     assert!(
         ["finished", "absent"].contains(&r.interrupted_create.as_str()),
         "{r:?}"

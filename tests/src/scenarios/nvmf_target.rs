@@ -65,7 +65,7 @@ pub struct Report {
     pub reconcile_problems: Vec<String>,
     /// The kernel's reconnect line of each compute controller after the cold reboot.
     pub reconnects: Vec<String>,
-    /// How each delete went (with the daemon's refusal when it needed --force).
+    /// How each delete went: the one refused while connected, then the two deletes.
     pub deletes: Vec<String>,
     /// Data regions checked identical on both sides (compute writes, storage reads).
     pub regions_checked: u32,
@@ -696,7 +696,33 @@ fn steps_of(bed: &mut Bed, bin: &str) -> Result<Report> {
         report.regions_checked += 1;
     }
 
-    // 7. Deletes, once the compute node has disconnected.
+    // 7. A delete while the compute node is connected is refused: the bed's kernel has no
+    // nvmet debugfs (Debian's 6.12 lacks CONFIG_NVME_TARGET_DEBUGFS), so the daemon counts
+    // the RDMA connections on its listener, which it cannot attribute to a subsystem.
+    if let Some((v, ..)) = connected.first() {
+        let busy = target.try_cli(
+            bed,
+            &format!(
+                "volume delete {} while the compute node is connected",
+                v.name
+            ),
+            &["volume", "delete", &v.name],
+        )?;
+        match busy {
+            Err(e) if e.contains("in_use") && e.contains("transport connection") => {
+                report
+                    .deletes
+                    .push(format!("{}: refused while connected ({e})", v.name));
+            }
+            other => {
+                return Err(Error::Check {
+                    check: format!("volume delete {} is refused while connected", v.name),
+                    reason: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    // Then deletes, once the compute node has disconnected.
     for (v, ..) in &connected {
         steps::disconnect(bed, &v.nqn)?;
         bed.step_env(
@@ -715,27 +741,11 @@ fn steps_of(bed: &mut Bed, bin: &str) -> Result<Report> {
             &format!("volume delete {name} (no host connected)"),
             &["volume", "delete", name],
         )?;
+        // No RDMA connection is left on the listener: the daemon knows nobody is connected.
         let answer = match plain {
             Ok(a) => {
                 report.deletes.push(format!("{name}: deleted"));
                 a
-            }
-            // The daemon refuses a delete while it cannot see who is connected: nvmet shows
-            // its controllers only in debugfs, and Debian's 6.12 (the bed's kernel) is built
-            // without CONFIG_NVME_TARGET_DEBUGFS. The compute node has disconnected (checked
-            // above), so the delete is forced, as the daemon's answer says to.
-            Err(e)
-                if e.contains("in_use")
-                    && e.contains("cannot tell whether hosts are connected") =>
-            {
-                report.deletes.push(format!(
-                    "{name}: refused unforced ({e}), deleted with --force"
-                ));
-                target.cli(
-                    bed,
-                    &format!("volume delete {name} --force (the daemon cannot see connections)"),
-                    &["volume", "delete", name, "--force"],
-                )?
             }
             Err(e) => {
                 return Err(Error::Check {
