@@ -1,5 +1,6 @@
 //! Who uses a device node: processes with it open (`/proc/*/fd`), block devices stacked on it
-//! (dm, md: its `holders/` in sysfs) and mounts of it (`/proc/self/mountinfo`), so that a detach
+//! (dm, md: its `holders/` in sysfs), mounts of it (`/proc/self/mountinfo`) and swap on it
+//! (`/proc/swaps`), so that a detach
 //! is refused while a VMM, a container or a mount still uses the attachment's device.
 //!
 //! Every path is under a root given by the caller, so tests build fake `/proc` and `/sys` trees.
@@ -52,12 +53,17 @@ pub struct BlockUse {
     pub stacked: Vec<String>,
     /// Mounts of it or of a partition.
     pub mounts: Vec<Mount>,
+    /// Swap areas on it or on a partition (`/proc/swaps`).
+    pub swaps: Vec<PathBuf>,
 }
 
 impl BlockUse {
     /// Nothing holds it (processes we could not inspect aside: see [`Scan::unreadable`]).
     pub fn is_free(&self) -> bool {
-        self.processes.holders.is_empty() && self.stacked.is_empty() && self.mounts.is_empty()
+        self.processes.holders.is_empty()
+            && self.stacked.is_empty()
+            && self.mounts.is_empty()
+            && self.swaps.is_empty()
     }
 
     /// One sentence naming the users, for a 409's detail.
@@ -78,6 +84,11 @@ impl BlockUse {
             self.mounts
                 .iter()
                 .map(|m| format!("mounted on {}", m.mount_point.display())),
+        );
+        parts.extend(
+            self.swaps
+                .iter()
+                .map(|s| format!("used as swap ({})", s.display())),
         );
         if parts.is_empty() {
             parts.push("not in use".to_string());
@@ -119,12 +130,53 @@ fn denied(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
+/// A device number to find open fds by, whatever path they opened it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DevNum {
+    block: bool,
+    rdev: u64,
+}
+
+impl DevNum {
+    /// The device number of a device node, if `path` is one.
+    fn of_node(path: &Path) -> Option<DevNum> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = std::fs::metadata(path).ok()?;
+        let t = m.file_type();
+        (t.is_block_device() || t.is_char_device()).then(|| DevNum {
+            block: t.is_block_device(),
+            rdev: m.rdev(),
+        })
+    }
+
+    /// A block device's `major:minor` as sysfs prints it.
+    fn block(majmin: &str) -> Option<DevNum> {
+        let (ma, mi) = majmin.trim().split_once(':')?;
+        Some(DevNum {
+            block: true,
+            rdev: libc::makedev(ma.parse().ok()?, mi.parse().ok()?),
+        })
+    }
+}
+
 /// Processes under `proc_root` (normally `/proc`) with one of `targets` open, skipping the
 /// pids in `ignore` (say, the attachment's own vdpa-blk, which holds the backing device).
-/// A target is compared with each fd's link as the kernel prints it (the node's path).
+/// A target is compared with each fd's link as the kernel prints it (the node's path) and,
+/// when the target is a device node here, with the device number of what the fd opened (a
+/// container may have opened the same device under another name in its own `/dev`).
 pub fn processes_holding(
     proc_root: &Path,
     targets: &[PathBuf],
+    ignore: &[u32],
+) -> Result<Scan, HoldersError> {
+    let numbers: Vec<DevNum> = targets.iter().filter_map(|t| DevNum::of_node(t)).collect();
+    scan_fds(proc_root, targets, &numbers, ignore)
+}
+
+fn scan_fds(
+    proc_root: &Path,
+    targets: &[PathBuf],
+    numbers: &[DevNum],
     ignore: &[u32],
 ) -> Result<Scan, HoldersError> {
     let mut scan = Scan::default();
@@ -165,7 +217,12 @@ pub fn processes_holding(
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(err("read link", &fd.path())(e)),
             };
-            if targets.contains(&link) && !found.contains(&link) {
+            let held = targets.contains(&link)
+                || (!numbers.is_empty() && {
+                    // Follows the fd's magic link to what it opened; gone meanwhile: no match.
+                    fd_devnum(&fd.path()).is_some_and(|n| numbers.contains(&n))
+                });
+            if held && !found.contains(&link) {
                 found.push(link);
             }
         }
@@ -186,6 +243,16 @@ pub fn processes_holding(
     scan.holders
         .sort_by(|a, b| (a.pid, &a.path).cmp(&(b.pid, &b.path)));
     Ok(scan)
+}
+
+fn fd_devnum(fd: &Path) -> Option<DevNum> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(fd).ok()?;
+    let t = m.file_type();
+    (t.is_block_device() || t.is_char_device()).then(|| DevNum {
+        block: t.is_block_device(),
+        rdev: m.rdev(),
+    })
 }
 
 /// A block device (`/dev/NAME`) and its partitions as sysfs shows them: name and `major:minor`.
@@ -261,6 +328,23 @@ fn mounts_of(mountinfo: &Path, devices: &[String]) -> Result<Vec<Mount>, Holders
     Ok(out)
 }
 
+/// Swap areas (`/proc/swaps`, first column) that are one of `paths`.
+fn swaps_on(swaps: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, HoldersError> {
+    let text = match std::fs::read_to_string(swaps) {
+        Ok(t) => t,
+        // A kernel without swap support has no /proc/swaps.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err("read", swaps)(e)),
+    };
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_ascii_whitespace().next())
+        .map(|f| PathBuf::from(unescape_mount(f)))
+        .filter(|p| paths.contains(p))
+        .collect())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
 fn unescape_mount(s: &str) -> String {
     let b = s.as_bytes();
@@ -285,7 +369,8 @@ fn unescape_mount(s: &str) -> String {
 }
 
 /// Everything that uses the block device `dev` (`/dev/vdb`, `/dev/nvme1n1`) or one of its
-/// partitions: processes with them open (pids in `ignore` aside), stacked devices, mounts.
+/// partitions: processes with them open (pids in `ignore` aside; matched by path and by device
+/// number), stacked devices, mounts, swap areas.
 /// `sys_root` and `proc_root` are normally `/sys` and `/proc`; partitions are found under
 /// `<sys_root>/class/block/NAME/`, device nodes as `/dev/<partition>`.
 pub fn block_device_use(
@@ -305,7 +390,12 @@ pub fn block_device_use(
     let family = block_family(sys_root, name)?;
     let dev_dir = dev.parent().unwrap_or(Path::new("/dev"));
     let paths: Vec<PathBuf> = family.iter().map(|(n, _)| dev_dir.join(n)).collect();
-    let processes = processes_holding(proc_root, &paths, ignore)?;
+    let numbers: Vec<DevNum> = family
+        .iter()
+        .filter_map(|(_, d)| DevNum::block(d))
+        .collect();
+    let processes = scan_fds(proc_root, &paths, &numbers, ignore)?;
+    let swaps = swaps_on(&proc_root.join("swaps"), &paths)?;
     let mut stacked = Vec::new();
     for (n, _) in &family {
         let part_of = (n != name).then_some(name);
@@ -319,6 +409,7 @@ pub fn block_device_use(
         processes,
         stacked,
         mounts,
+        swaps,
     })
 }
 
@@ -420,6 +511,44 @@ mod tests {
                 .any(|h| h.pid == std::process::id() && h.path == path),
             "{scan:?}"
         );
+    }
+
+    #[test]
+    fn a_device_opened_under_another_name_is_found_by_its_number() {
+        let t = tree();
+        // Another mount namespace's /dev: same device, other path.
+        let other_dev = t._dir.path().join("container-dev");
+        std::fs::create_dir_all(&other_dev).expect("mkdir");
+        symlink("/dev/null", other_dev.join("xvda")).expect("symlink");
+        process(
+            &t,
+            100,
+            "container",
+            &[other_dev.join("xvda").to_str().expect("utf-8")],
+        );
+        process(&t, 200, "bash", &["/dev/zero"]);
+        let scan = processes_holding(&t.proc_root, &["/dev/null".into()], &[]).expect("scan");
+        let pids: Vec<u32> = scan.holders.iter().map(|h| h.pid).collect();
+        assert_eq!(pids, vec![100]);
+        assert_eq!(scan.holders[0].path, other_dev.join("xvda"));
+    }
+
+    #[test]
+    fn swap_on_a_partition_holds_the_disk() {
+        let t = tree();
+        block(&t, "vdb", "253:16", &[("vdb1", "253:17")]);
+        std::fs::write(
+            t.proc_root.join("swaps"),
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+             /dev/vdb1                               partition\t1048572\t\t0\t\t-2\n\
+             /dev/vda3                               partition\t1048572\t\t0\t\t-3\n",
+        )
+        .expect("swaps");
+        let u =
+            block_device_use(&t.sys_root, &t.proc_root, Path::new("/dev/vdb"), &[]).expect("use");
+        assert_eq!(u.swaps, vec![PathBuf::from("/dev/vdb1")]);
+        assert!(!u.is_free());
+        assert_eq!(u.describe(), "used as swap (/dev/vdb1)");
     }
 
     #[test]

@@ -357,6 +357,9 @@ pub trait Launcher: Send + Sync {
     /// Whether the process with this pid and start time still runs (a zombie does not).
     fn alive(&self, pid: u32, start_time: u64) -> bool;
     /// SIGTERM, up to `timeout` for it to exit, then SIGKILL. Never signals a recycled pid.
+    /// vdpa-blk does not exit on SIGTERM while a VMM holds its `/dev/vhost-vdpa-N` (removal
+    /// would hang in the kernel), so check [`crate::holders`] first: a kill leaves the VDUSE
+    /// device behind ([`Stopped::Killed`]).
     fn stop(&self, process: &ProcessRecord, timeout: Duration) -> Result<Stopped, VdpaError>;
     /// Asks the control socket for per-queue counters.
     fn stats(&self, control_socket: &Path) -> Result<Stats, VdpaError>;
