@@ -166,7 +166,10 @@ pub fn inventory_rows(v: &Value) {
         for n in pf["namespaces"].as_array().into_iter().flatten() {
             println!(
                 "  {:>5} {:>14} {:>6} {}",
-                n["nsid"], n["size_bytes"], n["block_bytes"], n["attached"]
+                n["nsid"].to_string(),
+                n["size_bytes"].to_string(),
+                n["block_bytes"].to_string(),
+                n["attached"]
             );
         }
     }
