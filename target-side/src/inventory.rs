@@ -65,6 +65,9 @@ pub struct Namespace {
     pub attached: Vec<u16>,
     /// The drive's LBA formats for it (the one in use is marked).
     pub lba_formats: Vec<LbaFormatView>,
+    /// Its UUID (Namespace Identification Descriptors, CNS 03h), when it is active on the PF
+    /// itself (the drive answers CNS 03h only for those) and has one.
+    pub uuid: Option<String>,
 }
 
 /// An LBA format a namespace can be formatted with.
@@ -126,7 +129,22 @@ impl PfInventory {
             })
             .collect();
         let mut namespaces = Vec::new();
+        let active = admin.active_namespaces().map_err(a)?;
         for nsid in admin.allocated_namespaces().map_err(a)? {
+            let uuid = if active.contains(&nsid) {
+                admin
+                    .namespace_descriptors(nsid)
+                    .map_err(a)?
+                    .into_iter()
+                    .find_map(|d| match d {
+                        fabric::admin::NamespaceId::Uuid(u) => {
+                            Some(uuid::Uuid::from_bytes(u).to_string())
+                        }
+                        _ => None,
+                    })
+            } else {
+                None
+            };
             let id = admin.identify_allocated_namespace(nsid).map_err(a)?;
             let block = id
                 .block_size()
@@ -149,6 +167,7 @@ impl PfInventory {
                         in_use: i == id.lba_format_index(),
                     })
                     .collect(),
+                uuid,
             });
         }
         Ok(PfInventory {
@@ -258,6 +277,13 @@ mod tests {
                 put(data, 4, &2u32.to_le_bytes());
             }
             (0x06, 0x10) => {}
+            // Namespace 2 is active on the PF itself: it has descriptors.
+            (0x06, 0x02) if cmd.nsid == 0 => put(data, 0, &2u32.to_le_bytes()),
+            (0x06, 0x02) => {}
+            (0x06, 0x03) if cmd.nsid == 2 => {
+                put(data, 0, &[3, 16, 0, 0]);
+                put(data, 4, &[0x22; 16]);
+            }
             (0x06, 0x11) => {
                 let (blocks, lbads): (u64, u8) = if cmd.nsid == 1 {
                     (2 << 20, 9)

@@ -88,6 +88,26 @@ pub fn answer(d: &mut Drive, cmd: &AdminCommand, data: &mut [u8]) -> Result<u32,
                     data[130] = *lbads;
                     data[104] = *g;
                 }
+                // Active on the PF (controller 0, its Identify Controller's CNTLID).
+                0x02 => {
+                    let ids: Vec<u32> = d
+                        .attached
+                        .iter()
+                        .filter(|(n, c)| **n > cmd.nsid && c.contains(&0))
+                        .map(|(n, _)| *n)
+                        .collect();
+                    for (i, id) in ids.iter().enumerate() {
+                        data[4 * i..4 * i + 4].copy_from_slice(&id.to_le_bytes());
+                    }
+                }
+                0x03 => {
+                    let active = d.attached.get(&cmd.nsid).is_some_and(|c| c.contains(&0));
+                    let Some((_, _, g)) = d.namespaces.get(&cmd.nsid).filter(|_| active) else {
+                        return Err(status(0x0B));
+                    };
+                    data[0..4].copy_from_slice(&[3, 16, 0, 0]);
+                    data[4..20].fill(*g);
+                }
                 0x12 => {
                     let ids: Vec<u16> = d
                         .attached
@@ -281,6 +301,7 @@ impl Backend for FakeBackend {
                         relative_performance: 0,
                         in_use: true,
                     }],
+                    uuid: None,
                 })
                 .collect(),
         }])

@@ -19,6 +19,8 @@ pub enum Cns {
     Controller = 0x01,
     /// 02h: Active Namespace ID list.
     ActiveNamespaceList = 0x02,
+    /// 03h: Namespace Identification Descriptor list of an active NSID.
+    NamespaceDescriptors = 0x03,
     /// 10h: Allocated Namespace ID list.
     AllocatedNamespaceList = 0x10,
     /// 11h: Identify Namespace for an allocated NSID, attached or not.
@@ -241,6 +243,64 @@ impl IdentifyController {
     pub fn multi_controller(&self) -> bool {
         self.cmic & CMIC_MULTI_CTRL != 0
     }
+}
+
+/// One Namespace Identification Descriptor (CNS 03h; NVMe Base 2.0, Figure 315).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceId {
+    /// NIDT 1: IEEE Extended Unique Identifier, 8 bytes.
+    Eui64([u8; 8]),
+    /// NIDT 2: Namespace Globally Unique Identifier, 16 bytes.
+    Nguid([u8; 16]),
+    /// NIDT 3: Namespace UUID, 16 bytes.
+    Uuid([u8; 16]),
+    /// NIDT 4: Command Set Identifier, 1 byte.
+    Csi(u8),
+}
+
+/// Decodes a Namespace Identification Descriptor list: {NIDT, NIDL, 2 reserved, NID} entries
+/// until an NIDT of 0 or the end of the buffer. A descriptor whose length does not match its
+/// type, or that runs past the buffer, is an error; unknown types are skipped.
+pub fn decode_namespace_descriptors(buf: &[u8]) -> Result<Vec<NamespaceId>, DecodeError> {
+    const S: &str = "Namespace Identification Descriptor list";
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let (nidt, nidl) = (buf[at], usize::from(buf[at + 1]));
+        if nidt == 0 {
+            break;
+        }
+        let start = at + 4;
+        let nid = buf.get(start..start + nidl).ok_or(DecodeError::Truncated {
+            structure: S,
+            needed: start + nidl,
+            got: buf.len(),
+        })?;
+        let want = match nidt {
+            1 => Some(8),
+            2 | 3 => Some(16),
+            4 => Some(1),
+            _ => None,
+        };
+        if let Some(w) = want {
+            if nidl != w {
+                return Err(DecodeError::InvalidField {
+                    structure: S,
+                    field: "NIDL (wrong for its NIDT)",
+                    value: nidl as u64,
+                });
+            }
+        }
+        match nidt {
+            1 => out.push(NamespaceId::Eui64(nid.try_into().unwrap_or([0; 8]))),
+            2 => out.push(NamespaceId::Nguid(nid.try_into().unwrap_or([0; 16]))),
+            3 => out.push(NamespaceId::Uuid(nid.try_into().unwrap_or([0; 16]))),
+            4 => out.push(NamespaceId::Csi(nid[0])),
+            _ => {}
+        }
+        at = start + nidl;
+    }
+    Ok(out)
 }
 
 /// One LBA Format entry.
@@ -848,5 +908,41 @@ mod tests {
         assert!(!list[1].is_online());
         b[0] = 128;
         assert!(decode_secondary_controller_list(&b).is_err());
+    }
+
+    #[test]
+    fn namespace_descriptors_are_decoded_by_type_and_length() {
+        let mut buf = vec![0u8; 4096];
+        // NGUID, UUID, CSI, then the terminating zero NIDT.
+        buf[0..4].copy_from_slice(&[2, 16, 0, 0]);
+        buf[4..20].copy_from_slice(&[0xab; 16]);
+        buf[20..24].copy_from_slice(&[3, 16, 0, 0]);
+        buf[24..40].copy_from_slice(&[0x11; 16]);
+        buf[40..44].copy_from_slice(&[4, 1, 0, 0]);
+        buf[44] = 0;
+        assert_eq!(
+            decode_namespace_descriptors(&buf).expect("decode"),
+            vec![
+                NamespaceId::Nguid([0xab; 16]),
+                NamespaceId::Uuid([0x11; 16]),
+                NamespaceId::Csi(0)
+            ]
+        );
+        let mut bad = vec![0u8; 64];
+        bad[0..4].copy_from_slice(&[3, 8, 0, 0]);
+        assert!(
+            decode_namespace_descriptors(&bad).is_err(),
+            "a UUID of 8 bytes"
+        );
+        let mut short = vec![0u8; 12];
+        short[0..4].copy_from_slice(&[2, 16, 0, 0]);
+        assert!(
+            decode_namespace_descriptors(&short).is_err(),
+            "runs past the buffer"
+        );
+        assert_eq!(
+            decode_namespace_descriptors(&[0u8; 4096]).expect("empty"),
+            vec![]
+        );
     }
 }

@@ -25,8 +25,8 @@ use crate::error::DecodeError;
 use crate::root::SysRoot;
 
 pub use identify::{
-    Cns, ControllerType, IdentifyController, IdentifyNamespace, LbaFormat, NvmeVersion,
-    PrimaryControllerCapabilities, SecondaryController,
+    Cns, ControllerType, IdentifyController, IdentifyNamespace, LbaFormat, NamespaceId,
+    NvmeVersion, PrimaryControllerCapabilities, SecondaryController,
 };
 pub use log_page::{ErrorLogEntry, LogPageRequest, SmartLog};
 pub use ns_mgmt::{Attachment, NamespaceCreate};
@@ -229,6 +229,14 @@ impl<P: AdminPassthru> AdminDevice<P> {
     pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace, AdminError> {
         let buf = self.identify(Cns::Namespace, nsid, 0)?;
         IdentifyNamespace::decode(&buf).map_err(self.decode_err("Identify Namespace"))
+    }
+
+    /// The Namespace Identification Descriptors (CNS 03h: EUI-64, NGUID, UUID, CSI) of a
+    /// namespace active on this controller.
+    pub fn namespace_descriptors(&self, nsid: u32) -> Result<Vec<NamespaceId>, AdminError> {
+        let buf = self.identify(Cns::NamespaceDescriptors, nsid, 0)?;
+        identify::decode_namespace_descriptors(&buf)
+            .map_err(self.decode_err("Namespace Identification Descriptor list"))
     }
 
     /// Identify Namespace (CNS 11h) of an allocated namespace, attached to a controller or
