@@ -403,6 +403,12 @@ mod tests {
                 "no_capacity",
             ),
             (
+                r#"{"name": "v", "size_bytes": 1, "pf": "0000:99:00.0"}"#,
+                404,
+                "not_found",
+            ),
+            (r#"{"name": "v", "size_bytes": "1G"}"#, 400, "invalid"),
+            (
                 r#"{"name": "v", "size_bytes": 1, "hosts": ["nqn.2014-08.org.example:nobody"]}"#,
                 404,
                 "not_found",
