@@ -9,11 +9,13 @@
 //! | [`paths`] | one path: reuse the subsystem's controller at that address or connect one; disconnect only what the agent made and nobody else uses; the `Fabrics` trait |
 //! | [`namespace`] | wait (bounded) for the subsystem's namespace block device, multipath head first; NGUID check, size |
 //! | [`vdpa`] | the vdpa-blk processes: the `Launcher` trait, start detached and read the ready line, alive by pid and start time, stop, stats over the control socket, adoption after an agent restart |
+//! | [`metrics`] | the Prometheus registry: API errors, supervision events, attachments by state, path states, restarts, I/O counters |
 //! | [`holders`] | who uses a device: processes with it open, stacked block devices, mounts |
 //! | [`supervise`] | restart policy with backoff and the supervision pass over the running processes |
 //! | [`snippets`] | what to hand a VMM (QEMU, libvirt) or a container, with the shared-memory requirement |
 pub mod config;
 pub mod holders;
+pub mod metrics;
 pub mod namespace;
 pub mod paths;
 pub mod snippets;
