@@ -12,7 +12,9 @@
 //! | [`metrics`] | the Prometheus registry: API errors, supervision events, attachments by state, path states, restarts, I/O counters |
 //! | [`holders`] | who uses a device: processes with it open, stacked block devices, mounts |
 //! | [`supervise`] | restart policy with backoff and the supervision pass over the running processes |
+//! | [`attach`] | the attachment service: attach (paths, namespace, vdpa-blk; rollback of what the call made), idempotent on the same spec, conflict on another; detach (refused while the device is used unless forced); list/get with live health; reconcile after a crash |
 //! | [`snippets`] | what to hand a VMM (QEMU, libvirt) or a container, with the shared-memory requirement |
+pub mod attach;
 pub mod config;
 pub mod holders;
 pub mod metrics;

@@ -497,6 +497,8 @@ pub(crate) mod fake {
         failing: BTreeMap<String, Errno>,
         connects: Vec<ConnectOptions>,
         disconnects: Vec<String>,
+        /// nqn -> (size in sectors, NGUID as the kernel prints it) of its namespaces.
+        namespaces: BTreeMap<String, (u64, Option<String>)>,
     }
 
     /// Creates and removes controllers in a [`FakeSysfs`] the way the kernel does: a
@@ -552,6 +554,15 @@ pub(crate) mod fake {
             self.nvme().controller_names().expect("list controllers")
         }
 
+        /// The namespaces of `nqn` scan with `sectors` and `nguid` (written to the block
+        /// devices' `size` and `nguid`); without this they have no size (not ready yet).
+        pub(crate) fn namespace_attrs(&self, nqn: &str, sectors: u64, nguid: Option<&str>) {
+            self.state
+                .borrow_mut()
+                .namespaces
+                .insert(nqn.to_string(), (sectors, nguid.map(str::to_string)));
+        }
+
         /// The next controller made gets instance `n`.
         pub(crate) fn next_instance(&self, n: u32) {
             self.state.borrow_mut().next_instance = n;
@@ -597,6 +608,14 @@ pub(crate) mod fake {
                 let head_dir = self.nvme().root().sys_class_nvme_subsystem().join(&subsys);
                 if !head_dir.join(&head).exists() {
                     self.sysfs.add_head_namespace(&subsys, &head, *nsid);
+                    let attrs = self.state.borrow().namespaces.get(nqn).cloned();
+                    if let Some((sectors, nguid)) = attrs {
+                        let dir = head_dir.join(&head);
+                        std::fs::write(dir.join("size"), format!("{sectors}\n")).expect("size");
+                        if let Some(g) = nguid {
+                            std::fs::write(dir.join("nguid"), format!("{g}\n")).expect("nguid");
+                        }
+                    }
                 }
                 self.sysfs.add_controller_namespace(
                     name,

@@ -4,13 +4,15 @@
 //! caller writes it before it touches the kernel, and reconciles the kernel to the records
 //! on start.
 //!
-//! Three tables:
+//! Four tables:
 //! - `attachments`: id, subsystem NQN, the request as JSON (`spec`, secrets included: they
 //!   are needed to reconnect after a reboot), state (`attaching`, `ready`, `detaching`),
 //!   creation time;
 //! - `attachment_controllers`: the controllers (`nvmeN`) an attachment's paths use, with the
 //!   path's transport address and whether this agent connected it (`made`) or found it
 //!   connected (reused);
+//! - `attachment_connecting`: paths whose connect was sent where no controller existed (so
+//!   a controller found there after a crash mid-connect is known to be the agent's);
 //! - `vdpa`: the attachment's vdpa-blk process: its vdpa/VDUSE device name, pid and process
 //!   start time (field 22 of `/proc/PID/stat`, so a recycled pid is not taken for it), control
 //!   socket, device path, copy mode and restart count.
@@ -112,7 +114,8 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Where an attachment is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttachmentState {
     /// Recorded; paths, namespace and vdpa-blk may be partly made (a crash mid-attach
     /// converges from here: finished or undone).
@@ -192,6 +195,10 @@ pub struct Attachment {
     pub created_at: u64,
     /// Its paths' controllers, by name.
     pub controllers: Vec<ControllerRecord>,
+    /// Paths being connected: no controller existed at these addresses when the connect was
+    /// sent, so a controller found there after a crash (and recorded by no attachment) was
+    /// made by this agent. Cleared when the path's controller is recorded.
+    pub connecting: Vec<TransportAddress>,
     /// Its vdpa-blk process, once recorded.
     pub vdpa: Option<VdpaRecord>,
 }
@@ -226,6 +233,11 @@ CREATE TABLE IF NOT EXISTS attachment_controllers (
     address TEXT NOT NULL,
     made INTEGER NOT NULL CHECK (made IN (0, 1)),
     PRIMARY KEY (attachment, controller)
+);
+CREATE TABLE IF NOT EXISTS attachment_connecting (
+    attachment TEXT NOT NULL REFERENCES attachments(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    PRIMARY KEY (attachment, address)
 );
 CREATE TABLE IF NOT EXISTS vdpa (
     attachment TEXT PRIMARY KEY REFERENCES attachments(id) ON DELETE CASCADE,
@@ -336,6 +348,7 @@ impl Store {
             state: AttachmentState::Attaching,
             created_at,
             controllers: Vec::new(),
+            connecting: Vec::new(),
             vdpa: None,
         })
     }
@@ -394,6 +407,7 @@ impl Store {
             .map_err(|_| corrupt(format!("created_at {} is negative", raw.created_at)))?;
         Ok(Attachment {
             controllers: self.controllers(&raw.id)?,
+            connecting: self.connecting(&raw.id)?,
             vdpa: self.vdpa(&raw.id)?,
             id: raw.id,
             nqn: raw.nqn,
@@ -437,6 +451,29 @@ impl Store {
             });
         }
         out.sort_by_key(|c| controller_order(&c.controller));
+        Ok(out)
+    }
+
+    fn connecting(&self, id: &str) -> Result<Vec<TransportAddress>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address FROM attachment_connecting WHERE attachment = ?1")
+            .map_err(self.sql("select connecting"))?;
+        let rows = stmt
+            .query_map([id], |r| r.get::<_, String>(0))
+            .map_err(self.sql("select connecting"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql("select connecting"))?;
+        let mut out = Vec::new();
+        for address in rows {
+            out.push(address.parse().map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                table: "attachment_connecting",
+                key: format!("{id}/{address}"),
+                problem: format!("address {address:?}: {e}"),
+            })?);
+        }
+        out.sort_by_key(|a: &TransportAddress| a.to_string());
         Ok(out)
     }
 
@@ -512,13 +549,50 @@ impl Store {
         })
     }
 
-    /// Records (or updates) a controller of attachment `id`'s paths.
+    /// Records that attachment `id` is about to connect a path at `address`, where no
+    /// controller exists yet (see [`Attachment::connecting`]).
+    pub fn put_connecting(&mut self, id: &str, address: &TransportAddress) -> Result<()> {
+        let address = address.to_string();
+        self.change(|tx, path| {
+            if !exists(tx, path, id)? {
+                return Err(not_found("attachment", id));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO attachment_connecting (attachment, address) VALUES (?1, ?2)",
+                params![id, address],
+            )
+            .map_err(sqlite(path, "insert connecting"))?;
+            Ok(())
+        })
+    }
+
+    /// Forgets that attachment `id` was connecting a path at `address` (the connect failed,
+    /// or what it made is gone). Not an error when nothing is recorded.
+    pub fn remove_connecting(&mut self, id: &str, address: &TransportAddress) -> Result<()> {
+        let address = address.to_string();
+        self.change(|tx, path| {
+            tx.execute(
+                "DELETE FROM attachment_connecting WHERE attachment = ?1 AND address = ?2",
+                params![id, address],
+            )
+            .map_err(sqlite(path, "delete connecting"))?;
+            Ok(())
+        })
+    }
+
+    /// Records (or updates) a controller of attachment `id`'s paths; in the same transaction
+    /// the path's [`Store::put_connecting`] mark (same address) goes.
     pub fn put_controller(&mut self, id: &str, c: &ControllerRecord) -> Result<()> {
         let address = c.address.to_string();
         self.change(|tx, path| {
             if !exists(tx, path, id)? {
                 return Err(not_found("attachment", id));
             }
+            tx.execute(
+                "DELETE FROM attachment_connecting WHERE attachment = ?1 AND address = ?2",
+                params![id, address],
+            )
+            .map_err(sqlite(path, "delete connecting"))?;
             tx.execute(
                 "INSERT INTO attachment_controllers (attachment, controller, address, made)
                  VALUES (?1, ?2, ?3, ?4)
@@ -1100,6 +1174,47 @@ mod tests {
             s.attachment("a3").expect("read").expect("a3").controllers,
             vec![ctrl("nvme1", "rdma://192.0.2.1", true)]
         );
+    }
+
+    #[test]
+    fn a_connecting_mark_lasts_until_the_paths_controller_is_recorded() {
+        let (_d, mut s) = store();
+        s.create_attachment("a1", NQN, &spec()).expect("a1");
+        let a1: TransportAddress = "rdma://192.0.2.1:4420".parse().expect("address");
+        let a2: TransportAddress = "rdma://192.0.2.2:4420".parse().expect("address");
+        s.put_connecting("a1", &a1).expect("mark");
+        s.put_connecting("a1", &a2).expect("mark");
+        s.put_connecting("a1", &a2).expect("marking twice is fine");
+        let got = s.attachment("a1").expect("read").expect("a1");
+        assert_eq!(got.connecting, vec![a1.clone(), a2.clone()]);
+        s.put_controller("a1", &ctrl("nvme1", "rdma://192.0.2.1:4420", true))
+            .expect("c");
+        let got = s.attachment("a1").expect("read").expect("a1");
+        assert_eq!(
+            got.connecting,
+            vec![a2.clone()],
+            "recorded: no longer connecting"
+        );
+        s.remove_connecting("a1", &a2).expect("forget");
+        assert!(s
+            .attachment("a1")
+            .expect("read")
+            .expect("a1")
+            .connecting
+            .is_empty());
+        assert!(matches!(
+            s.put_connecting("nope", &a1),
+            Err(StoreError::NotFound { .. })
+        ));
+        s.put_connecting("a1", &a1).expect("mark");
+        assert!(s.delete_attachment("a1").expect("delete"));
+        let left: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM attachment_connecting", [], |r| {
+                r.get(0)
+            })
+            .expect("count");
+        assert_eq!(left, 0);
     }
 
     #[test]
