@@ -81,7 +81,7 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const VDPA_PREFIX: &str = "nvmf-";
 
 /// One path as the request gives it (the fields nvme-cli names `-t`, `-a`, `-s`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PathRequest {
     /// `rdma`, `tcp` or `loop`.
@@ -564,11 +564,12 @@ impl AttachError {
 }
 
 /// A path's controller as it is now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ControllerView {
     /// `nvmeN`.
     pub controller: String,
     /// The path's address.
+    #[schema(value_type = String)]
     pub address: TransportAddress,
     /// The agent connected it (and disconnects it when the last attachment using it goes).
     pub made: bool,
@@ -578,7 +579,7 @@ pub struct ControllerView {
 }
 
 /// The vdpa-blk process as it is now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VdpaView {
     /// The vdpa/VDUSE device name.
     pub name: String,
@@ -589,6 +590,7 @@ pub struct VdpaView {
     /// Restarts after it died.
     pub restarts: u32,
     /// Its control socket.
+    #[schema(value_type = String)]
     pub control_socket: PathBuf,
     /// Per-queue counters, when the control socket answered.
     pub stats: Option<Stats>,
@@ -598,7 +600,7 @@ pub struct VdpaView {
 
 /// An attachment as the API shows it: the record, what the kernel and vdpa-blk say now, and
 /// what to hand the guest. Never holds the secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AttachmentView {
     /// Its id.
     pub id: String,
@@ -625,10 +627,12 @@ pub struct AttachmentView {
     /// Each path's controller.
     pub controllers: Vec<ControllerView>,
     /// The namespace's block device on this node, if it is there now.
+    #[schema(value_type = Option<String>)]
     pub backing_device: Option<PathBuf>,
     /// vdpa-blk.
     pub vdpa: Option<VdpaView>,
     /// What to hand over: `/dev/vhost-vdpa-N` (vhost-vdpa) or `/dev/vdX` (virtio-vdpa).
+    #[schema(value_type = Option<String>)]
     pub device: Option<PathBuf>,
     /// Who copies guest data: nobody through vhost-vdpa with shared guest memory; the
     /// kernel's VDUSE bounce buffer once through virtio-vdpa.
@@ -1264,6 +1268,25 @@ impl<'a, F: Fabrics + ?Sized, L: Launcher + ?Sized> Attachments<'a, F, L> {
     }
 
     /// Every attachment with its live health, oldest first.
+    /// The vdpa-blk process serving attachment `id` now, for the supervisor (`None` when
+    /// none is recorded or it does not run).
+    pub fn running(&self, id: &str) -> Result<Option<Running>, AttachError> {
+        let r = self.record(id)?;
+        let Some((pid, start_time)) = r.vdpa.as_ref().and_then(|v| v.pid.zip(v.start_time)) else {
+            return Ok(None);
+        };
+        let files = self.files(id);
+        self.launcher
+            .adopt(&ProcessRecord {
+                pid,
+                start_time,
+                control_socket: files.socket,
+                stdout: files.stdout,
+                stderr: files.stderr,
+            })
+            .map_err(|e| AttachError::new(ErrorKind::Vdpa, Step::StartVdpa, e.to_string()).of(id))
+    }
+
     pub fn list(&self) -> Result<Vec<AttachmentView>, AttachError> {
         let records = self.store.attachments().map_err(AttachError::store)?;
         records.iter().map(|r| self.view(r)).collect()
@@ -1570,4 +1593,4 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

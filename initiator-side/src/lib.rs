@@ -4,6 +4,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`api`] | the attach API: routes, the service behind one lock with its supervised processes, the OpenAPI document |
 //! | [`config`] | the TOML configuration, checked whole; the host identity files |
 //! | [`store`] | the attachment records in SQLite (`<state_dir>/state.db`, private: it holds secrets) |
 //! | [`paths`] | one path: reuse the subsystem's controller at that address or connect one; disconnect only what the agent made and nobody else uses; the `Fabrics` trait |
@@ -14,6 +15,7 @@
 //! | [`supervise`] | restart policy with backoff and the supervision pass over the running processes |
 //! | [`attach`] | the attachment service: attach (paths, namespace, vdpa-blk; rollback of what the call made), idempotent on the same spec, conflict on another; detach (refused while the device is used unless forced); list/get with live health; reconcile after a crash |
 //! | [`snippets`] | what to hand a VMM (QEMU, libvirt) or a container, with the shared-memory requirement |
+pub mod api;
 pub mod attach;
 pub mod config;
 pub mod holders;

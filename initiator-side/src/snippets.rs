@@ -39,7 +39,7 @@ pub const SHARED_MEMORY_NOTE: &str = "The guest's RAM must be shared, file-backe
 pub const GUEST_RAM: &str = "${GUEST_RAM}";
 
 /// QEMU command-line arguments for one way of using the device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QemuSnippet {
     /// Oldest QEMU that has it.
     pub min_qemu: &'static str,
@@ -56,7 +56,7 @@ pub struct QemuSnippet {
 }
 
 /// libvirt domain XML for the device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LibvirtSnippet {
     /// Oldest libvirt that has it.
     pub min_libvirt: &'static str,
@@ -71,9 +71,10 @@ pub struct LibvirtSnippet {
 }
 
 /// Everything a VMM needs for a vhost-vdpa attachment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct VmSnippets {
     /// `/dev/vhost-vdpa-N`.
+    #[schema(value_type = String)]
     pub vhost_vdpa_device: PathBuf,
     /// The guest's queues are vdpa-blk's: fastest, not migratable.
     pub qemu_fastest: QemuSnippet,
@@ -88,9 +89,10 @@ pub struct VmSnippets {
 }
 
 /// What a virtio-vdpa attachment gives the host: a block device, no VMM snippet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HostSnippet {
     /// `/dev/vdX`.
+    #[schema(value_type = String)]
     pub block_device: PathBuf,
     /// Who copies the data.
     pub copy_mode: CopyMode,
@@ -99,7 +101,7 @@ pub struct HostSnippet {
 }
 
 /// The snippets of an attachment, by mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "mode")]
 pub enum Snippets {
     /// For a VMM.

@@ -45,7 +45,7 @@ const MAX_READ: u64 = 1 << 20;
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// The vdpa bus driver vdpa-blk binds its device to (its `--driver`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Mode {
     /// `/dev/vhost-vdpa-N` for a VMM; the IOTLB maps the VMM's shared memory (zero copy).
     #[serde(rename = "vhost-vdpa")]
@@ -72,7 +72,7 @@ impl std::fmt::Display for Mode {
 }
 
 /// What the data costs on its way to the backing device, as the ready line says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum CopyMode {
     /// vhost-vdpa: requests point into the VMM's shared guest memory; nobody copies.
     #[serde(rename = "zero-copy")]
@@ -206,7 +206,7 @@ pub enum Stopped {
 }
 
 /// One queue's counters from the control socket (`QueueStatsSnapshot` in vdpa-blk).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct QueueStats {
     /// Queue index.
@@ -240,7 +240,7 @@ pub struct QueueStats {
 }
 
 /// The `stats` answer of the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Device name.
     pub name: String,

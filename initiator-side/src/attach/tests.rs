@@ -17,39 +17,39 @@ use super::*;
 use crate::paths::fake::{FakeExport, FakeFabrics};
 use crate::vdpa::{QueueStats, Ready, VdpaError};
 
-const VOL: &str = "nqn.2014-08.com.example:vol1";
-const HOST: &str = "nqn.2014-08.com.example:host1";
-const A1: &str = "192.0.2.1";
-const A2: &str = "192.0.2.2";
+pub(crate) const VOL: &str = "nqn.2014-08.com.example:vol1";
+pub(crate) const HOST: &str = "nqn.2014-08.com.example:host1";
+pub(crate) const A1: &str = "192.0.2.1";
+pub(crate) const A2: &str = "192.0.2.2";
 /// Printed by nvme-cli 2.3: `nvme gen-dhchap-key -s 000102...1f`.
-const SECRET: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+pub(crate) const SECRET: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
 /// `nvme gen-dhchap-key -m 2 -l 48 ...` (transformed, SHA-384).
 const OTHER_SECRET: &str =
     "DHHC-1:02:WMVN3y3d0PH7Y9W2VWttKhADvYw4gjHSeoHe2ikRN2T1LTF8RHyoaqRKqaJYpiCQWjyAkw==:";
-const NGUID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+pub(crate) const NGUID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 const START_TIME: u64 = 77;
 
 #[derive(Default)]
-struct LState {
-    dev_dir: PathBuf,
-    next_pid: u32,
-    running: BTreeMap<u32, Running>,
-    starts: Vec<LaunchSpec>,
-    stops: Vec<u32>,
-    fail_start: bool,
-    fail_stop: bool,
-    fail_stats: bool,
+pub(crate) struct LState {
+    pub(crate) dev_dir: PathBuf,
+    pub(crate) next_pid: u32,
+    pub(crate) running: BTreeMap<u32, Running>,
+    pub(crate) starts: Vec<LaunchSpec>,
+    pub(crate) stops: Vec<u32>,
+    pub(crate) fail_start: bool,
+    pub(crate) fail_stop: bool,
+    pub(crate) fail_stats: bool,
 }
 
 /// A launcher whose processes are entries in a map: it records starts and stops and fails
 /// what the test says.
 #[derive(Default)]
-struct FakeLauncher {
+pub(crate) struct FakeLauncher {
     st: Mutex<LState>,
 }
 
 impl FakeLauncher {
-    fn st(&self) -> std::sync::MutexGuard<'_, LState> {
+    pub(crate) fn st(&self) -> std::sync::MutexGuard<'_, LState> {
         self.st.lock().expect("fake launcher lock")
     }
 
@@ -175,23 +175,23 @@ impl Launcher for FakeLauncher {
     }
 }
 
-struct Bed {
-    dir: tempfile::TempDir,
-    config: Config,
-    store: Store,
-    fabrics: FakeFabrics,
-    launcher: FakeLauncher,
-    proc_root: PathBuf,
+pub(crate) struct Bed {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) fabrics: FakeFabrics,
+    pub(crate) launcher: FakeLauncher,
+    pub(crate) proc_root: PathBuf,
 }
 
-fn host() -> HostIdentity {
+pub(crate) fn host() -> HostIdentity {
     HostIdentity {
         hostnqn: Nqn::new(HOST).expect("nqn"),
         hostid: uuid::Uuid::from_str("f81d4fae-7dec-11d0-a765-00a0c91e6bf6").expect("uuid"),
     }
 }
 
-fn bed() -> Bed {
+pub(crate) fn bed() -> Bed {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).expect("mkdir root");
@@ -237,7 +237,7 @@ fn bed() -> Bed {
 }
 
 impl Bed {
-    fn svc(&mut self) -> Attachments<'_, FakeFabrics, FakeLauncher> {
+    pub(crate) fn svc(&mut self) -> Attachments<'_, FakeFabrics, FakeLauncher> {
         Attachments::new(
             &self.config,
             &mut self.store,
