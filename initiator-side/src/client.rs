@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use nvmf_service::client::{exchange, request};
+use nvmf_service::client::{call_and_show, show_text};
 use serde_json::Value;
 
 pub const DEFAULT_SOCKET: &str = "/run/nvmf-initiator/api.sock";
@@ -27,20 +26,14 @@ pub fn client(
     body: Option<Value>,
     table: fn(&Value),
 ) -> anyhow::Result<()> {
-    let (code, v) = request(&args.socket, method, path, body.as_ref())?;
-    if code >= 400 {
-        bail!(
-            "{} ({code}): {}",
-            v["error"].as_str().unwrap_or("error"),
-            v["detail"].as_str().unwrap_or("")
-        );
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        table(&v);
-    }
-    Ok(())
+    Ok(call_and_show(
+        &args.socket,
+        args.json,
+        method,
+        path,
+        body.as_ref(),
+        table,
+    )?)
 }
 
 pub fn attachment_rows(v: &Value) {
@@ -100,10 +93,5 @@ pub fn attachment_rows(v: &Value) {
 
 /// Prints the answer as it is (metrics text).
 pub fn raw_text(socket: &Path, path: &str) -> anyhow::Result<()> {
-    let (code, text) = exchange(socket, "GET", path, None)?;
-    if code >= 400 {
-        bail!("the API answered {code}: {text}");
-    }
-    print!("{text}");
-    Ok(())
+    Ok(show_text(socket, path)?)
 }

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nvmf_service::client::{exchange, request};
+use nvmf_service::client::{call_and_show, show_text};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 
 pub const DEFAULT_SOCKET: &str = "/run/nvmf-target/api.sock";
@@ -44,20 +44,14 @@ pub fn client(
     body: Option<Value>,
     table: fn(&Value),
 ) -> anyhow::Result<()> {
-    let (code, v) = request(&args.socket, method, path, body.as_ref())?;
-    if code >= 400 {
-        bail!(
-            "{} ({code}): {}",
-            v["error"].as_str().unwrap_or("error"),
-            v["detail"].as_str().unwrap_or("")
-        );
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        table(&v);
-    }
-    Ok(())
+    Ok(call_and_show(
+        &args.socket,
+        args.json,
+        method,
+        path,
+        body.as_ref(),
+        table,
+    )?)
 }
 
 /// The rows of an answer (a list, one object, or nothing: `None` after printing "done").
@@ -175,12 +169,7 @@ pub fn inventory_rows(v: &Value) {
     }
 }
 
-/// Prints the answer as it is (metrics text, the OpenAPI document).
+/// Prints the answer as it is (metrics text).
 pub fn raw_text(socket: &Path, path: &str) -> anyhow::Result<()> {
-    let (code, text) = exchange(socket, "GET", path, None)?;
-    if code >= 400 {
-        bail!("the API answered {code}: {text}");
-    }
-    print!("{text}");
-    Ok(())
+    Ok(show_text(socket, path)?)
 }

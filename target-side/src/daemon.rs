@@ -124,51 +124,15 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || reconcile(&s)).await;
             }
         });
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
         let router = api::router(service);
-        let tcp = match tcp {
-            Some((addr, token)) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("api.tcp: binding {addr}"))?;
-                Some((listener, token))
-            }
-            None => None,
-        };
-        eprintln!(
-            "{}",
-            json!({"event": "ready", "socket": socket.display().to_string(),
-                   "tcp": tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()).map(|a| a.to_string())})
-        );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let unix = api::serve_unix(&socket, router.clone(), stopped(stop_rx.clone()));
-        let tcp_task = async {
-            match tcp {
-                Some((listener, token)) => {
-                    api::serve_tcp(listener, router.clone(), token, stopped(stop_rx.clone())).await
-                }
-                None => Ok(()),
-            }
-        };
-        let signal = async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-            Ok::<(), std::io::Error>(())
-        };
-        tokio::try_join!(unix, tcp_task, signal)?;
+        nvmf_service::serve::run_until_terminated(&socket, tcp, router, |tcp| {
+            eprintln!(
+                "{}",
+                json!({"event": "ready", "socket": socket.display().to_string(),
+                       "tcp": tcp.map(|a| a.to_string())})
+            )
+        })
+        .await?;
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())

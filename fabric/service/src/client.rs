@@ -26,6 +26,56 @@ pub enum ClientError {
     Malformed(String),
     #[error("the API answered {code} with a body that is not JSON: {text:?}")]
     NotJson { code: u16, text: String },
+    /// The API answered with an error body.
+    #[error("{kind} ({code}): {detail}")]
+    Api {
+        code: u16,
+        kind: String,
+        detail: String,
+    },
+}
+
+/// The CLI's one request: an error answer becomes [`ClientError::Api`]; otherwise the JSON
+/// is printed pretty (`json`) or handed to `table`.
+pub fn call_and_show(
+    socket: &Path,
+    json: bool,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    table: fn(&Value),
+) -> Result<(), ClientError> {
+    let (code, v) = request(socket, method, path, body)?;
+    if code >= 400 {
+        return Err(ClientError::Api {
+            code,
+            kind: v["error"].as_str().unwrap_or("error").to_string(),
+            detail: v["detail"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        );
+    } else {
+        table(&v);
+    }
+    Ok(())
+}
+
+/// Prints the answer's body as it is (metrics text); an error status is an error.
+pub fn show_text(socket: &Path, path: &str) -> Result<(), ClientError> {
+    let (code, text) = exchange(socket, "GET", path, None)?;
+    if code >= 400 {
+        return Err(ClientError::Api {
+            code,
+            kind: "error".into(),
+            detail: text,
+        });
+    }
+    print!("{text}");
+    Ok(())
 }
 
 /// One request: the status and the body's text.

@@ -2,6 +2,7 @@
 //! behind the bearer token, and with every error answer reported to a callback (metrics).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,4 +54,70 @@ pub fn report_errors(router: Router, on_error: Arc<dyn Fn(StatusCode) + Send + S
             r
         }
     }))
+}
+
+/// Resolves at SIGTERM or SIGINT (or at once if the handler cannot be installed, so a daemon
+/// never runs unstoppable).
+pub async fn terminated() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Why a daemon's API stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("api.tcp: binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving the API: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves `router` on the Unix socket and, when given, on TCP behind `token`, until SIGTERM
+/// or SIGINT; `ready` is called once both listen, with the TCP listener's address.
+pub async fn run_until_terminated(
+    socket: &Path,
+    tcp: Option<(SocketAddr, String)>,
+    router: Router,
+    ready: impl FnOnce(Option<SocketAddr>),
+) -> Result<(), RunError> {
+    let tcp = match tcp {
+        Some((addr, token)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Bind { addr, source })?;
+            Some((l, token))
+        }
+        None => None,
+    };
+    ready(tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix = serve_unix(socket, router.clone(), stopped(stop_rx.clone()));
+    let tcp_task = async {
+        match tcp {
+            Some((listener, token)) => {
+                serve_tcp(listener, router.clone(), token, stopped(stop_rx.clone())).await
+            }
+            None => Ok(()),
+        }
+    };
+    let signal = async move {
+        terminated().await;
+        let _ = stop_tx.send(true);
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::try_join!(unix, tcp_task, signal)?;
+    Ok(())
 }

@@ -240,39 +240,9 @@ fn the_committed_openapi_document_is_the_generated_one() {
 #[test]
 fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
     let s = server();
-    let token = "schemathesis-token-0123456789";
+    let doc = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"));
     let r = router(Arc::clone(&s.service));
-    let listener =
-        s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let t = token.to_string();
-    s.rt.spawn(async move {
-        nvmf_service::serve::serve_tcp(listener, r, t, std::future::pending()).await
-    });
-    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
-    let out = std::process::Command::new("st")
-        .current_dir(s.dir.path())
-        .args(["run", doc, "--url"])
-        .arg(format!("http://127.0.0.1:{port}"))
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-            "--max-examples",
-            "40",
-            "--workers",
-            "1",
-            "--seed",
-            "1",
-            "--no-color",
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run schemathesis (pip install schemathesis): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "schemathesis failed:\n{text}");
+    if let Err(e) = nvmf_service::testing::schemathesis(&s.rt, r, doc, s.dir.path()) {
+        panic!("{e}");
+    }
 }
