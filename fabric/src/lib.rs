@@ -46,6 +46,7 @@
 pub mod admin;
 mod bytes;
 pub mod connect;
+pub mod dhchap;
 pub mod discovery;
 pub mod error;
 pub mod host;

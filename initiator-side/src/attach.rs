@@ -323,80 +323,9 @@ fn path_address(p: &PathRequest) -> Result<TransportAddress, String> {
 /// bytes (the length the transformation implies), the CRC-32 matching. The reason never
 /// contains the secret.
 pub fn check_dhchap_secret(text: &str) -> Result<(), String> {
-    let form = || -> String {
-        "expected the form DHHC-1:NN:BASE64: (as `nvme gen-dhchap-key` prints)".into()
-    };
-    let rest = text.strip_prefix("DHHC-1:").ok_or_else(form)?;
-    let (hmac, rest) = rest.split_once(':').ok_or_else(form)?;
-    let b64 = rest.strip_suffix(':').ok_or_else(form)?;
-    let want = match hmac {
-        "00" => None,
-        "01" => Some(32),
-        "02" => Some(48),
-        "03" => Some(64),
-        other => {
-            return Err(format!(
-                "key transformation {other:?} is not one of 00, 01 (SHA-256), 02 (SHA-384), \
-                 03 (SHA-512)"
-            ))
-        }
-    };
-    let raw = base64_decode(b64).ok_or_else(|| "the key is not valid base64".to_string())?;
-    let len = raw.len().saturating_sub(4);
-    if raw.len() < 4 || !matches!(len, 32 | 48 | 64) || want.is_some_and(|w| w != len) {
-        return Err(format!(
-            "a {len}-byte secret: expected 32, 48 or 64 bytes (SHA-256 keys are 32, SHA-384 \
-             48, SHA-512 64)"
-        ));
-    }
-    let (secret, crc) = raw.split_at(len);
-    if crc32(secret).to_le_bytes() != crc {
-        return Err("the key's CRC does not match: it was mistyped or cut".into());
-    }
-    Ok(())
-}
-
-/// CRC-32 (IEEE 802.3, reflected), as zlib's that nvme-cli uses.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
-        return None;
-    }
-    let chunks = bytes.len() / 4;
-    let mut out = Vec::with_capacity(chunks * 3);
-    for (ci, chunk) in bytes.chunks(4).enumerate() {
-        let pad = chunk.iter().rev().take_while(|b| **b == b'=').count();
-        if pad > 2 || (pad > 0 && ci != chunks - 1) {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, b) in chunk.iter().enumerate() {
-            let v = if i >= 4 - pad {
-                0
-            } else {
-                u32::try_from(B64.iter().position(|c| c == b)?).ok()?
-            };
-            n |= v << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
-    }
-    Some(out)
+    fabric::dhchap::DhchapKey::parse(text)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// What an error means for the caller: the API's status is chosen from it.

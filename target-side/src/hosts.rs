@@ -4,8 +4,8 @@
 
 use fabric::nqn::Nqn;
 
-use crate::dhchap::DhchapKey;
 use crate::store::{HostRecord, Store, StoreError};
+use fabric::dhchap::DhchapKey;
 
 /// A registration request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! configfs model ([`nvmet`] over [`configfs`]), VF carving ([`carve`]), the PF inventory
 //! ([`inventory`]), placement ([`plan`]), the drive backend ([`backend`]), the desired-state
 //! store ([`store`]) and its nvmetcli-format copy ([`nvmetcli`], kept current by [`copy`]),
-//! DH-HMAC-CHAP keys ([`dhchap`]), host registration ([`hosts`]), connected hosts
+//! DH-HMAC-CHAP keys (`fabric::dhchap`), host registration ([`hosts`]), connected hosts
 //! ([`connections`]), volumes: create with rollback, delete, resize, grants and reconcile
 //! ([`volume`]), metrics ([`metrics`]) and the HTTP API ([`api`]); the daemon and the CLI are
 //! the binary (`main.rs`, `daemon.rs`, `client.rs`). ARCHITECTURE.md has the layering.
@@ -14,7 +14,6 @@ pub mod config;
 pub mod configfs;
 pub mod connections;
 pub mod copy;
-pub mod dhchap;
 pub mod hosts;
 pub mod inventory;
 pub mod metrics;

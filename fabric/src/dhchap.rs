@@ -8,16 +8,27 @@ use std::io::Read;
 /// Why a key text is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// Not `DHHC-1:NN:BASE64:`.
     #[error("a DH-HMAC-CHAP key has the form DHHC-1:NN:BASE64: (as `nvme gen-dhchap-key` prints)")]
     Form,
     #[error("key transformation {0:?} is not one of 00 (none), 01 (SHA-256), 02 (SHA-384), 03 (SHA-512)")]
+    /// An unknown transformation (hash) number.
     Hmac(String),
+    /// The key part is not base64.
     #[error("the key is not valid base64")]
     Base64,
     #[error("a {len}-byte secret: expected 32, 48 or 64 bytes ({hint})")]
-    Length { len: usize, hint: &'static str },
+    /// A secret of a length no transformation takes.
+    Length {
+        /// Its length in bytes.
+        len: usize,
+        /// What lengths fit.
+        hint: &'static str,
+    },
+    /// The CRC-32 after the secret does not match it.
     #[error("the key's CRC does not match: it was mistyped or cut")]
     Crc,
+    /// `/dev/urandom` could not be read.
     #[error("no random bytes for a new key: {0}")]
     Random(String),
 }
