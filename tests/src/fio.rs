@@ -1,4 +1,6 @@
-//! fio's JSON output turned into the figures the bed prints: IOPS, bandwidth, p50/p99.
+//! fio's JSON output turned into the figures the bed prints: IOPS, bandwidth, completion
+//! latency percentiles (p50, p99, p99.9), summed and per direction. A job fio reports as failed
+//! (its `error`) or that did no I/O is an error, never a row of zeros.
 
 use serde_json::Value;
 
@@ -11,6 +13,20 @@ pub struct FioFigures {
     pub bw_mib_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub p999_us: f64,
+    /// Each direction that did I/O, on its own (a mixed job has both).
+    pub read: Option<Direction>,
+    pub write: Option<Direction>,
+}
+
+/// One direction's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Direction {
+    pub iops: f64,
+    pub bw_mib_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
 }
 
 /// Parses fio `--output-format=json` text into one entry per job.
@@ -31,27 +47,51 @@ pub fn from_value(v: &Value) -> Result<Vec<FioFigures>, String> {
                 .get("jobname")
                 .and_then(Value::as_str)
                 .ok_or("fio job without `jobname`")?;
+            let error = job.get("error").and_then(Value::as_i64).unwrap_or(0);
+            if error != 0 {
+                return Err(format!(
+                    "fio job `{name}` failed with error {error} ({})",
+                    std::io::Error::from_raw_os_error(error as i32)
+                ));
+            }
             let dir = |d: &str| job.get(d).filter(|x| num(x, "io_bytes") > 0.0);
             let (r, w) = (dir("read"), dir("write"));
-            let lat_dir = r
-                .or(w)
-                .ok_or_else(|| format!("fio job `{name}` did no I/O"))?;
-            let pct = |p: &str| {
-                lat_dir
-                    .get("clat_ns")
-                    .and_then(|c| c.get("percentile"))
-                    .and_then(|c| c.get(p))
-                    .and_then(Value::as_f64)
-                    .map(|ns| ns / 1000.0)
-                    .ok_or_else(|| format!("fio job `{name}` has no clat percentile {p}"))
+            let figures = |d: &Value| -> Result<Direction, String> {
+                let pct = |p: &str| {
+                    d.get("clat_ns")
+                        .and_then(|c| c.get("percentile"))
+                        .and_then(|c| c.get(p))
+                        .and_then(Value::as_f64)
+                        .map(|ns| ns / 1000.0)
+                        .ok_or_else(|| format!("fio job `{name}` has no clat percentile {p}"))
+                };
+                Ok(Direction {
+                    iops: num(d, "iops"),
+                    bw_mib_s: num(d, "bw") / 1024.0,
+                    p50_us: pct("50.000000")?,
+                    p99_us: pct("99.000000")?,
+                    p999_us: pct("99.900000")?,
+                })
             };
-            let sum = |k: &str| r.map_or(0.0, |x| num(x, k)) + w.map_or(0.0, |x| num(x, k));
+            let read = r.map(figures).transpose()?;
+            let write = w.map(figures).transpose()?;
+            // Latency from the direction that did I/O, reads first.
+            let lat = read
+                .as_ref()
+                .or(write.as_ref())
+                .ok_or_else(|| format!("fio job `{name}` did no I/O"))?;
+            let sum = |f: fn(&Direction) -> f64| {
+                read.as_ref().map_or(0.0, f) + write.as_ref().map_or(0.0, f)
+            };
             Ok(FioFigures {
                 job: name.to_string(),
-                iops: sum("iops"),
-                bw_mib_s: sum("bw") / 1024.0,
-                p50_us: pct("50.000000")?,
-                p99_us: pct("99.000000")?,
+                iops: sum(|d| d.iops),
+                bw_mib_s: sum(|d| d.bw_mib_s),
+                p50_us: lat.p50_us,
+                p99_us: lat.p99_us,
+                p999_us: lat.p999_us,
+                read: read.clone(),
+                write: write.clone(),
             })
         })
         .collect()
@@ -82,11 +122,38 @@ mod tests {
 
     const SAMPLE: &str = r#"{"fio version":"fio-3.33","jobs":[
       {"jobname":"randread-4k-qd16","read":{"io_bytes":40960000,"iops":2500.5,"bw":10002,
-        "clat_ns":{"percentile":{"50.000000":6016,"99.000000":21000}}},
+        "clat_ns":{"percentile":{"50.000000":6016,"99.000000":21000,"99.900000":40000}}},
        "write":{"io_bytes":0,"iops":0,"bw":0,"clat_ns":{}}},
       {"jobname":"randwrite","read":{"io_bytes":0,"iops":0,"bw":0},
        "write":{"io_bytes":4096,"iops":100,"bw":400,
-        "clat_ns":{"percentile":{"50.000000":1000,"99.000000":3000}}}}]}"#;
+        "clat_ns":{"percentile":{"50.000000":1000,"99.000000":3000,"99.900000":5000}}}}]}"#;
+
+    /// Recorded with fio 3.33: a 70/30 random read/write job on a file for 2 s.
+    const MIXED: &str = include_str!("../testdata/fio/mixed.json");
+    /// Recorded with fio 3.33: a write job on /proc/version (fio reports error 1, EPERM).
+    const FAILED: &str = include_str!("../testdata/fio/failed.json");
+
+    #[test]
+    fn a_recorded_mixed_job_has_both_directions_and_their_sum() {
+        let f = parse(MIXED).expect("parses");
+        assert_eq!(f.len(), 1);
+        let (r, w) = (
+            f[0].read.as_ref().expect("read"),
+            f[0].write.as_ref().expect("write"),
+        );
+        assert!(r.iops > 0.0 && w.iops > 0.0, "{f:?}");
+        assert!((f[0].iops - (r.iops + w.iops)).abs() < 1e-6);
+        assert!((f[0].bw_mib_s - (r.bw_mib_s + w.bw_mib_s)).abs() < 1e-6);
+        assert!(r.iops > w.iops, "70 % reads: {r:?} {w:?}");
+        assert!(r.p50_us <= r.p99_us && r.p99_us <= r.p999_us, "{r:?}");
+        assert_eq!(f[0].p999_us, r.p999_us, "latency from the reads");
+    }
+
+    #[test]
+    fn a_recorded_failed_job_is_an_error_naming_it() {
+        let e = parse(FAILED).expect_err("failed job");
+        assert!(e.contains("`failed` failed with error 1"), "{e}");
+    }
 
     #[test]
     fn figures_come_from_the_direction_that_did_io() {

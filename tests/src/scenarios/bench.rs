@@ -310,6 +310,10 @@ fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures 
         bw_mib_s: med(|f| f.bw_mib_s),
         p50_us: med(|f| f.p50_us),
         p99_us: med(|f| f.p99_us),
+        p999_us: med(|f| f.p999_us),
+        // Per-direction medians are not kept: the bench reports the summed figures.
+        read: None,
+        write: None,
     }
 }
 
@@ -417,6 +421,9 @@ mod tests {
             bw_mib_s: 0.0,
             p50_us: 10.0,
             p99_us: 20.0,
+            p999_us: 30.0,
+            read: None,
+            write: None,
         }
     }
 
