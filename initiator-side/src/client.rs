@@ -2,22 +2,12 @@
 //! transport), the answer as a table for people or the API's JSON (`--json`) for scripts; an
 //! error answer is the exit status and its `error (status): detail` line.
 
-use std::path::{Path, PathBuf};
-
 use nvmf_service::client::{call_and_show, show_text};
 use serde_json::Value;
 
 pub const DEFAULT_SOCKET: &str = "/run/nvmf-initiator/api.sock";
 
-#[derive(clap::Args)]
-pub struct ClientArgs {
-    /// The agent's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub use nvmf_service::client::ClientArgs;
 
 pub fn client(
     args: &ClientArgs,
@@ -27,7 +17,7 @@ pub fn client(
     table: fn(&Value),
 ) -> anyhow::Result<()> {
     Ok(call_and_show(
-        &args.socket,
+        &args.endpoint(DEFAULT_SOCKET)?,
         args.json,
         method,
         path,
@@ -92,6 +82,6 @@ pub fn attachment_rows(v: &Value) {
 }
 
 /// Prints the answer as it is (metrics text).
-pub fn raw_text(socket: &Path, path: &str) -> anyhow::Result<()> {
-    Ok(show_text(socket, path)?)
+pub fn raw_text(args: &ClientArgs, path: &str) -> anyhow::Result<()> {
+    Ok(show_text(&args.endpoint(DEFAULT_SOCKET)?, path)?)
 }

@@ -157,7 +157,7 @@ fn main() -> anyhow::Result<()> {
             None,
             client::attachment_rows,
         ),
-        Cmd::Metrics { client: c } => client::raw_text(&c.socket, "/metrics"),
+        Cmd::Metrics { client: c } => client::raw_text(&c, "/metrics"),
         Cmd::Openapi => {
             print!("{}", nvmf_initiator::api::openapi_json());
             Ok(())

@@ -2,8 +2,6 @@
 //! a table for people or the API's JSON (`--json`) for scripts; an error answer is the exit
 //! status and its `error (status): detail` line.
 
-use std::path::{Path, PathBuf};
-
 use nvmf_service::client::{call_and_show, show_text};
 
 use anyhow::Context;
@@ -11,15 +9,7 @@ use serde_json::Value;
 
 pub const DEFAULT_SOCKET: &str = "/run/nvmf-target/api.sock";
 
-#[derive(clap::Args)]
-pub struct ClientArgs {
-    /// The daemon's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub use nvmf_service::client::ClientArgs;
 
 /// A size with an optional K/M/G/T suffix (powers of 1024).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -45,7 +35,7 @@ pub fn client(
     table: fn(&Value),
 ) -> anyhow::Result<()> {
     Ok(call_and_show(
-        &args.socket,
+        &args.endpoint(DEFAULT_SOCKET)?,
         args.json,
         method,
         path,
@@ -170,6 +160,6 @@ pub fn inventory_rows(v: &Value) {
 }
 
 /// Prints the answer as it is (metrics text).
-pub fn raw_text(socket: &Path, path: &str) -> anyhow::Result<()> {
-    Ok(show_text(socket, path)?)
+pub fn raw_text(args: &ClientArgs, path: &str) -> anyhow::Result<()> {
+    Ok(show_text(&args.endpoint(DEFAULT_SOCKET)?, path)?)
 }

@@ -203,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Inventory { client: c } => {
             client(&c, "GET", "/v1/inventory", None, client::inventory_rows)
         }
-        Cmd::Metrics { client: c } => client::raw_text(&c.socket, "/metrics"),
+        Cmd::Metrics { client: c } => client::raw_text(&c, "/metrics"),
         Cmd::Openapi => {
             print!("{}", nvmf_target::api::openapi_json());
             Ok(())

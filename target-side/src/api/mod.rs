@@ -647,6 +647,18 @@ mod tests {
             tcp_call(port, Some("Bearer s3cret-token-0123456789")).0,
             200
         );
+        // The CLI's transport over TCP: the token opens it, a wrong one is the API's 401.
+        use nvmf_service::client::{request, Endpoint};
+        let ep = |token: &str| Endpoint::Tcp {
+            addr: format!("127.0.0.1:{port}"),
+            token: token.into(),
+        };
+        assert_eq!(
+            request(&ep("s3cret-token-0123456789"), "GET", "/v1/volumes", None).expect("over tcp"),
+            (200, json!([]))
+        );
+        let (code, body) = request(&ep("wrong"), "GET", "/v1/volumes", None).expect("answer");
+        assert_eq!((code, body["error"].clone()), (401, json!("unauthorized")));
     }
 
     /// schemathesis (PyPI; `.ci/run` installs it) against the committed document, on the TCP
