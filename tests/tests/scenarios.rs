@@ -272,3 +272,31 @@ fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and
         "{r:?}"
     );
 }
+
+#[test]
+fn nvmf_initiator_attaches_through_virtio_vdpa_survives_its_kill_refuses_bad_attaches_and_detaches_clean(
+) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bins = testbed::scenarios::nvmf_initiator::Binaries {
+        nvmf_target: workspace_binary("nvmf-target", "nvmf-target", "NVMF_TARGET_BIN"),
+        nvmf_initiator: workspace_binary("nvmf-initiator", "nvmf-initiator", "NVMF_INITIATOR_BIN"),
+        vdpa_blk: vdpa_blk_binary(),
+    };
+    let prepared = prepared();
+    let r = testbed::scenarios::nvmf_initiator::run(&prepared, &params(Topology::Pair), &bins)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    eprintln!("nvmf-initiator: {r:#?}");
+    let attempts: Vec<&str> = r.refused.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(attempts, ["host-not-allowed", "wrong-secret"], "{r:?}");
+    assert!(r.disk.starts_with("vd"), "{r:?}");
+    assert!(r.backing.starts_with("nvme"), "{r:?}");
+    assert_eq!(r.fio_verified.len(), 3, "{r:?}");
+    assert_eq!(r.regions_checked, 1, "{r:?}");
+    assert_eq!(
+        r.reconcile_after_kill["adopted"],
+        serde_json::json!([r.attachment]),
+        "{r:?}"
+    );
+    assert_eq!(r.teardown.len(), 3, "{r:?}");
+}

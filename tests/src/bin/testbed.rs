@@ -54,7 +54,8 @@ enum Cmd {
         bed: BedArgs,
     },
     /// Run a scenario by name: reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric,
-    /// lifecycle, nvmf-target, topology (the end-to-end tests run the same functions).
+    /// lifecycle, nvmf-target, nvmf-initiator, topology (the end-to-end tests run the same
+    /// functions).
     Run {
         /// The scenario to run.
         scenario: String,
@@ -63,9 +64,14 @@ enum Cmd {
         /// The vdpa-blk binary of the vdpa-blk scenarios (default: next to this one).
         #[arg(long)]
         vdpa_blk: Option<PathBuf>,
-        /// The nvmf-target binary of the nvmf-target scenario (default: next to this one).
+        /// The nvmf-target binary of the nvmf-target and nvmf-initiator scenarios (default:
+        /// next to this one).
         #[arg(long)]
         nvmf_target: Option<PathBuf>,
+        /// The nvmf-initiator binary of the nvmf-initiator scenario (default: next to this
+        /// one).
+        #[arg(long)]
+        nvmf_initiator: Option<PathBuf>,
         /// Break a step on purpose: wrong-nqn, missing-module, no-boot.
         #[arg(long)]
         fault: Option<String>,
@@ -286,17 +292,17 @@ fn scenario_run(
     args: &BedArgs,
     vdpa_blk: Option<PathBuf>,
     nvmf_target: Option<PathBuf>,
+    nvmf_initiator: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use testbed::scenarios::{
-        fabric_probe, lifecycle, nvmf_target as nt, topology, vdpa_blk as vb,
+        fabric_probe, lifecycle, nvmf_initiator as ni, nvmf_target as nt, topology, vdpa_blk as vb,
     };
-    let known =
-        "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, nvmf-target, topology";
+    let known = "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, nvmf-target, nvmf-initiator, topology";
     let mut p = params(args)?;
     let backing = match name {
         "vdpa-blk-local" => Some(vb::Backing::Local),
         "vdpa-blk-fabric" => Some(vb::Backing::Fabric),
-        "fabric-probe" | "lifecycle" | "nvmf-target" | "topology" => None,
+        "fabric-probe" | "lifecycle" | "nvmf-target" | "nvmf-initiator" | "topology" => None,
         other => anyhow::bail!("unknown scenario `{other}`: expected one of {known}"),
     };
     let bin = match vdpa_blk {
@@ -305,7 +311,7 @@ fn scenario_run(
             .context("locating the testbed binary")?
             .with_file_name("vdpa-blk"),
     };
-    if backing.is_some() && !bin.is_file() {
+    if (backing.is_some() || name == "nvmf-initiator") && !bin.is_file() {
         anyhow::bail!(
             "no vdpa-blk binary at {}: build it with the same profile (cargo build --release -p vdpa-blk) or pass --vdpa-blk",
             bin.display()
@@ -317,10 +323,22 @@ fn scenario_run(
             .context("locating the testbed binary")?
             .with_file_name("nvmf-target"),
     };
-    if name == "nvmf-target" && !nvmf_target.is_file() {
+    if (name == "nvmf-target" || name == "nvmf-initiator") && !nvmf_target.is_file() {
         anyhow::bail!(
             "no nvmf-target binary at {}: build it with the same profile (cargo build --release -p nvmf-target) or pass --nvmf-target",
             nvmf_target.display()
+        );
+    }
+    let nvmf_initiator = match nvmf_initiator {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating the testbed binary")?
+            .with_file_name("nvmf-initiator"),
+    };
+    if name == "nvmf-initiator" && !nvmf_initiator.is_file() {
+        anyhow::bail!(
+            "no nvmf-initiator binary at {}: build it with the same profile (cargo build --release -p nvmf-initiator) or pass --nvmf-initiator",
+            nvmf_initiator.display()
         );
     }
     let progress = Progress::new("testbed");
@@ -340,6 +358,15 @@ fn scenario_run(
         ("nvmf-target", _) => {
             p.topology = Topology::Pair;
             println!("{:#?}", nt::run(&prepared, &p, &nvmf_target)?);
+        }
+        ("nvmf-initiator", _) => {
+            p.topology = Topology::Pair;
+            let bins = ni::Binaries {
+                nvmf_target,
+                nvmf_initiator,
+                vdpa_blk: bin,
+            };
+            println!("{:#?}", ni::run(&prepared, &p, &bins)?);
         }
         _ => {
             let r = topology::run(&prepared, &p)?;
@@ -495,6 +522,7 @@ fn main() -> ExitCode {
             bed,
             vdpa_blk,
             nvmf_target,
+            nvmf_initiator,
             fault,
             measure,
         } => (|| {
@@ -505,7 +533,7 @@ fn main() -> ExitCode {
             if fault.is_some() || measure {
                 anyhow::bail!("--fault and --measure belong to the reference scenario");
             }
-            scenario_run(&scenario, &bed, vdpa_blk, nvmf_target)
+            scenario_run(&scenario, &bed, vdpa_blk, nvmf_target, nvmf_initiator)
         })(),
         Cmd::Bench {
             bed,

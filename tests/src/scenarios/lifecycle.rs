@@ -67,43 +67,7 @@ fn fio_while<T>(
     runtime: u64,
     during: impl FnOnce(&mut Bed) -> Result<T>,
 ) -> Result<(f64, T)> {
-    let fio = bed.spawn_step(
-        Role::Compute,
-        job,
-        what,
-        include_str!("sh/fio_verify.sh"),
-        &[
-            ("DEV", dev.to_string()),
-            ("NAME", job.to_string()),
-            ("SIZE", "64M".to_string()),
-            ("RUNTIME", runtime.to_string()),
-        ],
-        secs(runtime + 240),
-    )?;
-    std::thread::sleep(secs(5));
-    let fault = during(bed);
-    // fio is waited for even when the fault failed, so that it does not outlive the report.
-    let fio = fio.finish()?;
-    let fault = fault?;
-    let job = fio
-        .results
-        .iter()
-        .find_map(|r| r.get("fio"))
-        .and_then(|f| f["jobs"].get(0))
-        .ok_or_else(|| Error::Check {
-            check: what.to_string(),
-            reason: "no fio job in the step's results".into(),
-        })?;
-    check(
-        job["error"].as_i64() == Some(0),
-        &format!("{what}: no fio error"),
-        || job.to_string(),
-    )?;
-    check(
-        job["read"]["io_bytes"].as_u64().unwrap_or(0) > 0,
-        &format!("{what}: fio verified data"),
-        || job.to_string(),
-    )?;
+    let (job, fault) = steps::fio_verify_while(bed, job, what, dev, "64M", runtime, during)?;
     let max_ns = ["write", "read"]
         .iter()
         .map(|d| job[d]["clat_ns"]["max"].as_f64().unwrap_or(0.0))

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod fabric_probe;
 pub mod lifecycle;
+pub mod nvmf_initiator;
 pub mod nvmf_target;
 pub mod reference;
 mod steps;

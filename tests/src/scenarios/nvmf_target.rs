@@ -28,7 +28,7 @@ pub const PREFIX: &str = "nqn.2026-12.io.testbed.storage";
 /// (QEMU's controller cannot create namespaces; the daemon takes the smallest that fits).
 pub const VOLUMES: [(&str, &str); 2] = [("vol1", "100M"), ("vol2", "600M")];
 /// The API socket (on tmpfs: gone with a reboot, made again by the daemon).
-const SOCKET: &str = "/run/nvmf-target/api.sock";
+pub(super) const SOCKET: &str = "/run/nvmf-target/api.sock";
 /// How long the compute node's controllers keep reconnecting while the target is away.
 const LOSS_TMO: u64 = 600;
 /// A host NQN the subsystems do not allow.
@@ -73,17 +73,19 @@ pub struct Report {
 
 /// A volume as `nvmf-target volume list --json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Volume {
-    name: String,
-    state: String,
-    nqn: String,
+pub(super) struct Volume {
+    pub(super) name: String,
+    pub(super) state: String,
+    pub(super) nqn: String,
     pf: Option<String>,
     vf: Option<u64>,
     drive_nsid: Option<u64>,
+    /// The namespace's NGUID (32 hex digits), as hosts see it.
+    pub(super) nguid: Option<String>,
 }
 
 impl Volume {
-    fn of(v: &Value, what: &str) -> Result<Volume> {
+    pub(super) fn of(v: &Value, what: &str) -> Result<Volume> {
         let s = |k: &str| {
             v[k].as_str()
                 .map(str::to_string)
@@ -99,6 +101,7 @@ impl Volume {
             pf: v["pf"].as_str().map(str::to_string),
             vf: v["vf"].as_u64(),
             drive_nsid: v["drive_nsid"].as_u64(),
+            nguid: v["nguid"].as_str().map(str::to_string),
         })
     }
 
@@ -131,59 +134,91 @@ pub fn run(prepared: &Prepared, params: &BedParams, binary: &Path) -> Result<Rep
     report
 }
 
-/// The storage node's side of the daemon: its binary and where its PF is.
-struct Target {
+/// The storage node's side of the daemon: its binary, where its PF is, and the compute
+/// node's host NQN its volumes are created for.
+pub(super) struct Target {
     bin: String,
     pf: String,
     hostnqn: String,
 }
 
 impl Target {
+    /// Writes the daemon's configuration on the storage node (the bed's PF, one rdma listener
+    /// at `traddr`, DH-HMAC-CHAP required); volumes are then created for `hostnqn`.
+    pub(super) fn configure(
+        bed: &mut Bed,
+        bin: &str,
+        hostnqn: &str,
+        traddr: &str,
+    ) -> Result<Target> {
+        let config = bed.step_env(
+            Role::Storage,
+            "daemon",
+            "write nvmf-target's configuration",
+            include_str!("sh/nvmf_target_config.sh"),
+            &[
+                ("CONFIG", config_path()),
+                ("STATE_DIR", state_dir()),
+                ("SOCKET", SOCKET.to_string()),
+                ("TRADDR", traddr.to_string()),
+                ("PREFIX", PREFIX.to_string()),
+            ],
+            secs(60),
+        )?;
+        Ok(Target {
+            bin: bin.to_string(),
+            pf: steps::required(&config, "pf", "the NVMe PF")?,
+            hostnqn: hostnqn.to_string(),
+        })
+    }
+
+    /// `host add NQN`: the host registered with a generated DH-HMAC-CHAP key, which is
+    /// returned (shown once).
+    pub(super) fn add_host(&self, bed: &mut Bed, nqn: &str) -> Result<String> {
+        let host = self.cli(
+            bed,
+            &format!("host add {nqn} (a DH-HMAC-CHAP key generated)"),
+            &["host", "add", nqn],
+        )?;
+        let key = host["dhchap_key"]
+            .as_str()
+            .filter(|k| k.starts_with("DHHC-1:"))
+            .map(str::to_string)
+            .ok_or_else(|| Error::Check {
+                check: "host add returns the generated DH-HMAC-CHAP key".into(),
+                reason: host.to_string(),
+            })?;
+        check(
+            host["nqn"] == nqn && host["has_key"] == true,
+            &format!("host add registers {nqn} with a key"),
+            || host.to_string(),
+        )?;
+        Ok(key)
+    }
+
     /// One CLI command (`--json`); its answer.
-    fn cli(&self, bed: &mut Bed, what: &str, args: &[&str]) -> Result<Value> {
-        let step = self.cli_step(bed, what, args, false)?;
-        Ok(result_with(&step, "answer", what)?["answer"].clone())
+    pub(super) fn cli(&self, bed: &mut Bed, what: &str, args: &[&str]) -> Result<Value> {
+        steps::cli_json(bed, Role::Storage, &self.bin, SOCKET, what, args, false)?.map_err(|e| {
+            Error::Check {
+                check: what.to_string(),
+                reason: e,
+            }
+        })
     }
 
     /// One CLI command the daemon may refuse: its answer, or the CLI's message.
-    fn try_cli(
+    pub(super) fn try_cli(
         &self,
         bed: &mut Bed,
         what: &str,
         args: &[&str],
     ) -> Result<std::result::Result<Value, String>> {
-        let step = self.cli_step(bed, what, args, true)?;
-        if let Some(e) = step.get_str("error") {
-            return Ok(Err(e));
-        }
-        Ok(Ok(result_with(&step, "answer", what)?["answer"].clone()))
-    }
-
-    fn cli_step(
-        &self,
-        bed: &mut Bed,
-        what: &str,
-        args: &[&str],
-        may_fail: bool,
-    ) -> Result<StepResult> {
-        bed.step_env(
-            Role::Storage,
-            "cli",
-            what,
-            include_str!("sh/nvmf_target_cli.sh"),
-            &[
-                ("BIN", self.bin.clone()),
-                ("SOCKET", SOCKET.to_string()),
-                ("ARGS", args.join(" ")),
-                ("MAY_FAIL", if may_fail { "1" } else { "" }.to_string()),
-            ],
-            secs(240),
-        )
+        steps::cli_json(bed, Role::Storage, &self.bin, SOCKET, what, args, true)
     }
 
     /// Starts the daemon and waits for its ready line; gives the daemon and its start
     /// reconcile's report.
-    fn start(&self, bed: &mut Bed) -> Result<(Daemon, Value)> {
+    pub(super) fn start(&self, bed: &mut Bed) -> Result<(Daemon, Value)> {
         let mut d = bed.start_daemon(
             Role::Storage,
             "nvmf-target",
@@ -200,20 +235,24 @@ impl Target {
         Ok((d, reconcile))
     }
 
-    fn create(&self, bed: &mut Bed, name: &str, size: &str) -> Result<Volume> {
-        let what = format!("volume create {name} --size {size}");
+    pub(super) fn create(&self, bed: &mut Bed, name: &str, size: &str) -> Result<Volume> {
+        let host = self.hostnqn.clone();
+        self.create_for(bed, name, size, &host)
+    }
+
+    /// `volume create NAME --size SIZE --host HOST`: a ready volume under the prefix.
+    pub(super) fn create_for(
+        &self,
+        bed: &mut Bed,
+        name: &str,
+        size: &str,
+        host: &str,
+    ) -> Result<Volume> {
+        let what = format!("volume create {name} --size {size} --host {host}");
         let v = self.cli(
             bed,
             &what,
-            &[
-                "volume",
-                "create",
-                name,
-                "--size",
-                size,
-                "--host",
-                &self.hostnqn,
-            ],
+            &["volume", "create", name, "--size", size, "--host", host],
         )?;
         let vol = Volume::of(&v, &what)?;
         check(
@@ -241,7 +280,7 @@ impl Target {
     /// The daemon's list is exactly `names`, all ready on distinct VFs and drive namespaces
     /// of the configured PF, and the kernel holds exactly that (`sh/nvmf_target_kernel.sh`);
     /// per volume, the block device of its drive namespace on the storage node.
-    fn converged(
+    pub(super) fn converged(
         &self,
         bed: &mut Bed,
         what: &str,
@@ -342,7 +381,7 @@ fn all_with<'a>(step: &'a StepResult, key: &str) -> Vec<&'a Value> {
 
 /// Writes a fresh pattern of `mib` MiB at `seek` MiB of the compute node's `/dev/{dev}` and
 /// checks it reads back identical there and from `/dev/{storage_dev}` on the storage node.
-fn written_and_read_back(
+pub(super) fn written_and_read_back(
     bed: &mut Bed,
     what: &str,
     dev: &str,
@@ -374,7 +413,7 @@ fn written_and_read_back(
 }
 
 /// The storage node reads `md5` at `seek` MiB of its `/dev/{dev}` (the VF namespace).
-fn read_on_storage(
+pub(super) fn read_on_storage(
     bed: &mut Bed,
     what: &str,
     dev: &str,
@@ -414,44 +453,9 @@ fn steps_of(bed: &mut Bed, bin: &str) -> Result<Report> {
         .ok_or_else(|| Error::Invalid("the compute node has no link".into()))?;
 
     // 1. The daemon, the host, two volumes.
-    let config = bed.step_env(
-        Role::Storage,
-        "daemon",
-        "write nvmf-target's configuration",
-        include_str!("sh/nvmf_target_config.sh"),
-        &[
-            ("CONFIG", config_path()),
-            ("STATE_DIR", state_dir()),
-            ("SOCKET", SOCKET.to_string()),
-            ("TRADDR", traddr.clone()),
-            ("PREFIX", PREFIX.to_string()),
-        ],
-        secs(60),
-    )?;
-    let target = Target {
-        bin: bin.to_string(),
-        pf: steps::required(&config, "pf", "the NVMe PF")?,
-        hostnqn: hostnqn.clone(),
-    };
+    let target = Target::configure(bed, bin, &hostnqn, &traddr)?;
     let (mut daemon, _) = target.start(bed)?;
-    let host = target.cli(
-        bed,
-        "host add (a DH-HMAC-CHAP key generated)",
-        &["host", "add", &hostnqn],
-    )?;
-    let key = host["dhchap_key"]
-        .as_str()
-        .filter(|k| k.starts_with("DHHC-1:"))
-        .map(str::to_string)
-        .ok_or_else(|| Error::Check {
-            check: "host add returns the generated DH-HMAC-CHAP key".into(),
-            reason: host.to_string(),
-        })?;
-    check(
-        host["nqn"] == hostnqn.as_str() && host["has_key"] == true,
-        "host add registers the compute node's NQN with a key",
-        || host.to_string(),
-    )?;
+    let key = target.add_host(bed, &hostnqn)?;
     let hosts = target.cli(bed, "host list", &["host", "list"])?;
     check(
         hosts.as_array().is_some_and(|a| {

@@ -475,3 +475,95 @@ pub(crate) fn qsd_stop(bed: &mut Bed, name: &str, remaining: &[&str]) -> Result<
     )?;
     Ok(())
 }
+
+/// One `--json` command of a project daemon's CLI (`bin`, talking to the API at `socket`) on
+/// the guest with `role` (`sh/daemon_cli.sh`): its JSON answer (`Null` for an empty one), or,
+/// when `may_fail`, the CLI's error message for a refusal (without `may_fail` a refusal fails
+/// the step).
+pub(crate) fn cli_json(
+    bed: &mut Bed,
+    role: Role,
+    bin: &str,
+    socket: &str,
+    what: &str,
+    args: &[&str],
+    may_fail: bool,
+) -> Result<std::result::Result<Value, String>> {
+    let step = bed.step_env(
+        role,
+        "cli",
+        what,
+        include_str!("sh/daemon_cli.sh"),
+        &[
+            ("BIN", bin.to_string()),
+            ("SOCKET", socket.to_string()),
+            ("ARGS", args.join(" ")),
+            ("MAY_FAIL", if may_fail { "1" } else { "" }.to_string()),
+        ],
+        // A refused connect may block in the kernel for minutes (see nvmf_target_refused.sh).
+        secs(420),
+    )?;
+    if let Some(e) = step.get_str("error") {
+        return Ok(Err(e));
+    }
+    Ok(Ok(result_with(&step, "answer", what)?["answer"].clone()))
+}
+
+/// The fio job of a `sh/fio_verify.sh` step, checked: no error, and data was read back and
+/// verified (fio's `--verify_fatal` already failed the step on a mismatch).
+pub(crate) fn fio_verified(step: &StepResult, what: &str) -> Result<Value> {
+    let job = step
+        .results
+        .iter()
+        .find_map(|r| r.get("fio"))
+        .and_then(|f| f["jobs"].get(0))
+        .cloned()
+        .ok_or_else(|| Error::Check {
+            check: what.to_string(),
+            reason: "no fio job in the step's results".into(),
+        })?;
+    check(
+        job["error"].as_i64() == Some(0),
+        &format!("{what}: no fio error"),
+        || job.to_string(),
+    )?;
+    check(
+        job["read"]["io_bytes"].as_u64().unwrap_or(0) > 0,
+        &format!("{what}: fio verified data"),
+        || job.to_string(),
+    )?;
+    Ok(job)
+}
+
+/// fio randwrite with crc32c verify on the compute node's `/dev/{dev}` over its first `size`
+/// for `runtime` seconds, while `during` runs (started 5 s after fio; fio is waited for even
+/// when `during` failed, so that it does not outlive the report). Gives fio's job, checked by
+/// [`fio_verified`], and what `during` returned.
+pub(crate) fn fio_verify_while<T>(
+    bed: &mut Bed,
+    job: &str,
+    what: &str,
+    dev: &str,
+    size: &str,
+    runtime: u64,
+    during: impl FnOnce(&mut Bed) -> Result<T>,
+) -> Result<(Value, T)> {
+    let fio = bed.spawn_step(
+        Role::Compute,
+        job,
+        what,
+        include_str!("sh/fio_verify.sh"),
+        &[
+            ("DEV", dev.to_string()),
+            ("NAME", job.to_string()),
+            ("SIZE", size.to_string()),
+            ("RUNTIME", runtime.to_string()),
+        ],
+        secs(runtime + 240),
+    )?;
+    std::thread::sleep(secs(5));
+    let fault = during(bed);
+    let fio = fio.finish()?;
+    let fault = fault?;
+    Ok((fio_verified(&fio, what)?, fault))
+}
