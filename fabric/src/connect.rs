@@ -660,6 +660,11 @@ impl FabricsClient {
         Self { root }
     }
 
+    /// The root it works under (discovery opens the controller's admin device there).
+    pub fn root(&self) -> &SysRoot {
+        &self.root
+    }
+
     /// `<root>/dev/nvme-fabrics`.
     pub fn device_path(&self) -> PathBuf {
         self.root.dev("nvme-fabrics")

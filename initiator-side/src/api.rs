@@ -152,8 +152,10 @@ pub struct Health {
 pub struct AttachBody {
     /// The subsystem NQN.
     nqn: String,
-    /// Its paths; more than one is native NVMe multipath.
-    paths: Vec<crate::attach::PathRequest>,
+    /// Its paths; more than one is native NVMe multipath. Absent when `discovery` is given.
+    paths: Option<Vec<crate::attach::PathRequest>>,
+    /// A discovery controller to ask for the paths instead.
+    discovery: Option<crate::attach::PathRequest>,
     /// `vhost-vdpa` (for a VMM) or `virtio-vdpa` (a block device on this host).
     mode: crate::vdpa::Mode,
     queues: Option<u16>,

@@ -32,8 +32,10 @@
 //! other attachment uses (also one a crash left `connecting`), and forgets the record last;
 //! a failure leaves it `detaching` and calling again (or reconcile) finishes it.
 //!
-//! Not done here: finding paths through a discovery controller (the request names its paths;
-//! a discovery address is refused as an unknown field), restarting dead vdpa-blk processes
+//! The paths are the request's, or what the discovery controller it names lists for the
+//! subsystem (asked through a temporary discovery controller, deleted again).
+//!
+//! Not done here: restarting dead vdpa-blk processes
 //! (that is the supervisor's: reconcile reports them in [`Reconciled::dead`] with the spec to
 //! restart them with). Every call blocks the calling thread (the namespace wait, vdpa-blk's
 //! ready line, a stop), and the service holds `&mut Store`: calls are serialised.
@@ -100,8 +102,14 @@ pub struct PathRequest {
 pub struct AttachRequest {
     /// The subsystem NQN.
     pub nqn: String,
-    /// Its paths; more than one is native NVMe multipath (all to this subsystem).
+    /// Its paths; more than one is native NVMe multipath (all to this subsystem). Empty when
+    /// `discovery` is given.
+    #[serde(default)]
     pub paths: Vec<PathRequest>,
+    /// A discovery controller to ask for the paths instead (every address it lists for this
+    /// subsystem becomes a path).
+    #[serde(default)]
+    pub discovery: Option<PathRequest>,
     /// `vhost-vdpa` (for a VMM) or `virtio-vdpa` (a block device on this host).
     pub mode: Mode,
     /// Request queues; the configured default when absent.
@@ -134,6 +142,7 @@ impl fmt::Debug for AttachRequest {
         f.debug_struct("AttachRequest")
             .field("nqn", &self.nqn)
             .field("paths", &self.paths)
+            .field("discovery", &self.discovery)
             .field("mode", &self.mode)
             .field("queues", &self.queues)
             .field("queue_size", &self.queue_size)
@@ -400,6 +409,8 @@ pub enum Step {
     Validate,
     /// Reading or writing the records.
     Record,
+    /// Asking a discovery controller for the paths.
+    Discover,
     /// Connecting a path.
     Connect,
     /// Waiting for the namespace's block device.
@@ -419,6 +430,7 @@ impl fmt::Display for Step {
         f.write_str(match self {
             Step::Validate => "checking the request",
             Step::Record => "recording",
+            Step::Discover => "discovering the paths",
             Step::Connect => "connecting",
             Step::Namespace => "waiting for the namespace",
             Step::StartVdpa => "starting vdpa-blk",
@@ -710,6 +722,14 @@ impl<'a, F: Fabrics + ?Sized, L: Launcher + ?Sized> Attachments<'a, F, L> {
     /// the attachment and whether this call made it (`false`: the same spec was attached
     /// already).
     pub fn attach(&mut self, req: &AttachRequest) -> Result<(AttachmentView, bool), AttachError> {
+        let resolved;
+        let req = match &req.discovery {
+            None => req,
+            Some(d) => {
+                resolved = self.discover_paths(req, d)?;
+                &resolved
+            }
+        };
         let spec = req.check(self.config)?;
         let existing = self
             .store
@@ -1197,6 +1217,67 @@ impl<'a, F: Fabrics + ?Sized, L: Launcher + ?Sized> Attachments<'a, F, L> {
     }
 
     /// Every attachment with its live health, oldest first.
+    /// The request with the paths the discovery controller at `d` lists for its subsystem
+    /// (sorted, so that the same answer makes the same spec). Nothing is left connected.
+    fn discover_paths(
+        &self,
+        req: &AttachRequest,
+        d: &PathRequest,
+    ) -> Result<AttachRequest, AttachError> {
+        let bad = |reason: String| AttachError::new(ErrorKind::Invalid, Step::Validate, reason);
+        if !req.paths.is_empty() {
+            return Err(bad("paths and discovery: give one of them, not both".into()));
+        }
+        let nqn = Nqn::new(req.nqn.trim()).map_err(|e| bad(format!("nqn: {e}")))?;
+        let address = path_address(d).map_err(|e| bad(format!("discovery: {e}")))?;
+        let opts =
+            fabric::connect::ConnectOptions::discovery(address.clone()).with_host(&self.host);
+        let found = self.fabrics.discover(&opts).map_err(|e| {
+            let kind = match &e {
+                fabric::discovery::DiscoveryError::Connect(c) => match PathFailure::of(c) {
+                    PathFailure::Unreachable => ErrorKind::Unreachable,
+                    PathFailure::Refused => ErrorKind::Refused,
+                    PathFailure::InvalidOptions => ErrorKind::Invalid,
+                    _ => ErrorKind::Kernel,
+                },
+                _ => ErrorKind::Kernel,
+            };
+            AttachError::new(
+                kind,
+                Step::Discover,
+                format!("the discovery controller at {address}: {e}"),
+            )
+        })?;
+        let mut paths: Vec<TransportAddress> = found
+            .into_iter()
+            .filter(|f| f.nqn == nqn)
+            .map(|f| f.address)
+            .collect();
+        paths.sort_by_key(|a| a.to_string());
+        paths.dedup();
+        if paths.is_empty() {
+            return Err(AttachError::new(
+                ErrorKind::Refused,
+                Step::Discover,
+                format!(
+                    "the discovery controller at {address} lists no path to {nqn} for this host \
+                     (unknown subsystem, or the host is not allowed)"
+                ),
+            ));
+        }
+        let mut out = req.clone();
+        out.discovery = None;
+        out.paths = paths
+            .iter()
+            .map(|a| PathRequest {
+                trtype: a.trtype().as_str().to_string(),
+                traddr: a.traddr().map(|t| t.to_string()),
+                trsvcid: a.trsvcid(),
+            })
+            .collect();
+        Ok(out)
+    }
+
     /// The vdpa-blk process serving attachment `id` now, for the supervisor (`None` when
     /// none is recorded or it does not run).
     pub fn running(&self, id: &str) -> Result<Option<Running>, AttachError> {

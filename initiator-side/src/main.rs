@@ -32,8 +32,11 @@ enum Cmd {
         /// The subsystem NQN.
         nqn: String,
         /// A path as TRTYPE:TRADDR[:TRSVCID] (rdma:192.0.2.1:4420); repeat for multipath.
-        #[arg(long = "path", required = true)]
+        #[arg(long = "path", required_unless_present = "discovery")]
         paths: Vec<String>,
+        /// A discovery controller (TRTYPE:TRADDR[:TRSVCID]) to ask for the paths instead.
+        #[arg(long, conflicts_with = "paths")]
+        discovery: Option<String>,
         /// vhost-vdpa (a /dev/vhost-vdpa-N for a VMM) or virtio-vdpa (a /dev/vdX here).
         #[arg(long, default_value = "vhost-vdpa")]
         mode: String,
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Attach {
             nqn,
             paths,
+            discovery,
             mode,
             queues,
             queue_size,
@@ -123,8 +127,9 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|p| path_of(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let discovery = discovery.as_deref().map(path_of).transpose()?;
             let body = json!({
-                "nqn": nqn, "paths": paths, "mode": mode, "queues": queues,
+                "nqn": nqn, "paths": paths, "discovery": discovery, "mode": mode, "queues": queues,
                 "queue_size": queue_size, "read_only": read_only, "nsid": nsid, "nguid": nguid,
                 "dhchap_secret": dhchap_secret, "dhchap_ctrl_secret": dhchap_ctrl_secret,
             });

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 
 use fabric::connect::{ConnectError, ConnectFailure, ConnectOptions, ConnectedController};
+use fabric::discovery::DiscoveryError;
 use fabric::host::HostIdentity;
 use fabric::nqn::Nqn;
 use fabric::sysfs::{Controller, ControllerState, NvmeSysfs, SysfsError};
@@ -35,6 +36,17 @@ pub trait Fabrics {
     fn connect(&self, opts: &ConnectOptions) -> Result<ConnectedController, ConnectError>;
     /// Deletes controller `name` (`nvmeN`).
     fn disconnect(&self, name: &str) -> Result<(), ConnectError>;
+    /// Asks the discovery controller at `opts.address` (`opts.nqn` the discovery NQN) which
+    /// NVM subsystems this host may reach, and where: a temporary controller, its Discovery
+    /// log page, the controller deleted again.
+    fn discover(&self, opts: &ConnectOptions) -> Result<Vec<Discovered>, DiscoveryError>;
+}
+
+/// One NVM subsystem a discovery controller listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub nqn: Nqn,
+    pub address: TransportAddress,
 }
 
 impl Fabrics for FabricsClient {
@@ -44,6 +56,19 @@ impl Fabrics for FabricsClient {
 
     fn disconnect(&self, name: &str) -> Result<(), ConnectError> {
         FabricsClient::disconnect(self, name)
+    }
+
+    fn discover(&self, opts: &ConnectOptions) -> Result<Vec<Discovered>, DiscoveryError> {
+        let log = fabric::discovery::discover(self, self.root(), opts)?;
+        Ok(log
+            .subsystems()
+            .into_iter()
+            .filter(|s| s.subtype == fabric::discovery::SubsystemType::Nvm)
+            .map(|s| Discovered {
+                nqn: s.nqn,
+                address: s.address,
+            })
+            .collect())
     }
 }
 
@@ -643,6 +668,37 @@ pub(crate) mod fake {
     }
 
     impl Fabrics for FakeFabrics {
+        fn discover(&self, opts: &ConnectOptions) -> Result<Vec<Discovered>, DiscoveryError> {
+            opts.encode()?;
+            let key = opts.address.to_string();
+            if let Some(errno) = self.state.borrow().failing.get(&key) {
+                return Err(DiscoveryError::from(Self::refuse(opts, *errno)));
+            }
+            let st = self.state.borrow();
+            let Some(target) = st.targets.get(&key) else {
+                return Err(DiscoveryError::from(Self::refuse(
+                    opts,
+                    Errno::EHOSTUNREACH,
+                )));
+            };
+            let host = opts
+                .hostnqn
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            // nvmet lists the subsystems on the port that this host may connect to.
+            Ok(target
+                .iter()
+                .filter(|(_, e)| e.hosts.is_empty() || e.hosts.contains(&host))
+                .filter_map(|(nqn, _)| {
+                    Some(Discovered {
+                        nqn: Nqn::new(nqn).ok()?,
+                        address: opts.address.clone(),
+                    })
+                })
+                .collect())
+        }
+
         fn connect(&self, opts: &ConnectOptions) -> Result<ConnectedController, ConnectError> {
             // The real client checks the options before the kernel sees them.
             opts.encode()?;

@@ -309,6 +309,7 @@ fn request(mode: Mode, paths: &[&str]) -> AttachRequest {
     AttachRequest {
         nqn: VOL.into(),
         paths: paths.iter().map(|a| path(a)).collect(),
+        discovery: None,
         mode,
         queues: None,
         queue_size: None,
@@ -712,10 +713,10 @@ fn unknown_request_fields_are_refused_by_name() {
         "nqn": VOL,
         "paths": [{"trtype": "rdma", "traddr": A1}],
         "mode": "virtio-vdpa",
-        "discovery": {"trtype": "rdma", "traddr": A1},
+        "multipath_policy": "round-robin",
     }))
     .expect_err("unknown field");
-    assert!(e.to_string().contains("discovery"), "{e}");
+    assert!(e.to_string().contains("multipath_policy"), "{e}");
     let ok: AttachRequest = serde_json::from_value(json!({
         "nqn": VOL,
         "paths": [{"trtype": "rdma", "traddr": A1}],
@@ -1082,4 +1083,58 @@ fn reconcile_stops_a_vdpa_blk_no_record_wants() {
     assert!(out.removed.iter().any(|r| r.contains("777")), "{out:?}");
     b.assert_clean();
     let _ = &b.dir;
+}
+
+#[test]
+fn paths_can_come_from_a_discovery_controller_and_make_the_same_spec() {
+    let mut b = bed();
+    let mut req = request(Mode::VirtioVdpa, &[]);
+    req.discovery = Some(path(A1));
+    let (v, created) = b.svc().attach(&req).expect("attach through discovery");
+    assert!(created);
+    assert_eq!(
+        v.controllers
+            .iter()
+            .map(|c| c.address.clone())
+            .collect::<Vec<_>>(),
+        vec![addr(A1)]
+    );
+    // No discovery controller is left behind: only the path's controller exists.
+    assert_eq!(b.fabrics.controller_names().len(), 1);
+    // The same request again is the same attachment; giving the path itself is too.
+    let (again, created) = b.svc().attach(&req).expect("again");
+    assert_eq!((again.id.clone(), created), (v.id.clone(), false));
+    let (same, created) = b
+        .svc()
+        .attach(&request(Mode::VirtioVdpa, &[A1]))
+        .expect("by path");
+    assert_eq!((same.id, created), (v.id, false));
+}
+
+#[test]
+fn a_discovery_that_lists_nothing_for_the_host_or_does_not_answer_changes_nothing() {
+    let mut b = bed();
+    let mut req = request(Mode::VirtioVdpa, &[]);
+    req.nqn = "nqn.2014-08.com.example:unknown".into();
+    req.discovery = Some(path(A1));
+    let e = b.svc().attach(&req).expect_err("unknown subsystem");
+    assert_eq!(
+        (e.kind, e.step),
+        (ErrorKind::Refused, Step::Discover),
+        "{e}"
+    );
+    let mut req = request(Mode::VirtioVdpa, &[]);
+    req.discovery = Some(path("203.0.113.9"));
+    let e = b.svc().attach(&req).expect_err("nobody there");
+    assert_eq!(
+        (e.kind, e.step),
+        (ErrorKind::Unreachable, Step::Discover),
+        "{e}"
+    );
+    let mut both = request(Mode::VirtioVdpa, &[A1]);
+    both.discovery = Some(path(A1));
+    let e = b.svc().attach(&both).expect_err("both");
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert!(b.fabrics.controller_names().is_empty());
+    assert!(b.store.attachments().expect("list").is_empty());
 }
