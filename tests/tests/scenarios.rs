@@ -274,7 +274,7 @@ fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and
 }
 
 #[test]
-fn nvmf_initiator_attaches_through_virtio_vdpa_survives_its_kill_refuses_bad_attaches_and_detaches_clean(
+fn nvmf_initiator_attaches_through_virtio_vdpa_and_vhost_vdpa_survives_its_kill_refuses_bad_attaches_and_detaches_clean(
 ) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bins = testbed::scenarios::nvmf_initiator::Binaries {
@@ -298,5 +298,6 @@ fn nvmf_initiator_attaches_through_virtio_vdpa_survives_its_kill_refuses_bad_att
         serde_json::json!([r.attachment]),
         "{r:?}"
     );
-    assert_eq!(r.teardown.len(), 3, "{r:?}");
+    assert_eq!(r.blkio["readback_matches"], true, "{r:?}");
+    assert_eq!(r.teardown.len(), 4, "{r:?}");
 }

@@ -18,7 +18,12 @@
 //!   verified, the start reconcile adopts the attachment (same id, same vdpa-blk pid, alive,
 //!   no restart), and a short fio verify passes after it;
 //! - `detach` leaves nothing (no controller of the subsystem, no vdpa or VDUSE device, no
-//!   vdpa-blk files or process, `list` empty); then both volumes are deleted unforced.
+//!   vdpa-blk files or process, `list` empty);
+//! - `attach` of `vol1` in vhost-vdpa mode answers a ready zero-copy attachment with VMM
+//!   snippets naming its `/dev/vhost-vdpa-N`; the kernel shows it bound to vhost_vdpa; the
+//!   `blkio`-based client drives it as a VMM does (write, flush, read back identical,
+//!   write-zeroes) and vdpa-blk maps the client's own memory file; its detach leaves nothing;
+//! - then both volumes are deleted unforced.
 //!
 //! Guest shell in `sh/nvmf_initiator_*.sh` (and `sh/daemon_cli.sh` for both CLIs).
 
@@ -72,7 +77,9 @@ pub struct Report {
     pub fio_verified: Vec<String>,
     /// Data regions written on the compute node and read back from the VF namespace.
     pub regions_checked: u32,
-    /// How the detach and the deletes went.
+    /// The blkio client's result over the vhost-vdpa attachment.
+    pub blkio: Value,
+    /// How the detaches and the deletes went.
     pub teardown: Vec<String>,
 }
 
@@ -82,7 +89,7 @@ pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<R
     params.topology = Topology::Pair;
     params.paths = 1;
     let mut bed = Bed::start(prepared, &params, "nvmf-initiator")?;
-    let report = steps_of(&mut bed, bins);
+    let report = steps_of(&mut bed, bins, &params.agent.display().to_string());
     if let Ok(r) = &report {
         bed.progress()
             .phase("done", &format!("nvmf-initiator scenario passed: {r:?}"));
@@ -217,9 +224,29 @@ fn refused_attach(
     Ok(())
 }
 
-/// What an attach answered, checked against what a ready virtio-vdpa attachment of `nqn` must
-/// say; gives (controller, backing device name, vdpa name, disk name, vdpa-blk pid).
-fn ready_view(v: &Value, nqn: &str, nguid: &str, what: &str) -> Result<Attached> {
+/// The two modes of an attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `/dev/vdX` on the node, through the kernel's VDUSE bounce buffer.
+    VirtioVdpa,
+    /// `/dev/vhost-vdpa-N` for a VMM, zero copy.
+    VhostVdpa,
+}
+
+impl Mode {
+    /// The API's name, the copy mode it answers, the device name's prefix, the vdpa bus driver.
+    fn words(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Mode::VirtioVdpa => ("virtio-vdpa", "bounce", "vd", "virtio_vdpa"),
+            Mode::VhostVdpa => ("vhost-vdpa", "zero-copy", "vhost-vdpa-", "vhost_vdpa"),
+        }
+    }
+}
+
+/// What an attach answered, checked against what a ready attachment of `nqn` in `mode` must
+/// say; gives (controller, backing device name, vdpa name, device name, vdpa-blk pid).
+fn ready_view(v: &Value, nqn: &str, nguid: &str, mode: Mode, what: &str) -> Result<Attached> {
+    let (mode_name, copy_mode, prefix, _) = mode.words();
     let fail = |reason: String| Error::Check {
         check: what.to_string(),
         reason,
@@ -228,10 +255,10 @@ fn ready_view(v: &Value, nqn: &str, nguid: &str, what: &str) -> Result<Attached>
     check(
         v["state"] == "ready"
             && v["nqn"] == nqn
-            && v["mode"] == "virtio-vdpa"
-            && v["copy_mode"] == "bounce"
+            && v["mode"] == mode_name
+            && v["copy_mode"] == copy_mode
             && v["nguid"] == nguid,
-        &format!("{what}: a ready virtio-vdpa attachment of {nqn} (bounce copy, the NGUID)"),
+        &format!("{what}: a ready {mode_name} attachment of {nqn} ({copy_mode} copy, the NGUID)"),
         || v.to_string(),
     )?;
     check(
@@ -251,11 +278,13 @@ fn ready_view(v: &Value, nqn: &str, nguid: &str, what: &str) -> Result<Attached>
     };
     let dev = s(&v["device"], "device")?;
     let disk = dev
-        .strip_prefix("/dev/vd")
-        .map(|d| format!("vd{d}"))
-        .ok_or_else(|| fail(format!("device {dev} is not a /dev/vdX")))?;
+        .strip_prefix("/dev/")
+        .filter(|d| d.starts_with(prefix))
+        .map(str::to_string)
+        .ok_or_else(|| fail(format!("device {dev} is not a /dev/{prefix}*")))?;
     let backing = s(&v["backing_device"], "backing_device")?;
     Ok(Attached {
+        mode,
         id: s(&v["id"], "id")?,
         ctrl: s(&ctrls[0]["controller"], "controller")?,
         backing: backing.trim_start_matches("/dev/").to_string(),
@@ -270,6 +299,7 @@ fn ready_view(v: &Value, nqn: &str, nguid: &str, what: &str) -> Result<Attached>
 /// A ready attachment as the agent and the kernel show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attached {
+    mode: Mode,
     id: String,
     ctrl: String,
     backing: String,
@@ -290,11 +320,47 @@ fn kernel_has(bed: &mut Bed, a: &Attached, nqn: &str, what: &str) -> Result<Step
             ("CTRL", a.ctrl.clone()),
             ("BACKING", a.backing.clone()),
             ("NAME", a.name.clone()),
+            ("DRIVER", a.mode.words().3.to_string()),
             ("DEV", a.disk.clone()),
             ("PID", a.pid.to_string()),
         ],
         secs(60),
     )
+}
+
+/// `detach` of `a` (unforced) answers nothing and leaves nothing (`sh/nvmf_initiator_gone.sh`);
+/// `list` is empty after it.
+fn detached(
+    bed: &mut Bed,
+    init: &Initiator,
+    a: &Attached,
+    nqn: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let gone = init.cli(bed, &format!("detach {}", a.id), &["detach", &a.id])?;
+    check(gone.is_null(), "a detach answers nothing", || {
+        gone.to_string()
+    })?;
+    bed.step_env(
+        Role::Compute,
+        "check",
+        &format!("nothing of {} is left", a.id),
+        &with_lib(include_str!("sh/nvmf_initiator_gone.sh")),
+        &[
+            ("NQN", nqn.to_string()),
+            ("ID", a.id.clone()),
+            ("STATE_DIR", state_dir()),
+        ],
+        secs(60),
+    )?;
+    let ids = init.ids(bed, "list after the detach")?;
+    check(ids.is_empty(), "no attachment after the detach", || {
+        format!("{ids:?}")
+    })?;
+    report
+        .teardown
+        .push(format!("{} ({}): detached", a.id, a.mode.words().0));
+    Ok(())
 }
 
 /// A fio crc32c verify through `/dev/{disk}` (no fault), recorded in the report.
@@ -311,7 +377,7 @@ fn fio_verify(
     Ok(())
 }
 
-fn steps_of(bed: &mut Bed, bins: &Binaries) -> Result<Report> {
+fn steps_of(bed: &mut Bed, bins: &Binaries, agent_bin: &str) -> Result<Report> {
     let mut report = Report::default();
     let topology = bed.topology();
     let hostnqn = steps::prepare(
@@ -405,27 +471,34 @@ fn steps_of(bed: &mut Bed, bins: &Binaries) -> Result<Report> {
         secs(30),
     )?;
     let wrong = steps::required(&wrong, "key", "a wrong key")?;
-    let attach_args = |nqn: &str, secret: &str| -> Vec<String> {
+    let attach_in = |mode: Mode, nqn: &str, secret: &str| -> Vec<String> {
         [
             "attach",
             nqn,
             "--path",
             &path,
             "--mode",
-            "virtio-vdpa",
+            mode.words().0,
             "--dhchap-secret",
             secret,
         ]
         .map(str::to_string)
         .to_vec()
     };
+    let attach_args = |nqn: &str, secret: &str| attach_in(Mode::VirtioVdpa, nqn, secret);
 
     // 2. The attach.
     let mut args = attach_args(&vol.nqn, &key);
     args.extend(["--nguid".to_string(), nguid.clone()]);
     let args = words(&args);
     let view = init.cli(bed, &format!("attach {v1} in virtio-vdpa mode"), &args)?;
-    let a = ready_view(&view, &vol.nqn, &nguid, "the attach's answer")?;
+    let a = ready_view(
+        &view,
+        &vol.nqn,
+        &nguid,
+        Mode::VirtioVdpa,
+        "the attach's answer",
+    )?;
     bed.progress().note(&format!("attached: {a:?}"));
     kernel_has(bed, &a, &vol.nqn, "the kernel holds the attachment's chain")?;
     let again = init.cli(bed, "the same attach again", &args)?;
@@ -500,6 +573,7 @@ fn steps_of(bed: &mut Bed, bins: &Binaries) -> Result<Report> {
         &shown,
         &vol.nqn,
         &nguid,
+        Mode::VirtioVdpa,
         "the attachment after the agent's restart",
     )?;
     check(
@@ -527,28 +601,34 @@ fn steps_of(bed: &mut Bed, bins: &Binaries) -> Result<Report> {
     )?;
     fio_verify(bed, &mut report, "after-restart", &a.disk, 10)?;
 
-    // 7. Detach leaves nothing; then the volumes go.
-    let gone = init.cli(bed, "detach the attachment", &["detach", &a.id])?;
-    check(gone.is_null(), "a detach answers nothing", || {
-        gone.to_string()
-    })?;
-    bed.step_env(
-        Role::Compute,
-        "check",
-        "nothing of the attachment is left",
-        &with_lib(include_str!("sh/nvmf_initiator_gone.sh")),
-        &[
-            ("NQN", vol.nqn.clone()),
-            ("ID", a.id.clone()),
-            ("STATE_DIR", state_dir()),
-        ],
-        secs(60),
+    // 7. Detach leaves nothing.
+    detached(bed, &init, &a, &vol.nqn, &mut report)?;
+
+    // vhost-vdpa: the device a VMM is handed, driven by the blkio client as a VMM does.
+    let mut args = attach_in(Mode::VhostVdpa, &vol.nqn, &key);
+    args.extend(["--nguid".to_string(), nguid.clone()]);
+    let view = init.cli(
+        bed,
+        &format!("attach {v1} in vhost-vdpa mode"),
+        &words(&args),
     )?;
-    let ids = init.ids(bed, "list after the detach")?;
-    check(ids.is_empty(), "no attachment after the detach", || {
-        format!("{ids:?}")
-    })?;
-    report.teardown.push(format!("{}: detached", a.id));
+    let h = ready_view(
+        &view,
+        &vol.nqn,
+        &nguid,
+        Mode::VhostVdpa,
+        "the vhost-vdpa attach's answer",
+    )?;
+    let dev = format!("/dev/{}", h.disk);
+    check(
+        view["snippets"].to_string().contains(&dev),
+        "the vhost-vdpa attach answers VMM snippets naming the device",
+        || view.to_string(),
+    )?;
+    kernel_has(bed, &h, &vol.nqn, "the kernel holds the vhost-vdpa chain")?;
+    let sock = format!("{}/vdpa/{}.sock", state_dir(), h.id);
+    report.blkio = steps::blkio_zero_copy(bed, agent_bin, &dev, &sock)?;
+    detached(bed, &init, &h, &vol.nqn, &mut report)?;
 
     // 6. Refused attaches leave the node as it was (after the detach: one attachment per
     // subsystem, so vol1 must be free for the wrong secret to be what refuses it). The

@@ -567,3 +567,43 @@ pub(crate) fn fio_verify_while<T>(
     let fault = fault?;
     Ok((fio_verified(&fio, what)?, fault))
 }
+
+/// `testbed blkio-client` (`agent`, the bed's own binary) drives the vhost-vdpa device `dev`
+/// as a VMM does (`sh/zero_copy_client.sh`): write, flush, read back identical, write-zeroes,
+/// with its memory in a file it allocated; while it holds the device, the vdpa-blk behind it
+/// (asked on its control socket `sock`) maps that very file, writable: zero copy. Gives the
+/// client's result.
+pub(crate) fn blkio_zero_copy(bed: &mut Bed, agent: &str, dev: &str, sock: &str) -> Result<Value> {
+    let client = bed.step_env(
+        Role::Compute,
+        "io",
+        "blkio client over vhost-vdpa: write, flush, read back, write-zeroes; what the daemon maps",
+        include_str!("sh/zero_copy_client.sh"),
+        &[
+            ("AGENT", agent.to_string()),
+            ("DEV", dev.to_string()),
+            ("SOCK", sock.to_string()),
+        ],
+        secs(300),
+    )?;
+    let blkio = result_with(&client, "readback_matches", "blkio client")?;
+    let region = result_with(&client, "region_ino", "the client's memory region")?;
+    let maps = result_with(&client, "mappings", "the daemon's mappings")?;
+    let ours = |m: &Value| m["dev"] == region["region_dev"] && m["ino"] == region["region_ino"];
+    check(
+        maps["mappings"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
+        "zero copy: the daemon maps the VMM's own memory file",
+        || format!("client region {region}, daemon maps {maps}"),
+    )?;
+    check(blkio["readback_matches"] == true, "blkio read-back", || {
+        blkio.to_string()
+    })?;
+    check(
+        blkio["write_zeroes"] == "zeroed",
+        "blkio write-zeroes",
+        || blkio.to_string(),
+    )?;
+    Ok(blkio)
+}

@@ -343,36 +343,11 @@ fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) 
         "vhost-vdpa copy mode",
         || format!("ready line says {}", vhost_ready["copy_mode"]),
     )?;
-    let client = bed.step_env(
-        Role::Compute,
-        "io",
-        "blkio client over vhost-vdpa: write, flush, read back, write-zeroes; what the daemon maps",
-        include_str!("sh/zero_copy_client.sh"),
-        &[
-            ("AGENT", agent.clone()),
-            ("DEV", path_of(&vhost_ready, "vhost-vdpa ready line")?),
-            ("SOCK", "/run/vb1.sock".to_string()),
-        ],
-        secs(300),
-    )?;
-    let blkio = result_with(&client, "readback_matches", "blkio client")?;
-    let region = result_with(&client, "region_ino", "the client's memory region")?;
-    let maps = result_with(&client, "mappings", "the daemon's mappings")?;
-    let ours = |m: &Value| m["dev"] == region["region_dev"] && m["ino"] == region["region_ino"];
-    check(
-        maps["mappings"]
-            .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
-        "zero copy: the daemon maps the VMM's own memory file",
-        || format!("client region {region}, daemon maps {maps}"),
-    )?;
-    check(blkio["readback_matches"] == true, "blkio read-back", || {
-        blkio.to_string()
-    })?;
-    check(
-        blkio["write_zeroes"] == "zeroed",
-        "blkio write-zeroes",
-        || blkio.to_string(),
+    let blkio = steps::blkio_zero_copy(
+        bed,
+        &agent,
+        &path_of(&vhost_ready, "vhost-vdpa ready line")?,
+        "/run/vb1.sock",
     )?;
     let vhost_stats = vdpa_blk_stats(bed, "vb1")?;
     // The same counters through the control socket (nothing ran in between).
