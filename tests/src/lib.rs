@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod bed;
 pub mod blkio_client;
+pub mod build;
 pub mod cmd;
 pub mod error;
 pub mod fio;

@@ -162,31 +162,9 @@ fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
 /// path; the environment variable `override_var` names another binary to test instead
 /// (another checkout, say). The guests see the host's root, so the path works there too.
 fn workspace_binary(package: &str, bin: &str, override_var: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(override_var) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "{override_var}={} is not a file",
-            path.display()
-        );
-        return path;
-    }
     let testbed = PathBuf::from(env!("CARGO_BIN_EXE_testbed"));
-    // target/<profile dir>/testbed: `debug` is the `dev` profile's directory.
-    let dir = testbed
-        .parent()
-        .and_then(|d| d.file_name())
-        .and_then(|d| d.to_str())
-        .unwrap_or_else(|| panic!("no profile directory above {}", testbed.display()));
-    let profile = if dir == "debug" { "dev" } else { dir };
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--profile", profile, "-p", package, "--bin", bin])
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(status.success(), "building {bin} ({profile}) failed");
-    let path = testbed.with_file_name(bin);
-    assert!(path.is_file(), "no {bin} binary at {}", path.display());
-    path
+    testbed::build::workspace_binary(&testbed, package, bin, override_var)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn vdpa_blk_binary() -> PathBuf {

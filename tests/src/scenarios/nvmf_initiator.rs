@@ -81,6 +81,12 @@ pub struct Report {
     pub blkio: Value,
     /// How the detaches and the deletes went.
     pub teardown: Vec<String>,
+    /// Both daemons' views while the volume was attached: `nvmf-target volume list`,
+    /// `nvmf-initiator list`, and their metric lines.
+    pub target_volumes: Value,
+    pub attachments: Value,
+    pub target_metrics: Vec<String>,
+    pub initiator_metrics: Vec<String>,
 }
 
 /// Runs the scenario in a pair bed and tears the bed down.
@@ -600,6 +606,55 @@ fn steps_of(bed: &mut Bed, bins: &Binaries, agent_bin: &str) -> Result<Report> {
         || format!("wrote {md5}, read {got:?}"),
     )?;
     fio_verify(bed, &mut report, "after-restart", &a.disk, 10)?;
+
+    // Both daemons' status and metrics while the volume is attached, checked against what
+    // the scenario made: one volume ready on the storage node, one attachment with a live
+    // path and its I/O counted on the compute node.
+    report.target_volumes = target.cli(bed, "volume list", &["volume", "list"])?;
+    report.attachments = init.cli(bed, "list", &["list"])?;
+    report.target_metrics = steps::daemon_metrics(
+        bed,
+        Role::Storage,
+        &target_bin,
+        super::nvmf_target::SOCKET,
+        "nvmf-target metrics",
+    )?;
+    report.initiator_metrics = steps::daemon_metrics(
+        bed,
+        Role::Compute,
+        &init.bin,
+        SOCKET,
+        "nvmf-initiator metrics",
+    )?;
+    let has = |lines: &[String], prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    check(
+        has(
+            &report.target_metrics,
+            "nvmf_target_volumes{state=\"ready\"} ",
+        ) && has(&report.target_metrics, "nvmf_target_vfs_in_use{")
+            && has(&report.target_metrics, "nvmf_target_reconcile_runs_total "),
+        "nvmf-target's metrics show its volumes, VFs and reconcile runs",
+        || report.target_metrics.join("\n"),
+    )?;
+    check(
+        report
+            .initiator_metrics
+            .contains(&"nvmf_initiator_attachments{state=\"ready\"} 1".to_string())
+            && report.initiator_metrics.iter().any(|l| {
+                l.starts_with(&format!(
+                    "nvmf_initiator_path_state{{attachment=\"{}\"",
+                    a.id
+                )) && l.contains("state=\"live\"")
+            })
+            && report.initiator_metrics.iter().any(|l| {
+                l.starts_with(&format!(
+                    "nvmf_initiator_io{{attachment=\"{}\",counter=\"requests\"}}",
+                    a.id
+                )) && !l.ends_with(" 0")
+            }),
+        "nvmf-initiator's metrics show the ready attachment, its live path and its I/O",
+        || report.initiator_metrics.join("\n"),
+    )?;
 
     // 7. Detach leaves nothing.
     detached(bed, &init, &a, &vol.nqn, &mut report)?;

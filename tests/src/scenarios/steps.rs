@@ -509,6 +509,33 @@ pub(crate) fn cli_json(
     Ok(Ok(result_with(&step, "answer", what)?["answer"].clone()))
 }
 
+/// A project daemon's metric lines (`BIN metrics`, comments dropped).
+pub(crate) fn daemon_metrics(
+    bed: &mut Bed,
+    role: Role,
+    bin: &str,
+    socket: &str,
+    what: &str,
+) -> Result<Vec<String>> {
+    let step = bed.step_env(
+        role,
+        "status",
+        what,
+        include_str!("sh/daemon_metrics.sh"),
+        &[("BIN", bin.to_string()), ("SOCKET", socket.to_string())],
+        secs(60),
+    )?;
+    Ok(result_with(&step, "metrics", what)?["metrics"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(String::from))
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// The fio job of a `sh/fio_verify.sh` step, checked: no error, and data was read back and
 /// verified (fio's `--verify_fatal` already failed the step on a mismatch).
 pub(crate) fn fio_verified(step: &StepResult, what: &str) -> Result<Value> {
