@@ -160,10 +160,8 @@ pub struct Ready {
     /// Who copies the payload.
     pub copy_mode: CopyMode,
     /// Busy-poll window, microseconds.
-    #[serde(default)]
     pub poll_us: u64,
     /// Offered virtio feature bits.
-    #[serde(default)]
     pub features: u64,
     /// The daemon's own pid.
     pub pid: u32,
@@ -207,7 +205,6 @@ pub enum Stopped {
 
 /// One queue's counters from the control socket (`QueueStatsSnapshot` in vdpa-blk).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default)]
 pub struct QueueStats {
     /// Queue index.
     pub queue: u16,
@@ -1106,6 +1103,20 @@ while :; do sleep 0.05; done
             s.write_all(answer.as_bytes()).expect("write");
             cmd
         })
+    }
+
+    /// A counter missing from the answer is an error, never a zero (vdpa-blk writes them all).
+    #[test]
+    fn a_stats_answer_missing_a_counter_is_an_error_not_a_zero() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("ctl.sock");
+        let server = serve_once(
+            &path,
+            "{\"event\":\"stats\",\"name\":\"vol1\",\"queues\":[{\"queue\":0,\"bytes_read\":4096}]}\n",
+        );
+        let l = launcher(PathBuf::from("/nonexistent"));
+        assert!(l.stats(&path).is_err(), "a missing `requests` read as 0");
+        server.join().expect("server");
     }
 
     #[test]

@@ -65,9 +65,15 @@ pub fn from_value(v: &Value) -> Result<Vec<FioFigures>, String> {
                         .map(|ns| ns / 1000.0)
                         .ok_or_else(|| format!("fio job `{name}` has no clat percentile {p}"))
                 };
+                // A direction that did I/O has its rates: absent ones are an error, not 0.
+                let need = |k: &str| {
+                    d.get(k)
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| format!("fio job `{name}` has no `{k}`"))
+                };
                 Ok(Direction {
-                    iops: num(d, "iops"),
-                    bw_mib_s: num(d, "bw") / 1024.0,
+                    iops: need("iops")?,
+                    bw_mib_s: need("bw")? / 1024.0,
                     p50_us: pct("50.000000")?,
                     p99_us: pct("99.000000")?,
                     p999_us: pct("99.900000")?,
@@ -174,6 +180,12 @@ mod tests {
             .expect_err("no io")
             .contains("did no I/O"));
         assert!(parse(r#"{"nojobs":1}"#).is_err());
+        assert!(parse(
+            r#"{"jobs":[{"jobname":"x","read":{"io_bytes":4096,
+            "clat_ns":{"percentile":{"50.000000":1,"99.000000":2,"99.900000":3}}}}]}"#
+        )
+        .expect_err("no iops")
+        .contains("no `iops`"));
     }
 
     #[test]
