@@ -207,7 +207,7 @@ async fn metrics(State(s): State<Shared>) -> Result<impl IntoResponse, ApiError>
                     .iter()
                     .map(|c| (c.address.to_string(), c.state.clone()))
                     .collect(),
-                restarts: v.vdpa.as_ref().map_or(0, |p| u64::from(p.restarts)),
+                restarts: v.vdpa.as_ref().map(|p| u64::from(p.restarts)),
                 io: v.vdpa.as_ref().and_then(|p| p.stats.as_ref()).map(|st| {
                     st.queues
                         .iter()

@@ -23,8 +23,8 @@ pub struct AttachmentObserved {
     pub id: String,
     /// Each path: (address, controller state as sysfs shows it, or `gone`).
     pub paths: Vec<(String, String)>,
-    /// vdpa-blk restarts so far.
-    pub restarts: u64,
+    /// vdpa-blk restarts so far (none without a vdpa-blk record).
+    pub restarts: Option<u64>,
     /// I/O counters summed over the queues, when the control socket answered.
     pub io: Option<IoObserved>,
 }
@@ -138,9 +138,11 @@ impl Metrics {
                     ]))
                     .set(1);
             }
-            self.restarts
-                .get_or_create(&labels(&[("attachment", &a.id)]))
-                .set(i64::try_from(a.restarts).unwrap_or(i64::MAX));
+            if let Some(r) = a.restarts {
+                self.restarts
+                    .get_or_create(&labels(&[("attachment", &a.id)]))
+                    .set(i64::try_from(r).unwrap_or(i64::MAX));
+            }
             if let Some(io) = a.io {
                 for (what, v) in [
                     ("requests", io.requests),
@@ -177,7 +179,7 @@ mod tests {
                     AttachmentObserved {
                         id: "a1".into(),
                         paths: vec![("rdma:192.0.2.1:4420".into(), "live".into())],
-                        restarts: 2,
+                        restarts: Some(2),
                         io: Some(IoObserved {
                             requests: 10,
                             bytes_read: 4096,
@@ -188,7 +190,7 @@ mod tests {
                     AttachmentObserved {
                         id: "a2".into(),
                         paths: vec![],
-                        restarts: 0,
+                        restarts: None,
                         io: None,
                     },
                 ],
@@ -207,6 +209,10 @@ mod tests {
         assert!(
             !text.contains("attachment=\"a2\",counter"),
             "no I/O gauges without stats"
+        );
+        assert!(
+            !text.contains("vdpa_blk_restarts{attachment=\"a2\"}"),
+            "no restart gauge without a vdpa-blk record"
         );
         let later = m.render(&Observed::default()).expect("render");
         assert!(!later.contains("a1"), "a gauge outlived its observation");
