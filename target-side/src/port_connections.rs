@@ -107,7 +107,9 @@ fn messages(mut buf: &[u8]) -> Result<Vec<(u16, &[u8])>, CountError> {
             let errno = buf
                 .get(16..20)
                 .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(0);
+                .ok_or_else(|| {
+                    CountError::Malformed("an error message without its errno".into())
+                })?;
             if errno != 0 {
                 return Err(CountError::Netlink {
                     op: "reply",
@@ -440,6 +442,11 @@ mod tests {
     fn a_truncated_attribute_is_an_error_not_a_panic() {
         assert!(attrs(&[200, 0, 1, 0, 0]).is_err());
         assert!(messages(&[200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        // An NLMSG_ERROR cut before its errno is malformed, not an acknowledgement.
+        let mut err = vec![16u8, 0, 0, 0];
+        err.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        err.extend_from_slice(&[0; 10]);
+        assert!(matches!(messages(&err), Err(CountError::Malformed(_))));
     }
 
     #[test]

@@ -687,25 +687,35 @@ impl<C: Configfs, B: Backend> Volumes<'_, C, B> {
         let mut r = Reconciled::default();
         let records = self.store.volumes()?;
         for v in &records {
-            let nqn = self.subsystem_nqn(&v.name)?;
+            let nqn = match self.subsystem_nqn(&v.name) {
+                Ok(n) => n,
+                Err(e) => {
+                    r.failed.push(format!("{}: {e}", v.name));
+                    continue;
+                }
+            };
             match (v.state, &v.placement) {
                 (VolumeState::Deleting, _) => match self.delete(&v.name, true) {
                     Ok(()) => r.finished.push(format!("{}: deleted", v.name)),
                     Err(e) => r.failed.push(e.to_string()),
                 },
-                (VolumeState::Creating, None) => {
-                    self.store.delete_volume(&v.name)?;
-                    r.finished
-                        .push(format!("{}: forgotten (never placed)", v.name));
-                }
+                (VolumeState::Creating, None) => match self.store.delete_volume(&v.name) {
+                    Ok(()) => r
+                        .finished
+                        .push(format!("{}: forgotten (never placed)", v.name)),
+                    Err(e) => r.failed.push(format!("{}: {e}", v.name)),
+                },
                 (state, Some(p)) => {
                     let mut made = Vec::new();
                     match self.export(v, &nqn, p, &mut made) {
-                        Ok(changed) if state == VolumeState::Creating => {
-                            self.store
-                                .update_volume(&v.name, VolumeState::Ready, Some(p))?;
-                            r.finished.push(format!("{}: created", v.name));
-                            let _ = changed;
+                        Ok(_) if state == VolumeState::Creating => {
+                            match self
+                                .store
+                                .update_volume(&v.name, VolumeState::Ready, Some(p))
+                            {
+                                Ok(()) => r.finished.push(format!("{}: created", v.name)),
+                                Err(e) => r.failed.push(format!("{}: {e}", v.name)),
+                            }
                         }
                         Ok(true) => r.repaired.push(v.name.clone()),
                         Ok(false) => {}
