@@ -146,30 +146,6 @@ pub struct Health {
     pub status: String,
 }
 
-/// An attach request (the request's JSON, unknown fields refused).
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // the schema of `AttachRequest`, which deserializes the same JSON
-pub struct AttachBody {
-    /// The subsystem NQN.
-    nqn: String,
-    /// Its paths; more than one is native NVMe multipath. Absent when `discovery` is given.
-    paths: Option<Vec<crate::attach::PathRequest>>,
-    /// A discovery controller to ask for the paths instead.
-    discovery: Option<crate::attach::PathRequest>,
-    /// `vhost-vdpa` (for a VMM) or `virtio-vdpa` (a block device on this host).
-    mode: crate::vdpa::Mode,
-    queues: Option<u16>,
-    queue_size: Option<u16>,
-    read_only: Option<bool>,
-    nsid: Option<u32>,
-    /// The NGUID the namespace must have, checked when given.
-    nguid: Option<String>,
-    /// DH-HMAC-CHAP host secret (`DHHC-1:NN:BASE64:`).
-    dhchap_secret: Option<String>,
-    /// DH-HMAC-CHAP controller secret, for bidirectional authentication.
-    dhchap_ctrl_secret: Option<String>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -249,7 +225,7 @@ async fn list(State(s): State<Shared>) -> Result<Json<Vec<AttachmentView>>, ApiE
 /// Attaches a remote volume: connects its paths, waits for the namespace, starts vdpa-blk;
 /// 201 with the attachment and what to hand the guest; the same request again 200; another
 /// for an attached subsystem 409. A failed call leaves the node as it was.
-#[utoipa::path(post, path = "/v1/attachments", request_body = AttachBody, responses(
+#[utoipa::path(post, path = "/v1/attachments", request_body = AttachRequest, responses(
     (status = 201, description = "attached", body = AttachmentView),
     (status = 200, description = "the same request was made before", body = AttachmentView),
     (status = 400, body = ErrorBody),

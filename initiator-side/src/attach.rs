@@ -97,7 +97,7 @@ pub struct PathRequest {
 }
 
 /// An attach request, as the API receives it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachRequest {
     /// The subsystem NQN.
@@ -368,6 +368,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// What a failed connect (of a path or of a discovery controller) means for the caller.
+    fn of_connect(f: PathFailure) -> ErrorKind {
+        match f {
+            PathFailure::Unreachable => ErrorKind::Unreachable,
+            PathFailure::Refused => ErrorKind::Refused,
+            PathFailure::InvalidOptions => ErrorKind::Invalid,
+            _ => ErrorKind::Kernel,
+        }
+    }
+
     /// The stable name used as the API's error kind.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -481,12 +491,7 @@ impl AttachError {
     }
 
     fn path(e: &PathError) -> Self {
-        let kind = match e.failure() {
-            PathFailure::Unreachable => ErrorKind::Unreachable,
-            PathFailure::Refused => ErrorKind::Refused,
-            PathFailure::InvalidOptions => ErrorKind::Invalid,
-            _ => ErrorKind::Kernel,
-        };
+        let kind = ErrorKind::of_connect(e.failure());
         let step = match e {
             PathError::Disconnect { .. } => Step::Disconnect,
             _ => Step::Connect,
@@ -1234,12 +1239,9 @@ impl<'a, F: Fabrics + ?Sized, L: Launcher + ?Sized> Attachments<'a, F, L> {
             fabric::connect::ConnectOptions::discovery(address.clone()).with_host(&self.host);
         let found = self.fabrics.discover(&opts).map_err(|e| {
             let kind = match &e {
-                fabric::discovery::DiscoveryError::Connect(c) => match PathFailure::of(c) {
-                    PathFailure::Unreachable => ErrorKind::Unreachable,
-                    PathFailure::Refused => ErrorKind::Refused,
-                    PathFailure::InvalidOptions => ErrorKind::Invalid,
-                    _ => ErrorKind::Kernel,
-                },
+                fabric::discovery::DiscoveryError::Connect(c) => {
+                    ErrorKind::of_connect(PathFailure::of(c))
+                }
                 _ => ErrorKind::Kernel,
             };
             AttachError::new(
