@@ -12,21 +12,25 @@ use axum::Router;
 
 use crate::auth::require_token;
 
+/// Binds the Unix socket at `path`, mode 0600: bound under a temporary name and made private
+/// before it appears at `path`, so nobody can connect in the moment between bind and chmod.
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
 /// Serves `router` on the Unix socket at `path` (mode 0600) until `shutdown`.
 pub async fn serve_unix(
     path: &Path,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    // Bound under a temporary name and made private before it appears at `path`: nobody can
-    // connect in the moment between bind and chmod.
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = tokio::net::UnixListener::bind(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)?;
-    axum::serve(listener, router)
+    axum::serve(bind_unix(path)?, router)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -78,12 +82,19 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("api.socket: binding {}: {source}", path.display())]
+    BindUnix {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("serving the API: {0}")]
     Serve(#[from] std::io::Error),
 }
 
 /// Serves `router` on the Unix socket and, when given, on TCP behind `token`, until SIGTERM
-/// or SIGINT; `ready` is called once both listen, with the TCP listener's address.
+/// or SIGINT; `ready` is called once both listen (never before the socket exists), with the
+/// TCP listener's address.
 pub async fn run_until_terminated(
     socket: &Path,
     tcp: Option<(SocketAddr, String)>,
@@ -99,12 +110,18 @@ pub async fn run_until_terminated(
         }
         None => None,
     };
+    let unix_listener = bind_unix(socket).map_err(|source| RunError::BindUnix {
+        path: socket.to_path_buf(),
+        source,
+    })?;
     ready(tcp.as_ref().and_then(|(l, _)| l.local_addr().ok()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let unix = serve_unix(socket, router.clone(), stopped(stop_rx.clone()));
+    let unix = std::future::IntoFuture::into_future(
+        axum::serve(unix_listener, router.clone()).with_graceful_shutdown(stopped(stop_rx.clone())),
+    );
     let tcp_task = async {
         match tcp {
             Some((listener, token)) => {
@@ -120,4 +137,25 @@ pub async fn run_until_terminated(
     };
     tokio::try_join!(unix, tcp_task, signal)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_that_cannot_be_bound_is_named_and_ready_is_never_said() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("absent/api.sock");
+        let mut said = false;
+        let r = rt.block_on(run_until_terminated(&socket, None, Router::new(), |_| {
+            said = true
+        }));
+        match r {
+            Err(RunError::BindUnix { path, .. }) => assert_eq!(path, socket),
+            other => panic!("{other:?}"),
+        }
+        assert!(!said, "ready before the socket existed");
+    }
 }
