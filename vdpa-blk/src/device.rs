@@ -23,6 +23,7 @@ use crate::blk::config::{
 use crate::blk::exec::id_bytes;
 use crate::blk::request::{max_chain, ParseContext, VIRTIO_BLK_ID_BYTES};
 use crate::driver::{self, BoundNode, DriverError, SysRoot, VdpaDriver};
+use crate::inflight::{self, InflightError, InflightLog, LogIdentity};
 use crate::iotlb::{IotlbError, IotlbSource, IotlbTable, IotlbUpdate};
 use crate::netlink::{NetlinkError, VdpaNetlink};
 use crate::uapi::vduse::{
@@ -113,6 +114,17 @@ pub enum DeviceError {
     /// A worker failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// The in-flight log failed or was refused.
+    #[error(transparent)]
+    Inflight(#[from] InflightError),
+    /// No device to reconnect to, or one this daemon cannot take over.
+    #[error("reconnecting to {name}: {reason}")]
+    Reconnect {
+        /// Device name.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
     /// Starting the control thread failed.
     #[error("control thread: {0}")]
     Thread(std::io::Error),
@@ -171,6 +183,10 @@ pub struct Controller<O: VduseOps> {
     /// is private anonymous memory, and the warning says so.
     warn_unmapped: bool,
     poll: Duration,
+    /// The in-flight log the next daemon reconnects with (None: nothing survives a crash).
+    log: Option<Arc<InflightLog>>,
+    /// Per queue: its next start resumes from the log (a reconnect), instead of starting fresh.
+    resume: Vec<bool>,
 }
 
 /// How often a queue whose worker died is restarted before it is left failed.
@@ -219,7 +235,56 @@ impl<O: VduseOps> Controller<O> {
             lost_pages: 0,
             warn_unmapped,
             poll: Duration::ZERO,
+            log: None,
+            resume: vec![false; n],
         }
+    }
+
+    /// Keeps the in-flight log in `log` (see [`crate::inflight`]).
+    pub fn with_log(mut self, log: Arc<InflightLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Takes over a device whose daemon died or left (see [`crate::inflight`]): the status
+    /// the log recorded; when the driver was running, the IOTLB mapped again and every queue
+    /// that was served resumed where the log and its used ring say, its in-flight requests
+    /// submitted again. Returns the number of requests submitted again.
+    pub fn resume_from_log(&mut self) -> Result<usize, DeviceError> {
+        let Some(log) = self.log.clone() else {
+            return Err(DeviceError::Option(
+                "no in-flight log to resume from".into(),
+            ));
+        };
+        // The guest was told this capacity; a resize while no daemon ran is announced on the
+        // first tick.
+        self.capacity.store(log.capacity(), Ordering::Release);
+        let status = log.status();
+        if status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
+            // No driver running: the messages still unanswered come again.
+            self.status = status;
+            return Ok(0);
+        }
+        let negotiated = self.ops.get_features()?;
+        if negotiated != log.negotiated() {
+            return Err(DeviceError::Inflight(InflightError::Mismatch {
+                path: log.path().to_path_buf(),
+                reason: format!(
+                    "the driver negotiated features {negotiated:#x}, the log recorded {:#x}",
+                    log.negotiated()
+                ),
+            }));
+        }
+        self.resume.iter_mut().for_each(|r| *r = true);
+        self.start_workers()?;
+        self.resume.iter_mut().for_each(|r| *r = false);
+        self.status = status;
+        Ok(self
+            .workers
+            .iter()
+            .flatten()
+            .map(WorkerHandle::resubmitted)
+            .sum())
     }
 
     /// The device's VDUSE `msg_timeout` (None: 0, the kernel never times out).
@@ -327,6 +392,11 @@ impl<O: VduseOps> Controller<O> {
             self.instances.end_current();
             self.iotlb.clear();
             self.last_avail.iter_mut().for_each(|a| *a = None);
+            self.resume.iter_mut().for_each(|r| *r = false);
+            if let Some(log) = &self.log {
+                log.reset();
+                log.set_status(0);
+            }
             self.status = 0;
             return true;
         }
@@ -357,6 +427,9 @@ impl<O: VduseOps> Controller<O> {
                 return false;
             }
         }
+        if let Some(log) = &self.log {
+            log.set_status(status);
+        }
         self.status = status;
         true
     }
@@ -370,6 +443,9 @@ impl<O: VduseOps> Controller<O> {
     fn start_workers(&mut self) -> Result<(), DeviceError> {
         let features = self.ops.get_features()?;
         self.event_idx = features & (1u64 << feature::RING_EVENT_IDX) != 0;
+        if let Some(log) = &self.log {
+            log.set_negotiated(features);
+        }
         log_unmapped(&self.iotlb.map_all(&*self.ops));
         let mut first_err = None;
         for i in 0..self.workers.len() {
@@ -383,6 +459,8 @@ impl<O: VduseOps> Controller<O> {
             match self.start_queue(i) {
                 Ok(true) => {}
                 Ok(false) => tracing::debug!(queue = i, "queue not enabled (yet)"),
+                // Starting it fresh would serve from the wrong place: the reconnect fails.
+                Err(e @ DeviceError::Worker(WorkerError::Resume { .. })) => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         queue = i,
@@ -454,6 +532,8 @@ impl<O: VduseOps> Controller<O> {
             fault: Some(self.ops.clone()),
             poll: self.poll,
             instance: self.instances.current(),
+            log: self.log.as_ref().and_then(|l| l.queue(q)),
+            resume: std::mem::take(&mut self.resume[i]),
         })?;
         tracing::info!(
             queue = i,
@@ -552,6 +632,8 @@ impl<O: VduseOps> Controller<O> {
                 }
                 self.restarts[i] += 1;
                 tracing::error!(queue = i, "queue worker stopped ({cause}); restarting it");
+                // Where it stopped and what it left in flight are in the log.
+                self.resume[i] = self.log.is_some();
                 self.start_idle(i);
                 continue;
             }
@@ -648,6 +730,9 @@ impl<O: VduseOps> Controller<O> {
         tracing::info!(sectors, "backing device resized");
         self.capacity.store(sectors, Ordering::Release);
         self.model.config.capacity = sectors;
+        if let Some(log) = &self.log {
+            log.set_capacity(sectors);
+        }
         if let Err(e) = self
             .ops
             .set_config(BlkConfig::CAPACITY_OFFSET, &sectors.to_le_bytes())
@@ -752,6 +837,8 @@ pub struct DeviceConfig {
     pub direct: bool,
     /// Busy-poll window of the queue workers after activity (zero: no polling).
     pub poll: Duration,
+    /// Where the in-flight log lives (`NAME.inflight`; see [`crate::inflight`]).
+    pub state_dir: PathBuf,
     /// Root for /sys and /dev.
     pub root: SysRoot,
 }
@@ -792,6 +879,15 @@ pub struct ReadyInfo {
     pub features: u64,
     /// Daemon pid.
     pub pid: u32,
+    /// "fresh" (the device was created) or "reconnected" (taken over from a daemon that died
+    /// or left for an upgrade).
+    pub start: &'static str,
+    /// Requests the previous daemon left in flight, submitted again (0 when fresh).
+    pub resubmitted: u64,
+    /// Times a daemon reconnected to this device since it was created.
+    pub reconnects: u32,
+    /// The in-flight log.
+    pub inflight_log: PathBuf,
 }
 
 /// A running device.
@@ -806,6 +902,7 @@ pub struct Device {
     iotlb: Arc<IotlbTable>,
     vdpa_added: bool,
     created: bool,
+    log: Option<Arc<InflightLog>>,
 }
 
 fn wait_for(path: &std::path::Path, timeout: Duration) -> bool {
@@ -846,9 +943,8 @@ pub fn validate_name(name: &str) -> Result<(), DeviceError> {
 }
 
 impl Device {
-    /// Creates the VDUSE device, starts the control loop, adds the vdpa device and binds the
-    /// driver. On failure everything created so far is removed again.
-    pub fn start(cfg: DeviceConfig) -> Result<Self, DeviceError> {
+    /// Checks the options and derives the device model from the backing device, opened.
+    fn model(cfg: &DeviceConfig) -> Result<(DeviceModel, Arc<Backing>), DeviceError> {
         validate_name(&cfg.name)?;
         if cfg.queues == 0 {
             return Err(DeviceError::Option("--queues must be at least 1".into()));
@@ -869,6 +965,50 @@ impl Device {
             },
         );
         let backing = Arc::new(Backing::open(&cfg.backing, model.read_only, cfg.direct)?);
+        Ok((model, backing))
+    }
+
+    fn identity(cfg: &DeviceConfig, model: &DeviceModel) -> LogIdentity {
+        LogIdentity {
+            name: cfg.name.clone(),
+            queues: cfg.queues,
+            queue_size: cfg.queue_size,
+            offered: model.features,
+        }
+    }
+
+    fn ready_info(cfg: &DeviceConfig, model: &DeviceModel) -> ReadyInfo {
+        ReadyInfo {
+            event: "ready",
+            name: cfg.name.clone(),
+            vdpa: cfg.name.clone(),
+            driver: cfg.driver,
+            path: PathBuf::new(),
+            vduse: cfg.root.join("dev/vduse").join(&cfg.name),
+            backing: cfg.backing.clone(),
+            capacity_sectors: model.config.capacity,
+            queues: cfg.queues,
+            queue_size: cfg.queue_size,
+            read_only: model.read_only,
+            copy_mode: match cfg.driver {
+                VdpaDriver::VhostVdpa => "zero-copy",
+                VdpaDriver::VirtioVdpa => "bounce",
+            },
+            bounce_size: cfg.bounce_size,
+            poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
+            features: model.features,
+            pid: std::process::id(),
+            start: "fresh",
+            resubmitted: 0,
+            reconnects: 0,
+            inflight_log: inflight::log_path(&cfg.state_dir, &cfg.name),
+        }
+    }
+
+    /// Creates the VDUSE device, starts the control loop, adds the vdpa device and binds the
+    /// driver. On failure everything created so far is removed again.
+    pub fn start(cfg: DeviceConfig) -> Result<Self, DeviceError> {
+        let (model, backing) = Self::model(&cfg)?;
         let ctl_path = cfg.root.join("dev/vduse/control");
         if !ctl_path.exists() {
             return Err(DeviceError::VduseMissing(ctl_path));
@@ -886,28 +1026,7 @@ impl Device {
             4096,
             &model.config.to_bytes(),
         )?;
-        let vduse_path = cfg.root.join("dev/vduse").join(&cfg.name);
-        let ready = ReadyInfo {
-            event: "ready",
-            name: cfg.name.clone(),
-            vdpa: cfg.name.clone(),
-            driver: cfg.driver,
-            path: PathBuf::new(),
-            vduse: vduse_path.clone(),
-            backing: cfg.backing.clone(),
-            capacity_sectors: model.config.capacity,
-            queues: cfg.queues,
-            queue_size: cfg.queue_size,
-            read_only: model.read_only,
-            copy_mode: match cfg.driver {
-                VdpaDriver::VhostVdpa => "zero-copy",
-                VdpaDriver::VirtioVdpa => "bounce",
-            },
-            bounce_size: cfg.bounce_size,
-            poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
-            features: model.features,
-            pid: std::process::id(),
-        };
+        let ready = Self::ready_info(&cfg, &model);
         control.create_dev(&buf)?;
         let mut d = Device {
             cfg,
@@ -920,10 +1039,133 @@ impl Device {
             iotlb: Arc::new(IotlbTable::new()),
             vdpa_added: false,
             created: true,
+            log: None,
         };
-        // From here on, `d` removes what exists when dropped on an error path.
+        // From here on, `d` removes what exists when dropped on an error path. A log left by
+        // an earlier device of this name is stale: VDUSE would not have created this one
+        // while that one existed.
+        let log = InflightLog::create(
+            &d.ready.inflight_log,
+            &Self::identity(&d.cfg, &model),
+            model.config.capacity,
+        )?;
+        d.log = Some(log);
         d.bring_up(model, backing)?;
         Ok(d)
+    }
+
+    /// Takes over the existing device `cfg.name` whose daemon died or left for an upgrade,
+    /// without destroying it: reopens `/dev/vduse/NAME`, checks the in-flight log against the
+    /// options and the kernel's negotiation, resumes the queues (re-submitting what was in
+    /// flight) and serves on. A refusal leaves the device and the log as they were.
+    pub fn reconnect(cfg: DeviceConfig) -> Result<Self, DeviceError> {
+        let (model, backing) = Self::model(&cfg)?;
+        let refuse = |reason: String| DeviceError::Reconnect {
+            name: cfg.name.clone(),
+            reason,
+        };
+        let mut ready = Self::ready_info(&cfg, &model);
+        if !ready.vduse.exists() {
+            return Err(refuse(format!(
+                "{} does not exist: there is no such VDUSE device (start without --reconnect)",
+                ready.vduse.display()
+            )));
+        }
+        // Checked before the device node is opened: a refused log changes nothing.
+        let log = InflightLog::open(&ready.inflight_log, &Self::identity(&cfg, &model))?;
+        let current = driver::current_driver(&cfg.root, &cfg.name)?;
+        if current.as_deref() != Some(cfg.driver.sysfs_name()) {
+            return Err(refuse(format!(
+                "the vdpa device is bound to {}, not {} (--driver)",
+                current.as_deref().unwrap_or("no driver"),
+                cfg.driver.sysfs_name()
+            )));
+        }
+        let node = driver::wait_for_node(&cfg.root, &cfg.name, cfg.driver, Duration::ZERO)?;
+        let dev = match VduseDevFd::open(&ready.vduse) {
+            Ok(d) => Arc::new(d),
+            Err(e) if e.errno() == Some(libc::EBUSY) => {
+                return Err(refuse(format!(
+                    "{} is open in another process: a daemon still serves it",
+                    ready.vduse.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let msg_timeout = Self::msg_timeout(&cfg);
+        let mut ctrl = Controller::new(
+            dev.clone(),
+            model,
+            backing,
+            &cfg.serial,
+            cfg.driver == VdpaDriver::VhostVdpa,
+        )
+        .with_poll(cfg.poll)
+        .with_msg_timeout(msg_timeout)
+        .with_log(log.clone());
+        let resubmitted = ctrl.resume_from_log()?;
+        ready.reconnects = log.count_reconnect();
+        ready.start = "reconnected";
+        ready.resubmitted = resubmitted as u64;
+        ready.path = node.path;
+        ready.capacity_sectors = log.capacity();
+        tracing::info!(
+            resubmitted,
+            reconnects = ready.reconnects,
+            status = ctrl.status(),
+            "reconnected to the device"
+        );
+        let mut d = Device {
+            cfg,
+            ready,
+            control: None,
+            dev: None,
+            stop: None,
+            thread: None,
+            stats: ctrl.stats(),
+            iotlb: ctrl.iotlb().clone(),
+            // Ours now: a shutdown removes it as if this daemon had created it.
+            vdpa_added: true,
+            created: true,
+            log: Some(log),
+        };
+        d.control = Some(VduseControl::open(&d.cfg.root.join("dev/vduse/control"))?);
+        d.spawn_control(ctrl, dev)?;
+        Ok(d)
+    }
+
+    fn msg_timeout(cfg: &DeviceConfig) -> Option<Duration> {
+        let t = match driver::msg_timeout(&cfg.root, &cfg.name) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("{e}; assuming VDUSE's default {DEFAULT_MSG_TIMEOUT:?}");
+                Some(DEFAULT_MSG_TIMEOUT)
+            }
+        };
+        tracing::info!(msg_timeout = ?t, reply_budget = ?reply_budget(t), "VDUSE msg_timeout");
+        t
+    }
+
+    /// Starts the control thread serving `dev` with `ctrl`.
+    fn spawn_control(
+        &mut self,
+        mut ctrl: Controller<VduseDevFd>,
+        dev: Arc<VduseDevFd>,
+    ) -> Result<(), DeviceError> {
+        let stop = EventFd::new().map_err(DeviceError::Thread)?;
+        let stop2 = stop.try_clone().map_err(DeviceError::Thread)?;
+        let dev2 = dev.clone();
+        let thread = std::thread::Builder::new()
+            .name("vdpa-blk-ctl".into())
+            .spawn(move || {
+                serve(&mut ctrl, &dev2, &stop2);
+                drop(ctrl);
+            })
+            .map_err(DeviceError::Thread)?;
+        self.dev = Some(dev);
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+        Ok(())
     }
 
     fn bring_up(&mut self, model: DeviceModel, backing: Arc<Backing>) -> Result<(), DeviceError> {
@@ -938,14 +1180,6 @@ impl Device {
         if let Some(b) = self.cfg.bounce_size {
             driver::set_bounce_size(&self.cfg.root, &self.cfg.name, b)?;
         }
-        let msg_timeout = match driver::msg_timeout(&self.cfg.root, &self.cfg.name) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("{e}; assuming VDUSE's default {DEFAULT_MSG_TIMEOUT:?}");
-                Some(DEFAULT_MSG_TIMEOUT)
-            }
-        };
-        tracing::info!(?msg_timeout, reply_budget = ?reply_budget(msg_timeout), "VDUSE msg_timeout");
         let mut ctrl = Controller::new(
             dev.clone(),
             model,
@@ -954,22 +1188,13 @@ impl Device {
             self.cfg.driver == VdpaDriver::VhostVdpa,
         )
         .with_poll(self.cfg.poll)
-        .with_msg_timeout(msg_timeout);
+        .with_msg_timeout(Self::msg_timeout(&self.cfg));
+        if let Some(log) = &self.log {
+            ctrl = ctrl.with_log(log.clone());
+        }
         self.stats = ctrl.stats();
         self.iotlb = ctrl.iotlb().clone();
-        let stop = EventFd::new().map_err(DeviceError::Thread)?;
-        let stop2 = stop.try_clone().map_err(DeviceError::Thread)?;
-        let dev2 = dev.clone();
-        let thread = std::thread::Builder::new()
-            .name("vdpa-blk-ctl".into())
-            .spawn(move || {
-                serve(&mut ctrl, &dev2, &stop2);
-                drop(ctrl);
-            })
-            .map_err(DeviceError::Thread)?;
-        self.dev = Some(dev);
-        self.stop = Some(stop);
-        self.thread = Some(thread);
+        self.spawn_control(ctrl, dev)?;
 
         // The kernel talks to the control thread while these run (status, config reads).
         let mut nl = VdpaNetlink::connect()?;
@@ -1105,6 +1330,14 @@ impl Device {
                 }
             }
         }
+        if !self.created {
+            // The device is gone: its log with it.
+            if let Some(log) = self.log.take() {
+                if let Err(e) = log.remove() {
+                    first_err = first_err.or(Some(e.into()));
+                }
+            }
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1114,6 +1347,31 @@ impl Device {
     /// Removes the vdpa device and the VDUSE device.
     pub fn shutdown(mut self) -> Result<(), DeviceError> {
         self.teardown()
+    }
+
+    /// Leaves the device to the next daemon (a live upgrade): no new request is taken, the
+    /// control loop stops after every queue's in-flight I/O completed (bounded by the reply
+    /// budget; what is left is re-submitted by the next daemon), and the device, its driver
+    /// binding and its in-flight log stay. Returns how long the queues took to drain.
+    pub fn leave(mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(stop) = self.stop.take() {
+            if let Err(e) = stop.signal() {
+                tracing::error!("stopping the control thread: {e}");
+            }
+        }
+        // The control thread drops its controller on the way out, which stops the workers
+        // after their in-flight I/O.
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("control thread panicked");
+            }
+        }
+        self.dev = None;
+        self.vdpa_added = false;
+        self.created = false;
+        self.log = None;
+        started.elapsed()
     }
 }
 

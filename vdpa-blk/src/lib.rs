@@ -15,6 +15,7 @@ pub mod blk;
 pub mod control;
 pub mod device;
 pub mod driver;
+pub mod inflight;
 pub mod iotlb;
 pub mod netlink;
 pub mod sigbus;

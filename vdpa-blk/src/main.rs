@@ -1,7 +1,9 @@
 //! The `vdpa-blk` binary: serve one backing block device as a VDUSE virtio-blk device.
 //!
-//! stdout carries JSON lines only: one `{"event":"ready",...}` line once the device is bound,
-//! and one `{"event":"stats",...}` line per SIGUSR1. Logs go to stderr (`RUST_LOG`).
+//! stdout carries JSON lines only: one `{"event":"ready",...}` line once the device is bound
+//! (or taken over, with `--reconnect`), one `{"event":"stats",...}` line per SIGUSR1, and one
+//! `{"event":"left",...}` line when SIGUSR2 made it leave the device to the next daemon (a
+//! live upgrade). Logs go to stderr (`RUST_LOG`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -52,6 +54,14 @@ struct Args {
     /// back); the file is removed at exit.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Take over the existing device NAME whose daemon died or left (SIGUSR2), instead of
+    /// creating it: what was in flight is submitted again and serving goes on.
+    #[arg(long)]
+    reconnect: bool,
+    /// Directory of the in-flight log (`NAME.inflight`) a reconnect needs; on tmpfs, so that
+    /// it lives exactly as long as the VDUSE device (until reboot).
+    #[arg(long, default_value = vdpa_blk::inflight::DEFAULT_DIR)]
+    state_dir: PathBuf,
     /// Root under which /sys and /dev are found.
     #[arg(long, default_value = "/", hide = true)]
     sys_root: PathBuf,
@@ -68,6 +78,7 @@ fn block_signals() -> anyhow::Result<libc::sigset_t> {
             libc::SIGHUP,
             libc::SIGQUIT,
             libc::SIGUSR1,
+            libc::SIGUSR2,
         ] {
             libc::sigaddset(&mut set, s);
         }
@@ -105,15 +116,27 @@ fn print_line(v: &impl serde::Serialize) -> anyhow::Result<()> {
 struct StatsLine<'a> {
     event: &'static str,
     name: &'a str,
+    /// Times a daemon reconnected to the device (this one included).
+    reconnects: u32,
     queues: Vec<QueueStatsSnapshot>,
 }
 
-fn stats_line(name: &str, queues: Vec<QueueStatsSnapshot>) -> StatsLine<'_> {
+fn stats_line(name: &str, reconnects: u32, queues: Vec<QueueStatsSnapshot>) -> StatsLine<'_> {
     StatsLine {
         event: "stats",
         name,
+        reconnects,
         queues,
     }
+}
+
+/// The line printed when the daemon left the device for the next one (SIGUSR2).
+#[derive(serde::Serialize)]
+struct LeftLine<'a> {
+    event: &'static str,
+    name: &'a str,
+    /// How long the queues took to finish their in-flight I/O, milliseconds.
+    drain_ms: f64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -164,7 +187,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         .map(ControlSocket::bind)
         .transpose()
         .context("control socket")?;
-    let dev = Device::start(DeviceConfig {
+    let cfg = DeviceConfig {
         serial: a.serial.unwrap_or_else(|| a.name.clone()),
         name: a.name,
         backing: a.backing,
@@ -175,13 +198,19 @@ fn run(a: Args) -> anyhow::Result<()> {
         bounce_size: a.bounce_size,
         direct: !a.no_direct,
         poll: std::time::Duration::from_micros(u64::from(a.poll_us)),
+        state_dir: a.state_dir,
         root: SysRoot::new(a.sys_root),
-    })
-    .with_context(|| format!("starting device {name}"))?;
+    };
+    let dev = if a.reconnect {
+        Device::reconnect(cfg).with_context(|| format!("reconnecting to device {name}"))?
+    } else {
+        Device::start(cfg).with_context(|| format!("starting device {name}"))?
+    };
+    let reconnects = dev.ready().reconnects;
     if let Some(c) = &control {
         let (name, stats, iotlb) = (name.clone(), dev.stats_source(), dev.iotlb_source());
         c.serve(move |cmd| match cmd {
-            "stats" => serde_json::to_string(&stats_line(&name, snapshot_all(&stats)))
+            "stats" => serde_json::to_string(&stats_line(&name, reconnects, snapshot_all(&stats)))
                 .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
             "mappings" => {
                 let maps: Vec<_> = iotlb.snapshot().mappings().map(|m| m.info()).collect();
@@ -199,7 +228,16 @@ fn run(a: Args) -> anyhow::Result<()> {
     tracing::info!(path = %dev.ready().path.display(), "serving");
     let failure = loop {
         match wait_signal(&set) {
-            Some(libc::SIGUSR1) => print_line(&stats_line(&name, dev.stats()))?,
+            Some(libc::SIGUSR1) => print_line(&stats_line(&name, reconnects, dev.stats()))?,
+            Some(libc::SIGUSR2) => {
+                tracing::info!("leaving the device to the next daemon (live upgrade)");
+                let drained = dev.leave();
+                return print_line(&LeftLine {
+                    event: "left",
+                    name: &name,
+                    drain_ms: drained.as_secs_f64() * 1000.0,
+                });
+            }
             Some(s) => {
                 tracing::info!(signal = s, "shutting down");
                 // A VMM still holding /dev/vhost-vdpa-N would make the removal hang in the

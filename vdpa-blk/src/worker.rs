@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::backing::Backing;
 use crate::blk::request::{ParseContext, VIRTIO_BLK_ID_BYTES};
+use crate::inflight::{InflightError, QueueLog, Recovered};
 use crate::iotlb::{IotlbMemory, IotlbSource, IotlbTable};
 
 mod complete;
@@ -77,6 +78,47 @@ pub enum WorkerError {
     /// The worker thread panicked.
     #[error("queue {0}: worker thread panicked")]
     Panicked(u16),
+    /// The in-flight log cannot be resumed from.
+    #[error("queue {queue}: resuming: {source}")]
+    Resume {
+        /// Queue index.
+        queue: u16,
+        /// Cause.
+        #[source]
+        source: InflightError,
+    },
+}
+
+/// Sets `q` where the dead daemon's log and the used ring say (see [`crate::inflight`]).
+fn resume<M: GuestMemory>(
+    q: &mut Queue,
+    mem: &M,
+    log: &QueueLog,
+    used_ring: u64,
+) -> Result<Recovered, InflightError> {
+    let size = q.size();
+    let read_u16 = |addr: u64| {
+        mem.read_obj::<u16>(GuestAddress(addr))
+            .ok()
+            .map(u16::from_le)
+    };
+    let ring_used =
+        read_u16(used_ring.wrapping_add(2)).ok_or_else(|| InflightError::Inconsistent {
+            path: log.path().to_path_buf(),
+            queue: log.index(),
+            reason: format!("the used ring at {used_ring:#x} is not mapped"),
+        })?;
+    let r = log.recover(size, ring_used, |k| {
+        let at = used_ring
+            .wrapping_add(4)
+            .wrapping_add(8 * u64::from(k % size));
+        mem.read_obj::<u32>(GuestAddress(at))
+            .ok()
+            .and_then(|id| u16::try_from(u32::from_le(id)).ok())
+    })?;
+    q.set_next_used(ring_used);
+    q.set_next_avail(r.next_avail);
+    Ok(r)
 }
 
 /// Where the driver put the rings and where to resume.
@@ -129,6 +171,11 @@ pub struct WorkerParams {
     /// The driver instance the worker serves: once it ends (reset), the worker writes nothing
     /// into guest memory and injects no interrupt.
     pub instance: DriverInstance,
+    /// This queue's region of the in-flight log (None: not logged, nothing survives a crash).
+    pub log: Option<QueueLog>,
+    /// Resume from the log (a reconnect): the position and the requests to submit again come
+    /// from it and the used ring, not from `queue.next_avail`.
+    pub resume: bool,
 }
 
 /// A completion whose status byte or used entry could not be written (the ring or the status
@@ -145,6 +192,7 @@ struct Parked {
 /// A running worker.
 pub struct WorkerHandle {
     index: u16,
+    resubmitted: usize,
     stop: EventFd,
     next_avail: Arc<AtomicU16>,
     join: JoinHandle<Result<u16, WorkerError>>,
@@ -182,6 +230,11 @@ impl WorkerHandle {
         self.index
     }
 
+    /// Requests of a dead daemon this worker submitted again when it resumed.
+    pub fn resubmitted(&self) -> usize {
+        self.resubmitted
+    }
+
     /// Stops taking new requests, waits for in-flight I/O, and returns the final next-avail
     /// index.
     pub fn stop(self) -> Result<u16, WorkerError> {
@@ -204,12 +257,14 @@ pub fn spawn(p: WorkerParams) -> Result<WorkerHandle, WorkerError> {
     let na = next_avail.clone();
     // Build the ring and queue on this thread so setup errors are reported synchronously.
     let mut w = Worker::new(p, stop2, na)?;
+    let resubmitted = w.resubmit.len();
     let join = std::thread::Builder::new()
         .name(format!("vdpa-blk-q{index}"))
         .spawn(move || w.run())
         .map_err(|e| io("spawn thread", e))?;
     Ok(WorkerHandle {
         index,
+        resubmitted,
         stop,
         next_avail,
         join,
@@ -228,6 +283,8 @@ struct Worker {
     next_avail: Arc<AtomicU16>,
     capacity: Option<Arc<AtomicU64>>,
     poll: Duration,
+    /// Heads a dead daemon fetched and did not complete, submitted again before anything else.
+    resubmit: Vec<u16>,
     /// The kick / stop eventfd reads are in the ring (their buffers must outlive them).
     kick_armed: bool,
     stop_armed: bool,
@@ -269,6 +326,30 @@ impl Worker {
         if !q.is_valid(&*mem) {
             return Err(WorkerError::InvalidRing { queue: index });
         }
+        let (resubmit, seq) = match &p.log {
+            Some(log) if p.resume && log.is_active() => {
+                let r = resume(&mut q, &*mem, log, p.queue.device).map_err(|source| {
+                    WorkerError::Resume {
+                        queue: index,
+                        source,
+                    }
+                })?;
+                tracing::info!(
+                    queue = index,
+                    in_flight = r.heads.len(),
+                    next_avail = r.next_avail,
+                    completed_unlogged = r.completed_unlogged,
+                    "queue resumed from the in-flight log"
+                );
+                next_avail.store(r.next_avail, Ordering::Release);
+                (r.heads, r.next_seq)
+            }
+            Some(log) => {
+                log.start(q.next_used());
+                (Vec::new(), 1)
+            }
+            None => (Vec::new(), 1),
+        };
         let entries = (u32::from(p.queue.size) * 2 + 8)
             .next_power_of_two()
             .max(64);
@@ -300,6 +381,11 @@ impl Worker {
                 pinned: false,
                 parked: Vec::with_capacity(usize::from(p.queue.size)),
                 used_ring: None,
+                // A resumed queue tells the driver once: the dead daemon may have written used
+                // entries without the interrupt.
+                force_notify: p.resume,
+                log: p.log,
+                seq,
             },
             kick: p.kick,
             stop,
@@ -308,6 +394,7 @@ impl Worker {
             next_avail,
             capacity: p.capacity,
             poll: p.poll,
+            resubmit,
             kick_armed: false,
             stop_armed: false,
         })
@@ -419,9 +506,29 @@ impl Worker {
         self.exec.notify_if_needed(&mut self.drain.q);
     }
 
+    /// Submits again what the dead daemon had in flight, in fetch order.
+    fn resubmit_in_flight(&mut self) {
+        if self.resubmit.is_empty() || !self.exec.instance_live() {
+            return;
+        }
+        if let Some(c) = &self.capacity {
+            self.drain.set_capacity(c.load(Ordering::Acquire));
+        }
+        let mut mem = self.exec.mem();
+        let heads = std::mem::take(&mut self.resubmit);
+        for &head in &heads {
+            self.drain.resubmit(&mut mem, &mut self.exec, head);
+        }
+        self.exec
+            .stats
+            .resubmitted
+            .fetch_add(heads.len() as u64, Ordering::Relaxed);
+    }
+
     fn run(&mut self) -> Result<u16, WorkerError> {
         self.arm_kick()?;
         self.arm_stop()?;
+        self.resubmit_in_flight();
         // Requests may already be waiting (resume after a reset or a VM start).
         let mut ev = Events {
             kicked: true,

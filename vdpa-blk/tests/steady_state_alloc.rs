@@ -17,6 +17,7 @@ use vdpa_blk::blk::request::{
     ParseContext, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use vdpa_blk::inflight::{InflightLog, LogIdentity};
 use vdpa_blk::iotlb::{IotlbError, IotlbMemory, IotlbSource, IotlbTable};
 use vdpa_blk::uapi::vduse::{VduseIotlbEntry, VDUSE_ACCESS_RW};
 use vdpa_blk::worker::{
@@ -239,6 +240,18 @@ fn steady_state(poll: Duration) {
     disk.as_file().set_len(DISK).expect("disk size");
     let kick = EventFd::new().expect("kick");
     let stats = Arc::new(QueueStats::default());
+    let logdir = tempfile::tempdir().expect("log dir");
+    let log = InflightLog::create(
+        &logdir.path().join("alloc.inflight"),
+        &LogIdentity {
+            name: "alloc".into(),
+            queues: 1,
+            queue_size: QSIZE,
+            offered: 0,
+        },
+        DISK / 512,
+    )
+    .expect("in-flight log");
     let h = spawn(WorkerParams {
         queue: QueueConfig {
             index: 0,
@@ -271,6 +284,9 @@ fn steady_state(poll: Duration) {
         fault: None,
         poll,
         instance: DriverInstance::default(),
+        // Logged, as in production: the in-flight log must not allocate either.
+        log: log.queue(0),
+        resume: false,
     })
     .expect("spawn worker");
     let mut drv = Driver {

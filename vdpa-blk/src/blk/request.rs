@@ -446,6 +446,72 @@ where
     parse_descriptors_into(mem, head_index, descs, ctx, req).map_err(|(e, s)| reject(e, s))
 }
 
+/// Parses the chain at `head` of the descriptor table at `desc_table` (a queue of
+/// `queue_size` entries) without going through the available ring: a request re-submitted
+/// after a reconnect, whose available entry the driver may have overwritten since. The walk
+/// follows virtio-queue's rules (at most `queue_size` descriptors, one indirect table whose
+/// length is a multiple of 16, no indirect inside it), so a chain parses here exactly as it
+/// parsed when it was popped.
+pub fn parse_head_into<M: GuestMemory + ?Sized>(
+    mem: &M,
+    desc_table: GuestAddress,
+    queue_size: u16,
+    head: u16,
+    ctx: &ParseContext,
+    descs: &mut Vec<Descriptor>,
+    req: &mut Request,
+) -> Result<(), Rejected> {
+    let reject = |error: Error, status_addr: Option<GuestAddress>| Rejected {
+        head_index: head,
+        error,
+        status_addr,
+    };
+    descs.clear();
+    let (mut table, mut len, mut next) = (desc_table, queue_size, head);
+    let mut indirect = false;
+    let mut ttl = u32::from(queue_size);
+    let mut last: Option<Descriptor> = None;
+    let mut count = 0usize;
+    let mut complete = false;
+    while ttl > 0 && next < len {
+        let at = table.checked_add(u64::from(next) * 16);
+        let Some(d) = at.and_then(|a| mem.read_obj::<Descriptor>(a).ok()) else {
+            break;
+        };
+        if d.refers_to_indirect_table() {
+            if indirect || d.len() % 16 != 0 || d.len() / 16 > u32::from(u16::MAX) {
+                break;
+            }
+            (table, len, next) = (d.addr(), (d.len() / 16) as u16, 0);
+            ttl = u32::from(len);
+            indirect = true;
+            continue;
+        }
+        last = Some(d);
+        count += 1;
+        if descs.len() < usize::from(ctx.max_chain) {
+            descs.push(d);
+        }
+        ttl -= 1;
+        if !d.has_next() {
+            complete = true;
+            break;
+        }
+        next = d.next();
+    }
+    let Some(last) = last else {
+        return Err(reject(Error::EmptyChain, None));
+    };
+    if !complete {
+        return Err(reject(Error::ChainTruncated, None));
+    }
+    if count > usize::from(ctx.max_chain) {
+        let st = status_address(mem, &last);
+        return Err(reject(Error::ChainTooLong(ctx.max_chain), st));
+    }
+    parse_descriptors_into(mem, head, descs, ctx, req).map_err(|(e, s)| reject(e, s))
+}
+
 /// The second half of [`parse`], on already collected descriptors.
 pub fn parse_descriptors<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -13,6 +13,7 @@ use vm_memory::Address;
 
 use super::*;
 use crate::blk::request::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
+use crate::inflight::{self, InflightLog, LogIdentity};
 use crate::iotlb::tests::FakeIotlb;
 use crate::iotlb::IotlbMemory;
 use crate::uapi::vduse::{
@@ -360,6 +361,7 @@ fn missing_vduse_module_is_named() {
         bounce_size: None,
         direct: false,
         poll: Duration::ZERO,
+        state_dir: root.path().join("run"),
         root: SysRoot::new(root.path()),
     }) else {
         panic!("no vduse here");
@@ -382,6 +384,7 @@ fn bad_options_are_refused_before_anything_is_created() {
         bounce_size: None,
         direct: false,
         poll: Duration::ZERO,
+        state_dir: root.path().join("run"),
         root: SysRoot::new(root.path()),
     };
     let e = Device::start(cfg.clone()).err().expect("bad queue size");
@@ -688,4 +691,132 @@ fn one_region_that_fails_to_map_leaves_the_others_served() {
         .map(|m| m.start())
         .collect();
     assert_eq!(starts, vec![0, 0x20_0000]);
+}
+
+fn log_for(dir: &tempfile::TempDir, r: &Rig) -> Arc<InflightLog> {
+    InflightLog::create(
+        &inflight::log_path(dir.path(), "t0"),
+        &LogIdentity {
+            name: "t0".into(),
+            queues: 1,
+            queue_size: 16,
+            offered: r.ctrl.model.features,
+        },
+        r.ctrl.model.config.capacity,
+    )
+    .expect("log")
+}
+
+/// A flush chain (header, status) at table index `at`.
+fn flush_chain(mem: &IotlbMemory, vq: &MockSplitQueue<'_, IotlbMemory>, at: u16, st: u64) {
+    let hdr = 0x10_0000 + u64::from(at) * 0x100;
+    mem.write_obj(VIRTIO_BLK_T_FLUSH.to_le(), GuestAddress(hdr))
+        .expect("hdr");
+    mem.write_obj(0xffu8, GuestAddress(st)).expect("status");
+    vq.add_desc_chains(
+        &[
+            RawDescriptor::from(SplitDescriptor::new(hdr, 16, 1, at + 1)),
+            RawDescriptor::from(SplitDescriptor::new(st, 1, 2, 0)),
+        ],
+        at,
+    )
+    .expect("chain");
+}
+
+#[test]
+fn a_new_controller_resumes_from_the_log_a_dead_one_left_and_resubmits_its_request() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut a = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    let log = log_for(&dir, &a);
+    a.ctrl = Controller::new(
+        a.ops.clone(),
+        a.ctrl.model.clone(),
+        a.ctrl.backing.clone(),
+        "ser",
+        true,
+    )
+    .with_log(log.clone());
+    let mem = guest(&a);
+    let vq = MockSplitQueue::new(&mem, 16);
+    *a.ops.rings.lock().expect("rings") =
+        (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    for s in [1u8, 3, 11, 15] {
+        assert_eq!(result(&a.ctrl.handle(&set_status(s))), VDUSE_REQ_RESULT_OK);
+    }
+    assert_eq!(log.status(), 15);
+    assert_eq!(log.negotiated(), a.ops.features);
+    flush_chain(&mem, &vq, 0, 0x30_0000);
+    a.ops.kick();
+    wait_used(&mem, vq.used_addr(), 1);
+    // The daemon stops serving (its workers gone, no reset: the device stays driven) ...
+    a.ctrl.stop_workers();
+    // ... having fetched head 2 from the available ring and died before completing it.
+    flush_chain(&mem, &vq, 2, 0x30_0001);
+    log.queue(0).expect("q0").fetched(2, 7);
+    // The VDUSE state that survives: the same rings, the driver's initial avail index.
+    let mut b = Controller::new(
+        a.ops.clone(),
+        a.ctrl.model.clone(),
+        a.ctrl.backing.clone(),
+        "ser",
+        true,
+    )
+    .with_log(log.clone());
+    let resubmitted = b.resume_from_log().expect("resume");
+    assert_eq!(resubmitted, 1);
+    assert_eq!(b.status(), 15);
+    assert_eq!(b.running(), 1);
+    wait_used(&mem, vq.used_addr(), 2);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x30_0001)).expect("st"),
+        VIRTIO_BLK_S_OK
+    );
+    let used1 = mem
+        .read_obj::<u32>(vq.used_addr().unchecked_add(4 + 8))
+        .expect("used entry");
+    assert_eq!(used1, 2, "the re-submitted head completed");
+    // Popping goes on after it: the next chain is served once, not the old one again.
+    flush_chain(&mem, &vq, 4, 0x30_0002);
+    a.ops.kick();
+    wait_used(&mem, vq.used_addr(), 3);
+    assert_eq!(
+        mem.read_obj::<u32>(vq.used_addr().unchecked_add(4 + 16))
+            .expect("used entry"),
+        4
+    );
+    let st = b.stats()[0].snapshot(0);
+    assert_eq!(st.resubmitted, 1);
+    b.stop_workers();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
+            .expect("used idx"),
+        3,
+        "nothing completed twice"
+    );
+}
+
+#[test]
+fn a_log_from_another_negotiation_is_refused_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    let log = log_for(&dir, &r);
+    log.set_status(15);
+    log.set_negotiated(1 << 32);
+    let mut c = Controller::new(
+        r.ops.clone(),
+        r.ctrl.model.clone(),
+        r.ctrl.backing.clone(),
+        "ser",
+        true,
+    )
+    .with_log(log.clone());
+    let e = c.resume_from_log().expect_err("other negotiation");
+    assert!(e.to_string().contains("negotiated features"), "{e}");
+    assert_eq!(c.running(), 0);
+    assert_eq!(c.status(), 0);
+    // Before DRIVER_OK: the status is taken over, nothing started, the messages come again.
+    log.set_status(3);
+    assert_eq!(c.resume_from_log().expect("resume"), 0);
+    assert_eq!((c.status(), c.running()), (3, 0));
 }

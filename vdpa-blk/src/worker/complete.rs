@@ -15,7 +15,7 @@ use crate::iotlb::IotlbMemory;
 
 impl Exec {
     pub(super) fn notify_if_needed(&mut self, q: &mut Queue) {
-        if !self.used_since_notify {
+        if !self.used_since_notify && !self.force_notify {
             return;
         }
         self.used_since_notify = false;
@@ -23,13 +23,15 @@ impl Exec {
             return;
         }
         let mem = self.mem();
-        let needed = match q.needs_notification(&*mem) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(queue = self.index, "needs_notification: {e}");
-                true
-            }
-        };
+        let forced = std::mem::take(&mut self.force_notify);
+        let needed = forced
+            || match q.needs_notification(&*mem) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(queue = self.index, "needs_notification: {e}");
+                    true
+                }
+            };
         if needed {
             let Some(irq) = self.irq.upgrade() else {
                 // The device is being torn down.
@@ -93,6 +95,10 @@ impl Exec {
         if let Err(e) = q.add_used(&**mem, p.head, p.used_len) {
             tracing::debug!(queue = self.index, head = p.head, "add_used: {e}");
             return Some(p);
+        }
+        // Write order (2) of the in-flight log: after the used index moved.
+        if let Some(log) = &self.log {
+            log.completed(p.head, q.next_used());
         }
         self.used_since_notify = true;
         None

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{GuestAddress, GuestMemory};
 
 use super::QueueStats;
-use crate::blk::request::{parse_into, ParseContext, Rejected, Request};
+use crate::blk::request::{parse_head_into, parse_into, ParseContext, Rejected, Request};
 
 /// How often one chain is popped again after the sink mapped what it points to (an indirect
 /// table first, then the buffers it lists).
@@ -168,6 +168,90 @@ impl Drain {
         }
     }
 
+    /// Answers a rejected chain (IOERR/UNSUPP in its status byte), or breaks the queue when
+    /// it has no usable status byte. Returns false when the queue is broken.
+    fn reject<M, S>(&mut self, mem: &M, sink: &mut S, rej: &Rejected) -> bool
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+        S: Sink<M>,
+    {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        match (rej.error.status(), rej.status_addr) {
+            (Some(status), Some(_)) => {
+                tracing::debug!(
+                    queue = self.index,
+                    head = rej.head_index,
+                    "request failed: {}",
+                    rej.error
+                );
+                sink.answer(&mut self.q, mem, rej, status);
+                true
+            }
+            _ => {
+                // No status byte to answer: completing it with a zero length would let the
+                // driver read a status it wrote itself (often 0, OK). Fail the queue instead,
+                // loudly.
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.mark_broken(format_args!(
+                    "chain at head {} has no usable status byte: {}",
+                    rej.head_index, rej.error
+                ));
+                false
+            }
+        }
+    }
+
+    /// Starts again the request at `head`, fetched by a daemon that died before completing
+    /// it (see [`crate::inflight`]): parsed from the descriptor table, not the available ring,
+    /// whose entry the driver may have reused since.
+    pub fn resubmit<M, S>(&mut self, mem: &mut M, sink: &mut S, head: u16)
+    where
+        M: Deref + Clone,
+        M::Target: GuestMemory + Sized,
+        S: Sink<M>,
+    {
+        if self.broken {
+            return;
+        }
+        if head >= self.q.size() || sink.in_flight(head) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.mark_broken(format_args!(
+                "head {head} to re-submit is already in flight or out of range"
+            ));
+            return;
+        }
+        let table = GuestAddress(self.q.desc_table());
+        for attempt in 0..=MAX_FAULT_RETRIES {
+            let parsed = parse_head_into(
+                &**mem,
+                table,
+                self.q.size(),
+                head,
+                &self.parse,
+                &mut self.descs,
+                &mut self.req,
+            );
+            match parsed {
+                Ok(()) => {
+                    sink.start(&mut self.q, mem, &self.req);
+                    return;
+                }
+                Err(rej) => {
+                    if attempt < MAX_FAULT_RETRIES {
+                        if let Some(m) = sink.fault_in(&self.q, mem, head) {
+                            *mem = m;
+                            continue;
+                        }
+                    }
+                    self.reject(mem, sink, &rej);
+                    return;
+                }
+            }
+        }
+    }
+
     /// One round: pops, parses and hands over at most a queue's worth of available chains.
     /// Returns the number popped.
     fn pop_round<M, S>(&mut self, mem: &mut M, sink: &mut S) -> u32
@@ -215,29 +299,8 @@ impl Drain {
                         }
                     }
                     retries = 0;
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    match (rej.error.status(), rej.status_addr) {
-                        (Some(status), Some(_)) => {
-                            tracing::debug!(
-                                queue = self.index,
-                                head = rej.head_index,
-                                "request failed: {}",
-                                rej.error
-                            );
-                            sink.answer(&mut self.q, mem, &rej, status);
-                        }
-                        _ => {
-                            // No status byte to answer: completing it with a zero length
-                            // would let the driver read a status it wrote itself (often 0,
-                            // OK). Fail the queue instead, loudly.
-                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            self.mark_broken(format_args!(
-                                "chain at head {} has no usable status byte: {}",
-                                rej.head_index, rej.error
-                            ));
-                            break;
-                        }
+                    if !self.reject(mem, sink, &rej) {
+                        break;
                     }
                 }
             }

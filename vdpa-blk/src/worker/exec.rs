@@ -20,6 +20,7 @@ use crate::backing::Backing;
 use crate::blk::exec::write_id;
 use crate::blk::request::{Rejected, VIRTIO_BLK_ID_BYTES};
 use crate::blk::request::{Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use crate::inflight::QueueLog;
 use crate::iotlb::IotlbMemory;
 use crate::iotlb::{IotlbSource, IotlbTable, SnapshotCache};
 
@@ -156,6 +157,13 @@ pub(crate) struct Exec {
     pub(super) discard_cmd: bool,
     /// Whether the used ring is writable in the snapshot named (see `used_ring_writable`).
     pub(super) used_ring: Option<(Weak<IotlbMemory>, bool)>,
+    /// Inject the next interrupt whatever EVENT_IDX says (a resumed queue: the dead daemon
+    /// may have written used entries and died before their interrupt).
+    pub(super) force_notify: bool,
+    /// This queue's in-flight log (see [`crate::inflight`]).
+    pub(super) log: Option<QueueLog>,
+    /// The next fetch sequence number written to the log.
+    pub(super) seq: u64,
 }
 
 /// The production sink of the drain: parsed requests go to the ring, rejected ones are
@@ -166,6 +174,11 @@ impl Sink<Arc<IotlbMemory>> for Exec {
     }
 
     fn start(&mut self, q: &mut Queue, mem: &Arc<IotlbMemory>, req: &Request) {
+        // Write order (1) of the in-flight log: fetched, before any I/O of it starts.
+        if let Some(log) = &self.log {
+            log.fetched(req.head_index, self.seq);
+            self.seq += 1;
+        }
         self.start_request(q, mem, req);
     }
 

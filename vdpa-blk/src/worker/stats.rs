@@ -35,6 +35,9 @@ pub struct QueueStats {
     /// 1 once the driver broke the queue (an impossible available index, a head already in
     /// flight, a chain with no status byte): the worker stops taking requests until a reset.
     pub broken: AtomicU64,
+    /// Requests a dead daemon had fetched and not completed, submitted again by this one on
+    /// reconnect.
+    pub resubmitted: AtomicU64,
 }
 
 /// A snapshot of [`QueueStats`].
@@ -68,6 +71,8 @@ pub struct QueueStatsSnapshot {
     pub failures: u64,
     /// See [`QueueStats::broken`].
     pub broken: bool,
+    /// See [`QueueStats::resubmitted`].
+    pub resubmitted: u64,
 }
 
 impl QueueStats {
@@ -89,6 +94,7 @@ impl QueueStats {
             parked: l(&self.parked),
             failures: l(&self.failures),
             broken: l(&self.broken) != 0,
+            resubmitted: l(&self.resubmitted),
         }
     }
 }

@@ -144,6 +144,8 @@ impl Rig {
             fault: None,
             poll,
             instance: DriverInstance::default(),
+            log: None,
+            resume: false,
         };
         (p, kick)
     }
@@ -570,6 +572,8 @@ fn invalid_ring_address_is_refused_at_start() {
         fault: None,
         poll: Duration::ZERO,
         instance: DriverInstance::default(),
+        log: None,
+        resume: false,
     })
     .err()
     .expect("must refuse");
@@ -654,6 +658,8 @@ fn buffers_in_a_region_mapped_later_are_faulted_in_including_indirect_tables() {
         fault: Some(src.clone()),
         poll: Duration::ZERO,
         instance: DriverInstance::default(),
+        log: None,
+        resume: false,
     })
     .expect("spawn");
     kick.signal().expect("kick");
@@ -1063,4 +1069,67 @@ fn a_chain_published_between_the_last_pop_and_the_re_enable_is_drained() {
     );
     assert_eq!(sink.0, vec![0, 2]);
     assert!(!drain.broken());
+}
+
+#[test]
+fn a_resumed_worker_skips_what_completed_unlogged_and_resubmits_the_rest_once() {
+    let r = Rig::new();
+    let vq = MockSplitQueue::new(&*r.mem, 16);
+    // Three writes of 0x11, 0x22, 0x33 at sectors 8, 16, 24; heads 0, 3, 6 at avail 0, 1, 2.
+    for k in 0..3u16 {
+        let (hdr, data) = (HDR + u64::from(k) * 0x100, DATA + u64::from(k) * 0x1_0000);
+        r.mem
+            .write_slice(&[0x11 * (k as u8 + 1); 4096], GuestAddress(data))
+            .expect("fill");
+        r.hdr(hdr, VIRTIO_BLK_T_OUT, 8 * (u64::from(k) + 1));
+        vq.add_desc_chains(
+            &chain3(3 * k, hdr, data, 4096, 0, STATUS + u64::from(k)),
+            3 * k,
+        )
+        .expect("chain");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let log = crate::inflight::InflightLog::create(
+        &dir.path().join("w.inflight"),
+        &crate::inflight::LogIdentity {
+            name: "w".into(),
+            queues: 1,
+            queue_size: 16,
+            offered: 0,
+        },
+        DISK / 512,
+    )
+    .expect("log");
+    let q = log.queue(0).expect("q0");
+    // The dead daemon fetched heads 0 and 3, wrote head 3's used entry and index, and died
+    // before logging that completion.
+    q.start(0);
+    q.fetched(0, 1);
+    q.fetched(3, 2);
+    let used = vq.used_addr();
+    r.mem.write_obj(3u32, used.unchecked_add(4)).expect("id");
+    r.mem.write_obj(1u32, used.unchecked_add(8)).expect("len");
+    r.mem.write_obj(1u16, used.unchecked_add(2)).expect("idx");
+    let (mut p, _kick) = r.params(&vq, false, false, Duration::ZERO);
+    p.queue.next_used = 1;
+    p.log = Some(q);
+    p.resume = true;
+    let h = spawn(p).expect("spawn");
+    assert_eq!(h.resubmitted(), 1, "only head 0 was in flight");
+    r.wait_used(&vq, 3);
+    let _ = h.stop().expect("stop");
+    let mut heads: Vec<u32> = (0..3).map(|i| r.used_elem(&vq, i).0).collect();
+    heads.sort_unstable();
+    assert_eq!(heads, vec![0, 3, 6], "each head completed exactly once");
+    assert_eq!(r.used_idx(&vq), 3);
+    for k in [0u64, 2] {
+        let mut on_disk = [0u8; 4096];
+        r.disk
+            .as_file()
+            .read_exact_at(&mut on_disk, 8 * (k + 1) * 512)
+            .expect("pread");
+        assert_eq!(on_disk, [0x11 * (k as u8 + 1); 4096], "write {k}");
+    }
+    assert!(r.irq.0.load(Ordering::SeqCst) >= 1, "the driver was told");
+    assert_eq!(r.stats.resubmitted.load(Ordering::Relaxed), 1);
 }
