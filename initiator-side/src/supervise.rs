@@ -1,6 +1,7 @@
 //! Supervision of vdpa-blk processes: notice a dead one, restart it with backoff, and give up
 //! (the attachment is `failed`, reported, not restarted forever) after too many attempts in a
-//! window.
+//! window. A restart takes over the device the dead process left ([`Launcher::restart`]:
+//! `vdpa-blk --reconnect`), so the guest's disk stays and its in-flight requests are served.
 //!
 //! [`RestartPolicy::decide`] is pure: given a [`RestartHistory`] and `now` it says whether to
 //! restart now, when, or never. [`supervise_once`] is one pass of the daemon's loop over its
@@ -292,7 +293,7 @@ pub fn supervise_once(
                 });
                 s.state = ProcessState::Failed { reason };
             }
-            Decision::Now => match launcher.start(&s.spec) {
+            Decision::Now => match launcher.restart(&s.spec) {
                 Ok(r) => {
                     s.history.record_attempt(policy, now, true);
                     events.push(SuperviseEvent::Restarted {
@@ -333,6 +334,8 @@ mod tests {
         /// Starts that fail, in order, before starts succeed again.
         failures: Mutex<VecDeque<String>>,
         starts: Mutex<u32>,
+        /// Of the starts, those in place of a dead process (`restart`).
+        restarts: Mutex<u32>,
     }
 
     impl FakeLauncher {
@@ -380,18 +383,11 @@ mod tests {
 
     impl Launcher for FakeLauncher {
         fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
-            *self.starts.lock().expect("lock") += 1;
-            if let Some(why) = self.failures.lock().expect("lock").pop_front() {
-                return Err(VdpaError::Exited {
-                    name: spec.name.clone(),
-                    status: "exit status: 1".into(),
-                    stderr_tail: why,
-                });
-            }
-            let mut next = self.next_pid.lock().expect("lock");
-            *next += 1;
-            self.alive.lock().expect("lock").insert(*next);
-            Ok(running(spec, *next))
+            self.launch(spec)
+        }
+        fn restart(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+            *self.restarts.lock().expect("lock") += 1;
+            self.launch(spec)
         }
         fn alive(&self, pid: u32, start_time: u64) -> bool {
             start_time == u64::from(pid) * 10 && self.alive.lock().expect("lock").contains(&pid)
@@ -405,6 +401,23 @@ mod tests {
         }
         fn adopt(&self, _: &ProcessRecord) -> Result<Option<Running>, VdpaError> {
             unreachable!("supervision does not adopt")
+        }
+    }
+
+    impl FakeLauncher {
+        fn launch(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+            *self.starts.lock().expect("lock") += 1;
+            if let Some(why) = self.failures.lock().expect("lock").pop_front() {
+                return Err(VdpaError::Exited {
+                    name: spec.name.clone(),
+                    status: "exit status: 1".into(),
+                    stderr_tail: why,
+                });
+            }
+            let mut next = self.next_pid.lock().expect("lock");
+            *next += 1;
+            self.alive.lock().expect("lock").insert(*next);
+            Ok(running(spec, *next))
         }
     }
 
@@ -488,6 +501,9 @@ mod tests {
             }]
         );
         assert_eq!(pid_of(&v[0]), first + 1);
+        // In place of the dead one: it takes over the device (`--reconnect`).
+        assert_eq!(*l.restarts.lock().expect("lock"), 1);
+        assert_eq!(*l.starts.lock().expect("lock"), 2);
     }
 
     #[test]

@@ -351,6 +351,11 @@ pub enum VdpaError {
 pub trait Launcher: Send + Sync {
     /// Starts a detached process for `spec` and waits for its ready line.
     fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError>;
+    /// Starts a process for `spec` in place of one that died: it takes over the VDUSE device
+    /// the dead one left (`vdpa-blk --reconnect`: what was in flight is submitted again and
+    /// the guest's disk stays where it is), or creates the device when there is none (the
+    /// node rebooted since).
+    fn restart(&self, spec: &LaunchSpec) -> Result<Running, VdpaError>;
     /// Whether the process with this pid and start time still runs (a zombie does not).
     fn alive(&self, pid: u32, start_time: u64) -> bool;
     /// SIGTERM, up to `timeout` for it to exit, then SIGKILL. Never signals a recycled pid.
@@ -373,6 +378,8 @@ pub struct BinaryLauncher {
     ready_timeout: Duration,
     control_timeout: Duration,
     proc_root: PathBuf,
+    /// Where `vduse/NAME` is looked for (`/dev`).
+    dev_root: PathBuf,
     /// Processes this launcher spawned, so their exit is reaped (no zombies). A process from
     /// before an agent restart is not our child: init reaps it, and we watch /proc.
     children: Mutex<HashMap<u32, Child>>,
@@ -387,8 +394,15 @@ impl BinaryLauncher {
             ready_timeout,
             control_timeout: Duration::from_secs(2),
             proc_root: PathBuf::from("/proc"),
+            dev_root: PathBuf::from("/dev"),
             children: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Looks for VDUSE device nodes under `dev_root` instead of `/dev` (tests).
+    pub fn with_dev_root(mut self, dev_root: impl Into<PathBuf>) -> Self {
+        self.dev_root = dev_root.into();
+        self
     }
 
     /// Sets how long a control socket request may take.
@@ -435,8 +449,10 @@ impl BinaryLauncher {
     }
 }
 
-impl Launcher for BinaryLauncher {
-    fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+impl BinaryLauncher {
+    /// Spawns vdpa-blk for `spec` (taking over its existing device with `reconnect`) and
+    /// waits for its ready line.
+    fn launch(&self, spec: &LaunchSpec, reconnect: bool) -> Result<Running, VdpaError> {
         let name = &spec.name;
         let file_err = |op, path: &Path| {
             let (name, path) = (name.clone(), path.to_path_buf());
@@ -459,10 +475,11 @@ impl Launcher for BinaryLauncher {
             .map_err(file_err("stat", &spec.stderr))?
             .len();
         let mut cmd = Command::new(&self.binary);
-        cmd.args(spec.args())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(spec.args());
+        if reconnect {
+            cmd.arg("--reconnect");
+        }
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         // SAFETY: the closure runs in the forked child before exec; it only calls setsid(2),
         // which is async-signal-safe, and allocates nothing. The child was just forked, so
         // it is not a process group leader and setsid cannot fail with EPERM in practice; any
@@ -543,6 +560,25 @@ impl Launcher for BinaryLauncher {
             }
             std::thread::sleep(POLL);
         }
+    }
+}
+
+impl Launcher for BinaryLauncher {
+    fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+        self.launch(spec, false)
+    }
+
+    fn restart(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+        let node = self.dev_root.join("vduse").join(&spec.name);
+        let reconnect = node.exists();
+        if !reconnect {
+            tracing::info!(
+                name = %spec.name,
+                "{} does not exist (the node rebooted?): creating the device again",
+                node.display()
+            );
+        }
+        self.launch(spec, reconnect)
     }
 
     fn alive(&self, pid: u32, start_time: u64) -> bool {
@@ -848,6 +884,7 @@ mod tests {
         let script = format!(
             r#"#!/bin/sh
 # Arguments as vdpa-blk takes them; only a few are used.
+echo "fake vdpa-blk args: $*" >&2
 name=x; driver=vhost-vdpa
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -905,6 +942,41 @@ while :; do sleep 0.05; done
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
+    }
+
+    #[test]
+    fn a_restart_takes_over_the_device_left_behind_and_creates_one_when_there_is_none() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dev = d.path().join("dev");
+        let l = launcher(fake_binary(d.path(), "ok")).with_dev_root(&dev);
+        let s = spec(d.path(), Mode::VirtioVdpa);
+        let args_of = |r: &Running| {
+            let log = std::fs::read_to_string(&s.stderr).expect("stderr");
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("fake vdpa-blk args:"))
+                .map(str::to_string);
+            cleanup(r.process.pid);
+            line.expect("the fake printed its arguments")
+        };
+        // No /dev/vduse/vol1 (the node rebooted): created again.
+        let r = l.restart(&s).expect("restart");
+        let args = args_of(&r);
+        assert!(!args.contains("--reconnect"), "{args}");
+        // The dead process's device is there: taken over.
+        std::fs::create_dir_all(dev.join("vduse")).expect("mkdir");
+        std::fs::write(dev.join("vduse/vol1"), b"").expect("node");
+        let r = l.restart(&s).expect("restart");
+        let args = args_of(&r);
+        assert!(
+            args.contains("--name vol1") && args.ends_with("--reconnect"),
+            "{args}"
+        );
+        // A first start never reconnects.
+        let r = l.start(&s).expect("start");
+        let args = args_of(&r);
+        assert!(!args.contains("--reconnect"), "{args}");
     }
 
     #[test]

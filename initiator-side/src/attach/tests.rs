@@ -35,6 +35,8 @@ pub(crate) struct LState {
     pub(crate) next_pid: u32,
     pub(crate) running: BTreeMap<u32, Running>,
     pub(crate) starts: Vec<LaunchSpec>,
+    /// Restarts in place of a dead process (`vdpa-blk --reconnect`).
+    pub(crate) restarts: Vec<LaunchSpec>,
     pub(crate) stops: Vec<u32>,
     pub(crate) fail_start: bool,
     pub(crate) fail_stop: bool,
@@ -67,10 +69,8 @@ impl FakeLauncher {
     }
 }
 
-impl Launcher for FakeLauncher {
-    fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
-        let mut st = self.st();
-        st.starts.push(spec.clone());
+impl FakeLauncher {
+    fn launch(st: &mut LState, spec: &LaunchSpec) -> Result<Running, VdpaError> {
         if st.fail_start {
             return Err(VdpaError::Exited {
                 name: spec.name.clone(),
@@ -111,6 +111,20 @@ impl Launcher for FakeLauncher {
         };
         st.running.insert(pid, r.clone());
         Ok(r)
+    }
+}
+
+impl Launcher for FakeLauncher {
+    fn start(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+        let mut st = self.st();
+        st.starts.push(spec.clone());
+        Self::launch(&mut st, spec)
+    }
+
+    fn restart(&self, spec: &LaunchSpec) -> Result<Running, VdpaError> {
+        let mut st = self.st();
+        st.restarts.push(spec.clone());
+        Self::launch(&mut st, spec)
     }
 
     fn alive(&self, pid: u32, start_time: u64) -> bool {
