@@ -11,3 +11,4 @@ mod steps;
 pub mod topology;
 pub mod vdpa_blk;
 mod vdpa_blk_faults;
+pub mod vdpa_blk_reconnect;

@@ -57,6 +57,8 @@ pub struct Report {
     pub vhost_ready: Value,
     pub blkio: Value,
     pub vhost_stats: Value,
+    /// Over the fabric: the crash and upgrade figures of `vdpa_blk_reconnect`.
+    pub reconnect: Option<super::vdpa_blk_reconnect::Report>,
 }
 
 /// Sum of one counter over the queues of a stats line; `None` when there are no queues or a
@@ -384,8 +386,10 @@ fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) 
         resize_and_redrive(bed, &bin)?;
         super::vdpa_blk_faults::local(bed, &bin, &agent, &backing_dev)?;
     }
+    let mut reconnect = None;
     if backing == Backing::Fabric {
         super::vdpa_blk_faults::fabric(bed, &bin, &agent, &backing_dev, SUBSYSTEM_NQN)?;
+        reconnect = Some(super::vdpa_blk_reconnect::fabric(bed, &bin, &backing_dev)?);
     }
 
     if backing == Backing::Fabric {
@@ -399,5 +403,6 @@ fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) 
         vhost_ready,
         blkio,
         vhost_stats,
+        reconnect,
     })
 }
