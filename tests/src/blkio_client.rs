@@ -33,6 +33,51 @@ fn b<T>(r: blkio::Result<T>, what: &str) -> anyhow::Result<T> {
     r.map_err(|e| anyhow::anyhow!("{what}: {}", e.message()))
 }
 
+/// A started blkio connection to the vhost-vdpa device at `path` with one queue, and a memory
+/// region of at least `region_len` bytes mapped for I/O (fd-backed when the driver needs it).
+struct Client {
+    blk: Blkio,
+    q: Blkioq,
+    region: blkio::MemoryRegion,
+    capacity: u64,
+    needs_fd: bool,
+}
+
+fn open(path: &str, region_len: usize) -> anyhow::Result<Client> {
+    let mut blk = b(Blkio::new("virtio-blk-vhost-vdpa"), "blkio_new")?;
+    b(blk.set_str("path", path), "set path")?;
+    b(blk.connect(), "connect")?;
+    b(blk.set_i32("num-queues", 1), "set num-queues")?;
+    let capacity = b(blk.get_u64("capacity"), "capacity")?;
+    let alignment = b(blk.get_u64("mem-region-alignment"), "mem-region-alignment")?;
+    let needs_fd = b(blk.get_bool("needs-mem-region-fd"), "needs-mem-region-fd")?;
+    let mut started = b(blk.start(), "start")?;
+    let q = started.queues.pop().context("blkio started no queue")?;
+    let region = b(
+        blk.alloc_mem_region(region_len.next_multiple_of(alignment.max(1) as usize)),
+        "alloc_mem_region",
+    )?;
+    b(blk.map_mem_region(&region), "map_mem_region")?;
+    Ok(Client {
+        blk,
+        q,
+        region,
+        capacity,
+        needs_fd,
+    })
+}
+
+/// Fills `buf` with the pattern of `seed` (a 64-bit LCG, 8 bytes at a time).
+fn fill_pattern(buf: &mut [u8], mut seed: u64) {
+    for chunk in buf.chunks_mut(8) {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let bytes = seed.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
 /// Writes `len` bytes of a pattern at byte `offset` of the device at `path`, reads them back
 /// and compares, then checks write-zeroes over the same range. With `remap_rounds > 0`, it
 /// then changes its memory mappings while I/O is in flight (see [`remap_during_io`]).
@@ -49,23 +94,18 @@ pub fn run(
     if len == 0 || len % 4096 != 0 || offset % 4096 != 0 {
         bail!("length and offset must be non-zero multiples of 4096 (got {len} at {offset})");
     }
-    let mut blk = b(Blkio::new("virtio-blk-vhost-vdpa"), "blkio_new")?;
-    b(blk.set_str("path", path), "set path")?;
-    b(blk.connect(), "connect")?;
-    b(blk.set_i32("num-queues", 1), "set num-queues")?;
-    let capacity = b(blk.get_u64("capacity"), "capacity")?;
+    let Client {
+        mut blk,
+        mut q,
+        region,
+        capacity,
+        needs_fd,
+    } = open(path, 2 * len)?;
     if offset + len as u64 > capacity {
         bail!("range {offset}+{len} is past the capacity {capacity}");
     }
-    let alignment = b(blk.get_u64("mem-region-alignment"), "mem-region-alignment")?;
-    let needs_fd = b(blk.get_bool("needs-mem-region-fd"), "needs-mem-region-fd")?;
-    let mut started = b(blk.start(), "start")?;
-    let mut q = started.queues.pop().context("blkio started no queue")?;
-    let region_len = (2 * len).next_multiple_of(alignment.max(1) as usize);
-    let region = b(blk.alloc_mem_region(region_len), "alloc_mem_region")?;
-    b(blk.map_mem_region(&region), "map_mem_region")?;
     let (wbuf, rbuf) = (region.addr as *mut u8, (region.addr + len) as *mut u8);
-    // SAFETY: the region is `region_len >= 2 * len` bytes of memory blkio allocated for us and
+    // SAFETY: the region is at least `2 * len` bytes of memory blkio allocated for us and
     // keeps mapped until `blk` is dropped; no request is in flight while we touch it.
     let (wslice, rslice) = unsafe {
         (
@@ -73,14 +113,7 @@ pub fn run(
             std::slice::from_raw_parts_mut(rbuf, len),
         )
     };
-    let mut seed = offset ^ 0x9e37_79b9_7f4a_7c15;
-    for chunk in wslice.chunks_mut(8) {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let bytes = seed.to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
+    fill_pattern(wslice, offset ^ 0x9e37_79b9_7f4a_7c15);
     rslice.fill(0xAA);
 
     q.write(offset, wbuf, len, 1, ReqFlags::empty());
@@ -237,18 +270,13 @@ fn remap_during_io(
 /// `/dev/vhost-vdpa-N` resets the device while the request is still on the backing.
 pub fn abandon(path: &str, offset: u64) -> anyhow::Result<()> {
     const LEN: usize = 64 << 10;
-    let mut blk = b(Blkio::new("virtio-blk-vhost-vdpa"), "blkio_new")?;
-    b(blk.set_str("path", path), "set path")?;
-    b(blk.connect(), "connect")?;
-    b(blk.set_i32("num-queues", 1), "set num-queues")?;
-    let alignment = b(blk.get_u64("mem-region-alignment"), "mem-region-alignment")?;
-    let mut started = b(blk.start(), "start")?;
-    let mut q = started.queues.pop().context("blkio started no queue")?;
-    let region = b(
-        blk.alloc_mem_region(LEN.next_multiple_of(alignment.max(1) as usize)),
-        "alloc_mem_region",
-    )?;
-    b(blk.map_mem_region(&region), "map_mem_region")?;
+    // `_blk` keeps the connection (and the region's mapping) alive until the exit.
+    let Client {
+        blk: _blk,
+        mut q,
+        region,
+        ..
+    } = open(path, LEN)?;
     q.write(offset, region.addr as *mut u8, LEN, 1, ReqFlags::empty());
     let mut zero = std::time::Duration::ZERO;
     let mut none: [MaybeUninit<Completion>; 1] = [const { MaybeUninit::uninit() }; 1];
@@ -257,4 +285,89 @@ pub fn abandon(path: &str, offset: u64) -> anyhow::Result<()> {
     println!("RESULT {}", json!({"abandoned": path}));
     // Exit with the request in flight: the kernel closes the device, which resets it.
     std::process::exit(0)
+}
+
+/// A VMM's disk while its daemon is killed and replaced (or upgraded) under it: for `duration`,
+/// rounds of `len / 4096` 4 KiB writes of a new pattern at once (the queue depth), then reads
+/// of them, compared. A request the daemon lost never completes (the wait blocks until the
+/// step's timeout); a failed one or a mismatch fails at once. Prints the rounds, the requests
+/// and the longest round.
+pub fn soak(
+    path: &str,
+    offset: u64,
+    len: usize,
+    duration: std::time::Duration,
+) -> anyhow::Result<()> {
+    const BS: usize = 4096;
+    const MAX_DEPTH: usize = 64;
+    let depth = len / BS;
+    if len % BS != 0 || offset % BS as u64 != 0 || !(1..=MAX_DEPTH).contains(&depth) {
+        bail!("soak: --len must be 4 KiB to 256 KiB in 4 KiB steps, --offset a multiple of 4 KiB");
+    }
+    let Client {
+        blk: _blk,
+        mut q,
+        region,
+        capacity,
+        ..
+    } = open(path, 2 * len)?;
+    if offset + len as u64 > capacity {
+        bail!("range {offset}+{len} is past the capacity {capacity}");
+    }
+    let (wbuf, rbuf) = (region.addr as *mut u8, (region.addr + len) as *mut u8);
+    let mut done: [MaybeUninit<Completion>; MAX_DEPTH] =
+        [const { MaybeUninit::uninit() }; MAX_DEPTH];
+    let started = std::time::Instant::now();
+    let (mut rounds, mut requests) = (0u64, 0u64);
+    let mut longest = std::time::Duration::ZERO;
+    while started.elapsed() < duration {
+        let t = std::time::Instant::now();
+        // SAFETY: the region holds `2 * len` bytes; no request is in flight now.
+        fill_pattern(
+            unsafe { std::slice::from_raw_parts_mut(wbuf, len) },
+            rounds ^ 0x5eed,
+        );
+        for (write, buf) in [(true, wbuf), (false, rbuf)] {
+            for i in 0..depth {
+                // SAFETY: `i * BS < len`: inside this buffer of the region.
+                let at = unsafe { buf.add(i * BS) };
+                let off = offset + (i * BS) as u64;
+                if write {
+                    q.write(off, at, BS, i, ReqFlags::empty());
+                } else {
+                    q.read(off, at, BS, i, ReqFlags::empty());
+                }
+            }
+            let mut got = 0;
+            while got < depth {
+                let n = b(q.do_io(&mut done[got..depth], 1, None, None), "do_io")?;
+                for c in &done[got..got + n] {
+                    // SAFETY: do_io initialised these `n` entries.
+                    let c = unsafe { c.assume_init_read() };
+                    if c.ret != 0 {
+                        let op = if write { "write" } else { "read" };
+                        bail!("round {rounds}: a {op} failed with {}", c.ret);
+                    }
+                }
+                got += n;
+            }
+            requests += depth as u64;
+        }
+        // SAFETY: both buffers hold `len` bytes of the region; no I/O is in flight.
+        let same = unsafe {
+            std::slice::from_raw_parts(wbuf, len) == std::slice::from_raw_parts(rbuf, len)
+        };
+        if !same {
+            bail!("round {rounds}: the data read back differs from the data written");
+        }
+        longest = longest.max(t.elapsed());
+        rounds += 1;
+    }
+    println!(
+        "RESULT {}",
+        json!({"soak_rounds": rounds, "soak_requests": requests, "soak_depth": depth,
+               "soak_longest_round_ms": longest.as_secs_f64() * 1000.0,
+               "soak_readback_matches": true})
+    );
+    Ok(())
 }

@@ -144,6 +144,10 @@ enum Cmd {
         /// this many milliseconds.
         #[arg(long)]
         hold_ms: Option<u64>,
+        /// Instead: for this many milliseconds, rounds of `--len / 4096` writes at once, read
+        /// back and compared (a VMM's disk while its daemon is killed or upgraded under it).
+        #[arg(long)]
+        soak_ms: Option<u64>,
     },
     /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
     /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
@@ -533,10 +537,14 @@ fn main() -> ExitCode {
         remap_rounds,
         abandon,
         hold_ms,
+        soak_ms,
     } = &cli.command
     {
         let r = if *abandon {
             testbed::blkio_client::abandon(path, *offset)
+        } else if let Some(ms) = soak_ms {
+            let d = std::time::Duration::from_millis(*ms);
+            testbed::blkio_client::soak(path, *offset, *len, d)
         } else {
             let hold = hold_ms.map(std::time::Duration::from_millis);
             testbed::blkio_client::run(path, *offset, *len, *remap_rounds, hold)

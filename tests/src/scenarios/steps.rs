@@ -595,6 +595,21 @@ pub(crate) fn fio_verify_while<T>(
     Ok((fio_verified(&fio, what)?, fault))
 }
 
+/// The longest completion (write or verifying read) of a fio job of [`fio_verified`], in ms;
+/// a job that reports neither is a check failure naming `what`.
+pub(crate) fn longest_completion_ms(job: &Value, what: &str) -> Result<f64> {
+    let maxes: Vec<f64> = ["write", "read"]
+        .iter()
+        .filter_map(|d| job[d]["clat_ns"]["max"].as_f64())
+        .collect();
+    check(
+        !maxes.is_empty(),
+        &format!("{what}: fio reports its longest completion"),
+        || job.to_string(),
+    )?;
+    Ok(maxes.into_iter().fold(0.0, f64::max) / 1e6)
+}
+
 /// `testbed blkio-client` (`agent`, the bed's own binary) drives the vhost-vdpa device `dev`
 /// as a VMM does (`sh/zero_copy_client.sh`): write, flush, read back identical, write-zeroes,
 /// with its memory in a file it allocated; while it holds the device, the vdpa-blk behind it

@@ -389,7 +389,12 @@ fn steps_of(bed: &mut Bed, params: &BedParams, binary: &Path, backing: Backing) 
     let mut reconnect = None;
     if backing == Backing::Fabric {
         super::vdpa_blk_faults::fabric(bed, &bin, &agent, &backing_dev, SUBSYSTEM_NQN)?;
-        reconnect = Some(super::vdpa_blk_reconnect::fabric(bed, &bin, &backing_dev)?);
+        reconnect = Some(super::vdpa_blk_reconnect::fabric(
+            bed,
+            &bin,
+            &agent,
+            &backing_dev,
+        )?);
     }
 
     if backing == Backing::Fabric {
