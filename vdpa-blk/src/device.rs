@@ -1274,6 +1274,20 @@ impl Device {
         }
     }
 
+    /// Stops the control thread and waits for it (and so for the workers it stops).
+    fn stop_control(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            if let Err(e) = stop.signal() {
+                tracing::error!("stopping the control thread: {e}");
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("control thread panicked");
+            }
+        }
+    }
+
     fn teardown(&mut self) -> Result<(), DeviceError> {
         let mut first_err = None;
         if self.vdpa_added {
@@ -1293,16 +1307,7 @@ impl Device {
                 Err(e) => first_err = first_err.or(Some(DeviceError::Netlink(e))),
             }
         }
-        if let Some(stop) = self.stop.take() {
-            if let Err(e) = stop.signal() {
-                tracing::error!("stopping the control thread: {e}");
-            }
-        }
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("control thread panicked");
-            }
-        }
+        self.stop_control();
         // The device fd must be closed before DESTROY_DEV (EBUSY otherwise).
         self.dev = None;
         if self.created {
@@ -1355,18 +1360,9 @@ impl Device {
     /// binding and its in-flight log stay. Returns how long the queues took to drain.
     pub fn leave(mut self) -> Duration {
         let started = Instant::now();
-        if let Some(stop) = self.stop.take() {
-            if let Err(e) = stop.signal() {
-                tracing::error!("stopping the control thread: {e}");
-            }
-        }
         // The control thread drops its controller on the way out, which stops the workers
         // after their in-flight I/O.
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("control thread panicked");
-            }
-        }
+        self.stop_control();
         self.dev = None;
         self.vdpa_added = false;
         self.created = false;

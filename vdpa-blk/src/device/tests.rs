@@ -707,20 +707,10 @@ fn log_for(dir: &tempfile::TempDir, r: &Rig) -> Arc<InflightLog> {
     .expect("log")
 }
 
-/// A flush chain (header, status) at table index `at`.
+/// A flush chain at table index `at` whose status byte at `st` reads 0xff until answered.
 fn flush_chain(mem: &IotlbMemory, vq: &MockSplitQueue<'_, IotlbMemory>, at: u16, st: u64) {
-    let hdr = 0x10_0000 + u64::from(at) * 0x100;
-    mem.write_obj(VIRTIO_BLK_T_FLUSH.to_le(), GuestAddress(hdr))
-        .expect("hdr");
     mem.write_obj(0xffu8, GuestAddress(st)).expect("status");
-    vq.add_desc_chains(
-        &[
-            RawDescriptor::from(SplitDescriptor::new(hdr, 16, 1, at + 1)),
-            RawDescriptor::from(SplitDescriptor::new(st, 1, 2, 0)),
-        ],
-        at,
-    )
-    .expect("chain");
+    add_flush(mem, vq, at, 0x10_0000 + u64::from(at) * 0x100, st);
 }
 
 #[test]
