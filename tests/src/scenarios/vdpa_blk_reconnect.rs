@@ -80,13 +80,27 @@ fn fio_depth32_while<T>(
     Ok((fio_verified(&fio, what)?, r))
 }
 
-fn stop_with(bed: &mut Bed, name: &str, signal: &str, what: &str) -> Result<Vec<Value>> {
+/// The `pgrep -f` patterns of the I/O loads a kill must hit.
+const FIO: &str = "fio --name=";
+const BLKIO_CLIENT: &str = "blkio-client --path";
+
+fn stop_with(
+    bed: &mut Bed,
+    name: &str,
+    signal: &str,
+    during: &str,
+    what: &str,
+) -> Result<Vec<Value>> {
     let step = bed.step_env(
         Role::Compute,
         "fault",
         what,
         include_str!("sh/vdpa_blk_kill.sh"),
-        &[("NAME", name.to_string()), ("SIGNAL", signal.to_string())],
+        &[
+            ("NAME", name.to_string()),
+            ("SIGNAL", signal.to_string()),
+            ("WHILE", during.to_string()),
+        ],
         secs(60),
     )?;
     Ok(step.results)
@@ -106,9 +120,15 @@ fn check_reconnected(ready: &Value, reconnects: u64) -> Result<u64> {
         })
 }
 
-/// kill -9 and `--reconnect`, `cycles` times, the ready lines checked; returns the requests
-/// re-submitted each time.
-fn kill_cycles(bed: &mut Bed, bin: &str, name: &str, args: &str, cycles: u32) -> Result<Vec<u64>> {
+/// kill -9 and `--reconnect`, `cycles` times while the load `during` runs, the ready lines
+/// checked; returns the requests re-submitted each time.
+fn kill_cycles(
+    bed: &mut Bed,
+    bin: &str,
+    (name, args): (&str, &str),
+    during: &str,
+    cycles: u32,
+) -> Result<Vec<u64>> {
     let mut counts = Vec::new();
     for cycle in 1..=cycles {
         std::thread::sleep(std::time::Duration::from_millis(
@@ -118,6 +138,7 @@ fn kill_cycles(bed: &mut Bed, bin: &str, name: &str, args: &str, cycles: u32) ->
             bed,
             name,
             "KILL",
+            during,
             &format!("kill -9 vdpa-blk {name} ({cycle}/{cycles})"),
         )?;
         let ready = vdpa_blk_start(bed, bin, name, args)?;
@@ -150,8 +171,8 @@ fn vhost(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -> Result<Val
     let cycles = kill_cycles(
         bed,
         bin,
-        name,
-        &format!("{args} --reconnect"),
+        (name, &format!("{args} --reconnect")),
+        BLKIO_CLIENT,
         VHOST_KILL_CYCLES,
     );
     let client = client.finish()?;
@@ -206,7 +227,7 @@ pub(super) fn fabric(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -
         &format!("fio crc32c verify through {vd} while vdpa-blk is killed {KILL_CYCLES} times"),
         &vd,
         120,
-        |bed| kill_cycles(bed, bin, name, &reconnect_args, KILL_CYCLES),
+        |bed| kill_cycles(bed, bin, (name, &reconnect_args), FIO, KILL_CYCLES),
     )?;
     check(
         resubmitted.iter().sum::<u64>() > 0,
@@ -232,7 +253,13 @@ pub(super) fn fabric(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -
         |bed| {
             std::thread::sleep(secs(4));
             let t0 = Instant::now();
-            let results = stop_with(bed, name, "USR2", "SIGUSR2: vdpa-blk leaves the device")?;
+            let results = stop_with(
+                bed,
+                name,
+                "USR2",
+                FIO,
+                "SIGUSR2: vdpa-blk leaves the device",
+            )?;
             let ready = vdpa_blk_start(bed, bin, name, &reconnect_args)?;
             let gap_ms = t0.elapsed().as_secs_f64() * 1000.0;
             let left = results

@@ -1,9 +1,10 @@
 # Compute node: stops vdpa-blk $NAME with SIGNAL (KILL: a crash; USR2: it leaves the device to
-# the next daemon) while fio runs, and checks that its VDUSE device outlived it. After USR2 its
-# "left" line is printed as a result.
-# In: NAME (see vdpa_blk_start.sh), SIGNAL (KILL or USR2).
-: "${NAME:?}" "${SIGNAL:?}"
-pgrep -x fio > /dev/null || { echo "fio is not running any more: SIG$SIGNAL would hit no I/O"; exit 1; }
+# the next daemon) while the I/O load matching WHILE runs, and checks that its VDUSE device
+# outlived it. After USR2 its "left" line is printed as a result.
+# In: NAME (see vdpa_blk_start.sh), SIGNAL (KILL or USR2), WHILE (a `pgrep -f` pattern).
+: "${NAME:?}" "${SIGNAL:?}" "${WHILE:?}"
+pgrep -f "$WHILE" > /dev/null \
+  || { echo "no process matches '$WHILE' any more: SIG$SIGNAL would hit no I/O"; exit 1; }
 pid=$(cat "/run/$NAME.pid")
 kill -"$SIGNAL" "$pid"
 # A live upgrade drains the queues first (bounded by 3/4 of VDUSE's msg_timeout).
