@@ -252,7 +252,7 @@ fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and
 }
 
 #[test]
-fn nvmf_initiator_attaches_through_virtio_vdpa_and_vhost_vdpa_survives_its_kill_refuses_bad_attaches_and_detaches_clean(
+fn nvmf_initiator_attaches_over_two_paths_through_virtio_vdpa_and_vhost_vdpa_survives_its_kill_and_link_cuts_refuses_bad_attaches_and_detaches_clean(
 ) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bins = testbed::scenarios::nvmf_initiator::Binaries {
@@ -269,7 +269,20 @@ fn nvmf_initiator_attaches_through_virtio_vdpa_and_vhost_vdpa_survives_its_kill_
     assert_eq!(attempts, ["host-not-allowed", "wrong-secret"], "{r:?}");
     assert!(r.disk.starts_with("vd"), "{r:?}");
     assert!(r.backing.starts_with("nvme"), "{r:?}");
-    assert_eq!(r.fio_verified.len(), 3, "{r:?}");
+    assert_eq!(r.fio_verified.len(), 5, "{r:?}");
+    assert_eq!(r.paths.len(), 2, "{r:?}");
+    let one = r.one_path_cut.as_ref().expect("the one-path cut's report");
+    assert_eq!(one.cut.len(), 1, "{r:?}");
+    assert!(one.late.requests > one.down.requests, "{r:?}");
+    assert!(one.back.states.iter().all(|(_, s)| s == "live"), "{r:?}");
+    let all = r
+        .all_paths_cut
+        .as_ref()
+        .expect("the all-paths cut's report");
+    assert_eq!(all.cut.len(), 2, "{r:?}");
+    assert_eq!(all.late.requests, all.down.requests, "{r:?}");
+    assert!(all.back.states.iter().all(|(_, s)| s == "live"), "{r:?}");
+    assert_eq!(all.back.errors, 0, "{r:?}");
     assert_eq!(r.regions_checked, 1, "{r:?}");
     assert_eq!(
         r.reconcile_after_kill["adopted"],

@@ -306,11 +306,13 @@ fn demo(args: &BedArgs) -> anyhow::Result<()> {
         nvmf_initiator: build("nvmf-initiator", "NVMF_INITIATOR_BIN")?,
     };
     println!(
-        "\nThe demo boots two QEMU guests joined by a soft-RoCE link (rdma_rxe over a socket netdev on \
-         127.0.0.1):\n  storage: an emulated NVMe drive with SR-IOV; nvmf-target carves a VF for a volume \
-         and exports it over NVMe-oF RDMA (nvmet), DH-HMAC-CHAP required;\n  compute: nvmf-initiator \
-         connects (nvme-rdma), finds the namespace and serves it with vdpa-blk as a virtio-blk disk \
-         (VDUSE, io_uring), through virtio_vdpa for the host and vhost_vdpa for a VMM.\n"
+        "\nThe demo boots two QEMU guests joined by two soft-RoCE links, two paths (rdma_rxe over \
+         socket netdevs on 127.0.0.1):\n  storage: an emulated NVMe drive with SR-IOV; nvmf-target \
+         carves a VF for a volume and exports it over NVMe-oF RDMA (nvmet) on both links, \
+         DH-HMAC-CHAP required;\n  compute: nvmf-initiator connects both paths (nvme-rdma, native \
+         NVMe multipath), finds the namespace and serves it with vdpa-blk as a virtio-blk disk \
+         (VDUSE, io_uring), through virtio_vdpa for the host and vhost_vdpa for a VMM; links are \
+         cut during I/O.\n"
     );
     let mut p = params(args)?;
     p.topology = Topology::Pair;
@@ -333,7 +335,8 @@ fn demo(args: &BedArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  fabric        nvme-rdma controller with the host's DH-HMAC-CHAP key; backing device {}",
+        "  fabric        nvme-rdma controllers with the host's DH-HMAC-CHAP key, one per path ({}); backing device {} (the multipath head)",
+        r.paths.join(", "),
         r.backing
     );
     println!(
@@ -349,6 +352,36 @@ fn demo(args: &BedArgs) -> anyhow::Result<()> {
         "  resilience    the agent was killed with -9 during fio and adopted its attachment on restart: {}",
         r.reconcile_after_kill["adopted"]
     );
+    let states = |h: &ni::Health| {
+        let s: Vec<String> = h.states.iter().map(|(n, s)| format!("{n}={s}")).collect();
+        s.join(" ")
+    };
+    if let Some(c) = &r.one_path_cut {
+        println!(
+            "  paths         the path carrying fio's I/O ({}) cut for {} s: the agent showed {} \
+             {:.1} s in; {} requests completed through the other path while it was down; every \
+             path live again {:.1} s after the cut began; fio verified (longest completion {:.0} ms)",
+            c.cut.join(", "),
+            ni::ONE_PATH_CUT.as_secs(),
+            states(&c.down),
+            c.down.at_s,
+            c.late.requests.saturating_sub(c.down.requests),
+            c.back.at_s,
+            c.longest_completion_ms
+        );
+    }
+    if let Some(c) = &r.all_paths_cut {
+        println!(
+            "                both links cut for {} s: the agent showed {} {:.1} s in, and no request \
+             completed while no path was live; every path live again {:.1} s after the cut began; \
+             fio verified with no error (longest completion {:.0} ms)",
+            ni::ALL_PATHS_CUT.as_secs(),
+            states(&c.down),
+            c.down.at_s,
+            c.back.at_s,
+            c.longest_completion_ms
+        );
+    }
     println!(
         "  refusals      {}",
         r.refused

@@ -68,11 +68,7 @@ fn fio_while<T>(
     during: impl FnOnce(&mut Bed) -> Result<T>,
 ) -> Result<(f64, T)> {
     let (job, fault) = steps::fio_verify_while(bed, job, what, dev, "64M", runtime, during)?;
-    let max_ns = ["write", "read"]
-        .iter()
-        .map(|d| job[d]["clat_ns"]["max"].as_f64().unwrap_or(0.0))
-        .fold(0.0, f64::max);
-    Ok((max_ns / 1e6, fault))
+    Ok((steps::longest_completion_ms(&job, what)?, fault))
 }
 
 fn state(bed: &mut Bed, role: Role, token: &str, what: &str) -> Result<Value> {
@@ -197,22 +193,18 @@ fn steps_of(bed: &mut Bed) -> Result<Report> {
         &dev,
         30,
         |bed| {
-            let before = path_sample(bed)?;
-            std::thread::sleep(secs(2));
-            let during = path_sample(bed)?;
-            let busy = (0..2)
-                .max_by_key(|k| during.rxe_sent[*k].saturating_sub(before.rxe_sent[*k]))
-                .unwrap_or(0);
+            let (busy, before, during) = steps::busy_path(bed, NQN)?;
             let cut = bed.cut_link(Role::Compute, busy, CUT)?;
-            let cut_start = path_sample(bed)?;
+            let cut_start = steps::path_sample(bed, NQN)?;
             cut.join()?;
-            let cut_end = path_sample(bed)?;
+            let cut_end = steps::path_sample(bed, NQN)?;
             Ok((busy, [before, during, cut_start, cut_end]))
         },
     )?;
     report.two_path_max_ms = max_ms;
     let other = 1 - busy;
-    report.failover_packets = samples[3].rxe_sent[other].saturating_sub(samples[2].rxe_sent[other]);
+    let sent = |s: &steps::PathSample| s.rxe_sent.get(other).copied().unwrap_or(0);
+    report.failover_packets = sent(&samples[3]).saturating_sub(sent(&samples[2]));
     check(
         report.failover_packets > 0,
         "the other path carried the I/O while the busy one was cut",
@@ -352,31 +344,4 @@ fn steps_of(bed: &mut Bed) -> Result<Report> {
     })?;
     steps::network(bed)?;
     Ok(report)
-}
-
-/// Packets sent by each of the compute node's rxe devices (rxeK carries path K).
-#[derive(Debug, Clone)]
-struct PathSample {
-    rxe_sent: [u64; 2],
-}
-
-fn path_sample(bed: &mut Bed) -> Result<PathSample> {
-    let step = bed.step_env(
-        Role::Compute,
-        "multipath",
-        "paths and soft-RoCE counters",
-        include_str!("sh/path_of.sh"),
-        &[("NQN", NQN.to_string())],
-        secs(30),
-    )?;
-    let mut rxe_sent = [0u64; 2];
-    for r in all_with(&step, "rxe") {
-        let k = match r["rxe"].as_str() {
-            Some("rxe0") => 0,
-            Some("rxe1") => 1,
-            _ => continue,
-        };
-        rxe_sent[k] = r["sent"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
-    }
-    Ok(PathSample { rxe_sent })
 }

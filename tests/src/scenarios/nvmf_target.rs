@@ -134,22 +134,23 @@ pub fn run(prepared: &Prepared, params: &BedParams, binary: &Path) -> Result<Rep
     report
 }
 
-/// The storage node's side of the daemon: its binary, where its PF is, and the compute
-/// node's host NQN its volumes are created for.
+/// The storage node's side of the daemon: its binary, where its PF is, how many listeners it
+/// has, and the compute node's host NQN its volumes are created for.
 pub(super) struct Target {
     bin: String,
     pf: String,
+    listeners: usize,
     hostnqn: String,
 }
 
 impl Target {
-    /// Writes the daemon's configuration on the storage node (the bed's PF, one rdma listener
-    /// at `traddr`, DH-HMAC-CHAP required); volumes are then created for `hostnqn`.
+    /// Writes the daemon's configuration on the storage node (the bed's PF, an rdma listener
+    /// at each of `traddrs`, DH-HMAC-CHAP required); volumes are then created for `hostnqn`.
     pub(super) fn configure(
         bed: &mut Bed,
         bin: &str,
         hostnqn: &str,
-        traddr: &str,
+        traddrs: &[String],
     ) -> Result<Target> {
         let config = bed.step_env(
             Role::Storage,
@@ -160,7 +161,7 @@ impl Target {
                 ("CONFIG", config_path()),
                 ("STATE_DIR", state_dir()),
                 ("SOCKET", SOCKET.to_string()),
-                ("TRADDR", traddr.to_string()),
+                ("TRADDRS", traddrs.join(" ")),
                 ("PREFIX", PREFIX.to_string()),
             ],
             secs(60),
@@ -168,6 +169,7 @@ impl Target {
         Ok(Target {
             bin: bin.to_string(),
             pf: steps::required(&config, "pf", "the NVMe PF")?,
+            listeners: traddrs.len(),
             hostnqn: hostnqn.to_string(),
         })
     }
@@ -324,6 +326,7 @@ impl Target {
                 ("PF", self.pf.clone()),
                 ("PREFIX", PREFIX.to_string()),
                 ("HOSTNQN", self.hostnqn.clone()),
+                ("PORTS", self.listeners.to_string()),
                 ("VOLUMES", words.join(" ")),
             ],
             secs(120),
@@ -453,7 +456,7 @@ fn steps_of(bed: &mut Bed, bin: &str) -> Result<Report> {
         .ok_or_else(|| Error::Invalid("the compute node has no link".into()))?;
 
     // 1. The daemon, the host, two volumes.
-    let target = Target::configure(bed, bin, &hostnqn, &traddr)?;
+    let target = Target::configure(bed, bin, &hostnqn, std::slice::from_ref(&traddr))?;
     let (mut daemon, _) = target.start(bed)?;
     let key = target.add_host(bed, &hostnqn)?;
     let hosts = target.cli(bed, "host list", &["host", "list"])?;

@@ -610,6 +610,63 @@ pub(crate) fn longest_completion_ms(job: &Value, what: &str) -> Result<f64> {
     Ok(maxes.into_iter().fold(0.0, f64::max) / 1e6)
 }
 
+/// Packets each of the compute node's soft-RoCE devices has sent, by device number (`rxeK`
+/// carries path K).
+#[derive(Debug, Clone)]
+pub(crate) struct PathSample {
+    pub(crate) rxe_sent: Vec<u64>,
+}
+
+/// Reads a [`PathSample`] on the compute node (`sh/path_of.sh`, which also prints the
+/// controllers of subsystem `nqn` for the log).
+pub(crate) fn path_sample(bed: &mut Bed, nqn: &str) -> Result<PathSample> {
+    let step = bed.step_env(
+        Role::Compute,
+        "multipath",
+        "paths and soft-RoCE counters",
+        include_str!("sh/path_of.sh"),
+        &[("NQN", nqn.to_string())],
+        secs(30),
+    )?;
+    let mut rxe_sent = Vec::new();
+    for r in step.results.iter().filter(|r| r.get("rxe").is_some()) {
+        let k: usize = r["rxe"]
+            .as_str()
+            .and_then(|n| n.strip_prefix("rxe"))
+            .and_then(|k| k.parse().ok())
+            .ok_or_else(|| Error::Check {
+                check: "soft-RoCE devices are named rxeK".into(),
+                reason: r.to_string(),
+            })?;
+        let sent = count(r, "sent").ok_or_else(|| Error::Check {
+            check: format!("rxe{k} reports the packets it sent"),
+            reason: r.to_string(),
+        })?;
+        if rxe_sent.len() <= k {
+            rxe_sent.resize(k + 1, 0);
+        }
+        rxe_sent[k] = sent;
+    }
+    Ok(PathSample { rxe_sent })
+}
+
+/// The path (its NIC's index) carrying the I/O to `nqn` now: the one whose rxe device sent
+/// the most packets over 2 s; gives it with the samples before and after.
+pub(crate) fn busy_path(bed: &mut Bed, nqn: &str) -> Result<(usize, PathSample, PathSample)> {
+    let before = path_sample(bed, nqn)?;
+    std::thread::sleep(secs(2));
+    let after = path_sample(bed, nqn)?;
+    let busy = (0..after.rxe_sent.len())
+        .max_by_key(|k| {
+            after.rxe_sent[*k].saturating_sub(before.rxe_sent.get(*k).copied().unwrap_or(0))
+        })
+        .ok_or_else(|| Error::Check {
+            check: "the compute node has soft-RoCE devices".into(),
+            reason: format!("{after:?}"),
+        })?;
+    Ok((busy, before, after))
+}
+
 /// `testbed blkio-client` (`agent`, the bed's own binary) drives the vhost-vdpa device `dev`
 /// as a VMM does (`sh/zero_copy_client.sh`): write, flush, read back identical, write-zeroes,
 /// with its memory in a file it allocated; while it holds the device, the vdpa-blk behind it

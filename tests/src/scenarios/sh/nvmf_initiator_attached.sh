@@ -1,16 +1,21 @@
-# Compute node: what an attachment must have made, read from the kernel: exactly one
-# controller of $NQN, $CTRL, live; its namespace's block device /dev/$BACKING; vdpa device
-# $NAME (in `vdpa dev show`) over VDUSE device /dev/vduse/$NAME, bound to $DRIVER: with
-# virtio_vdpa its virtio disk is $DEV (/dev/$DEV a block device), with vhost_vdpa its vhost
-# device is $DEV (/dev/$DEV a character device); vdpa-blk $PID running and holding
-# /dev/$BACKING open.
-# In: NQN, CTRL, BACKING, NAME, DRIVER (virtio_vdpa or vhost_vdpa), DEV, PID.
-: "${NQN:?}" "${CTRL:?}" "${BACKING:?}" "${NAME:?}" "${DRIVER:?}" "${DEV:?}" "${PID:?}"
+# Compute node: what an attachment must have made, read from the kernel: exactly the
+# controllers $CTRLS of $NQN (one per path), each live; its namespace's block device
+# /dev/$BACKING (the multipath head); vdpa device $NAME (in `vdpa dev show`) over VDUSE device
+# /dev/vduse/$NAME, bound to $DRIVER: with virtio_vdpa its virtio disk is $DEV (/dev/$DEV a
+# block device), with vhost_vdpa its vhost device is $DEV (/dev/$DEV a character device);
+# vdpa-blk $PID running and holding /dev/$BACKING open.
+# In: NQN, CTRLS (space-separated, sorted), BACKING, NAME, DRIVER (virtio_vdpa or vhost_vdpa),
+# DEV, PID.
+: "${NQN:?}" "${CTRLS:?}" "${BACKING:?}" "${NAME:?}" "${DRIVER:?}" "${DEV:?}" "${PID:?}"
 fail() { echo "$*"; exit 1; }
-ctrl=$(ctrls_of "$NQN" | tr '\n' ' ')
-[ "$ctrl" = "$CTRL " ] || fail "controllers of $NQN: '$ctrl', expected only $CTRL"
-state=$(cat "/sys/class/nvme/$CTRL/state")
-[ "$state" = live ] || fail "$CTRL is $state, not live"
+ctrl=$(ctrls_of "$NQN" | sort | tr '\n' ' ')
+[ "$ctrl" = "$CTRLS " ] || fail "controllers of $NQN: '$ctrl', expected only $CTRLS"
+state=
+for c in $CTRLS; do
+  s=$(cat "/sys/class/nvme/$c/state")
+  [ "$s" = live ] || fail "$c is $s, not live"
+  state="$state${state:+ }$c=$s"
+done
 dev=$(blockdev_of "$NQN" 1) || fail "no block device for namespace 1 of $NQN"
 [ "$dev" = "$BACKING" ] || fail "namespace 1 of $NQN is $dev, the attachment says $BACKING"
 vdpa dev show "$NAME" || fail "no vdpa device $NAME"
@@ -34,5 +39,5 @@ for f in /proc/"$PID"/fd/*; do
   if [ "$(readlink "$f")" = "/dev/$BACKING" ]; then held=yes; fi
 done
 [ "$held" = yes ] || fail "vdpa-blk pid $PID does not hold /dev/$BACKING open"
-echo "$NQN: $CTRL live, /dev/$BACKING -> vdpa-blk $PID -> $NAME ($DRIVER) -> /dev/$DEV"
-result state "$state" disk "$disk"
+echo "$NQN: $state, /dev/$BACKING -> vdpa-blk $PID -> $NAME ($DRIVER) -> /dev/$DEV"
+result states "$state" disk "$disk"

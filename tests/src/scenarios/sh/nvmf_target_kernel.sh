@@ -2,12 +2,12 @@
 # volume "NAME:NQN:VF:DRIVE_NSID" in $VOLUMES: subsystem NQN in nvmet configfs, closed to any
 # host but $HOSTNQN (with a DH-HMAC-CHAP key under nvmet/hosts), with exactly one namespace
 # (1, enabled) whose device is the block device of drive namespace DRIVE_NSID behind VF VF of
-# $PF, linked to exactly one port; the VF bound to nvme with one controller, and the drive
+# $PF, linked to exactly $PORTS ports (one per listener); the VF bound to nvme with one controller, and the drive
 # namespace attached to that controller only. Besides: no other subsystem under $PREFIX, and
 # no other VF of the PF bound to a driver.
-# In: PF, PREFIX, HOSTNQN, VOLUMES (may be empty). Out: per volume result name, dev (block
+# In: PF, PREFIX, HOSTNQN, PORTS, VOLUMES (may be empty). Out: per volume result name, dev (block
 # device of the drive namespace), vf_addr, vf_ctrl.
-: "${PF:?}" "${PREFIX:?}" "${HOSTNQN:?}" "${VOLUMES?}"
+: "${PF:?}" "${PREFIX:?}" "${HOSTNQN:?}" "${PORTS:?}" "${VOLUMES?}"
 C=/sys/kernel/config/nvmet
 P=/sys/bus/pci/devices/$PF
 pfctrl=$(ls "$P/nvme")
@@ -37,7 +37,7 @@ for v in $VOLUMES; do
   [ "$(cat "$S/namespaces/1/enable")" = 1 ] || fail "$name: namespace 1 of $nqn is not enabled"
   links=0
   for l in "$C"/ports/*/subsystems/"$nqn"; do [ -L "$l" ] && links=$((links + 1)); done
-  [ "$links" = 1 ] || fail "$name: $nqn is linked to $links ports, expected 1"
+  [ "$links" = "$PORTS" ] || fail "$name: $nqn is linked to $links ports, expected $PORTS"
   [ -e "$P/virtfn$((vf - 1))" ] || fail "$name: $PF has no VF $vf"
   VFDEV=$(readlink -f "$P/virtfn$((vf - 1))")
   addr=$(basename "$VFDEV")
