@@ -31,7 +31,7 @@ impl Relay {
     pub fn start(a: u16, b: u16) -> Relay {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || run(a, b, &flag));
+        let thread = std::thread::spawn(move || run(a, b, flag));
         Relay {
             stop,
             thread: Some(thread),
@@ -60,31 +60,33 @@ fn connect(port: u16, stop: &AtomicBool) -> Option<TcpStream> {
     None
 }
 
-fn run(a: u16, b: u16, stop: &AtomicBool) {
+fn run(a: u16, b: u16, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let Some(sa) = connect(a, stop) else { return };
-        let Some(sb) = connect(b, stop) else { return };
+        let Some(sa) = connect(a, &stop) else { return };
+        let Some(sb) = connect(b, &stop) else { return };
         let pair = (sa.try_clone(), sb.try_clone());
         let (Ok(sa2), Ok(sb2)) = pair else { continue };
         let down = Arc::new(AtomicBool::new(false));
-        let d = Arc::clone(&down);
-        let back = std::thread::spawn(move || copy_frames(sb2, sa2, &d));
-        copy_frames(sa, sb, &down);
+        let (d, s) = (Arc::clone(&down), Arc::clone(&stop));
+        let back = std::thread::spawn(move || copy_frames(sb2, sa2, &d, &s));
+        copy_frames(sa, sb, &down, &stop);
         let _ = back.join();
         // One side went away: both connections are closed; connect again when both listen.
     }
 }
 
-/// Copies length-prefixed frames from `from` to `to` until either ends (or the relay
-/// stops), then shuts both down so the copier of the other direction ends too.
-fn copy_frames(mut from: TcpStream, mut to: TcpStream, down: &AtomicBool) {
+/// Copies length-prefixed frames from `from` to `to` until either ends or the relay stops
+/// (`stop`: a relay dropped while both QEMUs still listen must not wait for them), then shuts
+/// both down so the copier of the other direction ends too.
+fn copy_frames(mut from: TcpStream, mut to: TcpStream, down: &AtomicBool, stop: &AtomicBool) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = vec![0u8; MAX_FRAME + 4];
+    let quit = || down.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
     loop {
-        if down.load(Ordering::Relaxed) {
+        if quit() {
             break;
         }
-        match read_frame(&mut from, &mut buf, down) {
+        match read_frame(&mut from, &mut buf, &quit) {
             Ok(Some(n)) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
@@ -103,9 +105,9 @@ fn copy_frames(mut from: TcpStream, mut to: TcpStream, down: &AtomicBool) {
 fn read_frame(
     from: &mut TcpStream,
     buf: &mut [u8],
-    down: &AtomicBool,
+    quit: &impl Fn() -> bool,
 ) -> std::io::Result<Option<usize>> {
-    if !read_full(from, &mut buf[..4], down, true)? {
+    if !read_full(from, &mut buf[..4], quit, true)? {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -115,7 +117,7 @@ fn read_frame(
             format!("frame of {len} bytes"),
         ));
     }
-    if !read_full(from, &mut buf[4..4 + len], down, false)? {
+    if !read_full(from, &mut buf[4..4 + len], quit, false)? {
         return Ok(None);
     }
     Ok(Some(4 + len))
@@ -126,12 +128,12 @@ fn read_frame(
 fn read_full(
     from: &mut TcpStream,
     buf: &mut [u8],
-    down: &AtomicBool,
+    quit: &impl Fn() -> bool,
     at_boundary: bool,
 ) -> std::io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
-        if down.load(Ordering::Relaxed) {
+        if quit() {
             return Ok(false);
         }
         match from.read(&mut buf[got..]) {
