@@ -20,7 +20,7 @@
 //!   no restart); the verifying fio runs below all come after it;
 //! - the path carrying the I/O cut for 15 s during a verifying fio: the agent's `show`
 //!   reports that path's controller not live and the other live, vdpa-blk completes requests
-//!   while it is down (and the other path's rxe device sends at least a packet per request),
+//!   while the agent shows it down (so through the other path, whose rxe device sends),
 //!   fio completes verified, and both controllers are live again after;
 //! - both links cut for 15 s during a verifying fio (far below the agent's default
 //!   ctrl_loss_tmo, 600 s): the agent reports no path live, no request completes while they
@@ -684,9 +684,10 @@ fn sleep_until(t0: Instant, at: Duration) {
 
 /// fio crc32c verify through `a`'s disk while the path carrying its I/O (the busiest rxe
 /// device) is cut for [`ONE_PATH_CUT`]: the agent shows that path's controller not live and
-/// the other one live; vdpa-blk completes requests while it is down, and the other path's
-/// rxe device sends at least one packet (the command capsule) per request completed; every
-/// path is live again after; fio completes verified.
+/// the other one live; vdpa-blk completes requests between two answers that show it down
+/// (under native multipath only a live path completes I/O, so they went through the other
+/// one, whose rxe device sends meanwhile); every path is live again after; fio completes
+/// verified.
 fn one_path_cut(
     bed: &mut Bed,
     init: &Initiator,
@@ -757,7 +758,7 @@ fn one_path_cut(
     )?;
     let done = late.requests.saturating_sub(down.requests);
     check(
-        done > 0 && packets >= done,
+        done > 0 && packets > 0,
         &format!("I/O goes on through {up} while {cut} is down"),
         || {
             format!(
