@@ -2,13 +2,16 @@
 //! latency percentiles (p50, p99, p99.9), summed and per direction. A job fio reports as failed
 //! (its `error`) or that did no I/O is an error, never a row of zeros.
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// One fio job's figures (both directions summed for IOPS and bandwidth; latency from the
 /// direction that did I/O, reads first).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FioFigures {
     pub job: String,
+    /// I/Os completed, both directions (fio's `total_ios`).
+    pub ios: u64,
     pub iops: f64,
     pub bw_mib_s: f64,
     pub p50_us: f64,
@@ -20,8 +23,9 @@ pub struct FioFigures {
 }
 
 /// One direction's figures.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Direction {
+    pub ios: u64,
     pub iops: f64,
     pub bw_mib_s: f64,
     pub p50_us: f64,
@@ -72,6 +76,10 @@ pub fn from_value(v: &Value) -> Result<Vec<FioFigures>, String> {
                         .ok_or_else(|| format!("fio job `{name}` has no `{k}`"))
                 };
                 Ok(Direction {
+                    ios: d
+                        .get("total_ios")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| format!("fio job `{name}` has no `total_ios`"))?,
                     iops: need("iops")?,
                     bw_mib_s: need("bw")? / 1024.0,
                     p50_us: pct("50.000000")?,
@@ -91,6 +99,7 @@ pub fn from_value(v: &Value) -> Result<Vec<FioFigures>, String> {
             };
             Ok(FioFigures {
                 job: name.to_string(),
+                ios: read.as_ref().map_or(0, |d| d.ios) + write.as_ref().map_or(0, |d| d.ios),
                 iops: sum(|d| d.iops),
                 bw_mib_s: sum(|d| d.bw_mib_s),
                 p50_us: lat.p50_us,
@@ -127,11 +136,11 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = r#"{"fio version":"fio-3.33","jobs":[
-      {"jobname":"randread-4k-qd16","read":{"io_bytes":40960000,"iops":2500.5,"bw":10002,
+      {"jobname":"randread-4k-qd16","read":{"io_bytes":40960000,"total_ios":10000,"iops":2500.5,"bw":10002,
         "clat_ns":{"percentile":{"50.000000":6016,"99.000000":21000,"99.900000":40000}}},
        "write":{"io_bytes":0,"iops":0,"bw":0,"clat_ns":{}}},
       {"jobname":"randwrite","read":{"io_bytes":0,"iops":0,"bw":0},
-       "write":{"io_bytes":4096,"iops":100,"bw":400,
+       "write":{"io_bytes":4096,"total_ios":1,"iops":100,"bw":400,
         "clat_ns":{"percentile":{"50.000000":1000,"99.000000":3000,"99.900000":5000}}}}]}"#;
 
     /// Recorded with fio 3.33: a 70/30 random read/write job on a file for 2 s.
@@ -150,6 +159,7 @@ mod tests {
         assert!(r.iops > 0.0 && w.iops > 0.0, "{f:?}");
         assert!((f[0].iops - (r.iops + w.iops)).abs() < 1e-6);
         assert!((f[0].bw_mib_s - (r.bw_mib_s + w.bw_mib_s)).abs() < 1e-6);
+        assert_eq!((r.ios, w.ios, f[0].ios), (50067, 21442, 50067 + 21442));
         assert!(r.iops > w.iops, "70 % reads: {r:?} {w:?}");
         assert!(r.p50_us <= r.p99_us && r.p99_us <= r.p999_us, "{r:?}");
         assert_eq!(f[0].p999_us, r.p999_us, "latency from the reads");
@@ -181,7 +191,7 @@ mod tests {
             .contains("did no I/O"));
         assert!(parse(r#"{"nojobs":1}"#).is_err());
         assert!(parse(
-            r#"{"jobs":[{"jobname":"x","read":{"io_bytes":4096,
+            r#"{"jobs":[{"jobname":"x","read":{"io_bytes":4096,"total_ios":1,
             "clat_ns":{"percentile":{"50.000000":1,"99.000000":2,"99.900000":3}}}}]}"#
         )
         .expect_err("no iops")

@@ -9,10 +9,13 @@
 pub mod agent;
 pub mod bed;
 pub mod blkio_client;
+pub mod blkio_load;
 pub mod build;
 pub mod cmd;
+pub mod compare;
 pub mod error;
 pub mod fio;
+pub mod fio_profile;
 pub mod guest;
 pub mod host;
 pub mod initramfs;

@@ -292,3 +292,52 @@ fn nvmf_initiator_attaches_over_two_paths_through_virtio_vdpa_and_vhost_vdpa_sur
     assert_eq!(r.blkio["readback_matches"], true, "{r:?}");
     assert_eq!(r.teardown.len(), 4, "{r:?}");
 }
+
+#[test]
+fn the_comparison_smoke_runs_every_profile_on_vdpa_blk_through_virtio_vdpa_and_vhost_vdpa_with_every_figure(
+) {
+    use testbed::compare::StoragePath;
+    use testbed::scenarios::compare;
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bins = testbed::scenarios::nvmf_initiator::Binaries {
+        nvmf_target: workspace_binary("nvmf-target", "nvmf-target", "NVMF_TARGET_BIN"),
+        nvmf_initiator: workspace_binary("nvmf-initiator", "nvmf-initiator", "NVMF_INITIATOR_BIN"),
+        vdpa_blk: vdpa_blk_binary(),
+    };
+    // Smoke mode on the product's two paths: the virtio disk (fio) and the vhost-vdpa device
+    // (the blkio load generator, as a VMM drives it).
+    let paths = vec![StoragePath::VdpaBlkVirtio, StoragePath::VdpaBlkVhost];
+    let mut cp = compare::CompareParams::smoke(&compare::profile_dir(), paths.clone())
+        .expect("the repository's profiles");
+    cp.command = "cargo test -p testbed --test scenarios the_comparison_smoke".into();
+    let prepared = prepared();
+    let r = compare::run(&prepared, &params(Topology::Pair), &bins, &cp, "test")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    // run() refuses a report with a number missing; check the shape and a few numbers anyway.
+    assert!(r.missing().is_empty(), "{:?}", r.missing());
+    assert_eq!(r.paths, paths);
+    assert_eq!(r.profiles.len(), 9, "{:?}", r.profiles);
+    assert_eq!(r.cells.len(), 2 * 9);
+    for c in &r.cells {
+        let s = &c.rounds[0];
+        assert!(s.figures.ios > 0 && s.figures.iops > 0.0, "{c:?}");
+        assert!(s.figures.p50_us <= s.figures.p999_us, "{c:?}");
+        assert!(s.daemon_cpu_s.is_some(), "{c:?}");
+        let mixed = c.profile.starts_with("randrw");
+        assert_eq!(
+            c.median.read_iops.is_some() && c.median.write_iops.is_some(),
+            mixed || c.profile == "verify",
+            "{c:?}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let written = r.write(dir.path()).expect("the report's files");
+    for name in ["report.json", "report.md", "iops.svg", "latency-p99.svg"] {
+        assert!(
+            written.iter().any(|w| w.ends_with(name)),
+            "{name} not in {written:?}"
+        );
+    }
+    eprintln!("{}", testbed::compare::markdown::summary_table(&r));
+}

@@ -44,6 +44,37 @@ struct BedArgs {
     namespaces: Vec<String>,
 }
 
+#[derive(clap::Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    bed: BedArgs,
+    /// Smoke mode: every profile for 2 s, one round (on vdpa-blk-virtio unless `--path`).
+    #[arg(long)]
+    smoke: bool,
+    /// The storage paths, comma separated: local, nvme-rdma, vdpa-blk-virtio, vdpa-blk-vhost,
+    /// qsd-vduse (default: all).
+    #[arg(long = "path", value_delimiter = ',')]
+    storage_paths: Option<Vec<String>>,
+    /// The directory of fio job files (default: the repository's fio-profiles/).
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// `RUNTIME` of the time-based profiles, seconds (default 5; smoke 2).
+    #[arg(long)]
+    runtime: Option<u32>,
+    /// Rounds; the report shows medians (default 3; smoke 1).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// `QUEUES`: the multiqueue profile's jobs and every VDUSE device's queues (default 2).
+    #[arg(long)]
+    queues: Option<u16>,
+    /// `SIZE` of the time-based profiles (default 128M; smoke 64M).
+    #[arg(long)]
+    size: Option<String>,
+    /// The results directory (default target/testbed/compare).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Install missing host tools, fetch the guest kernel, build the initramfs.
@@ -101,6 +132,10 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "0")]
         poll_us: Vec<u32>,
     },
+    /// Put every storage path of the stack side by side: the pair bed with the project's
+    /// daemons, each fio profile (`fio-profiles/`) on each path, medians over rounds, CPU per
+    /// I/O; a JSON report, a Markdown one and SVG charts in `--out`.
+    Compare(CompareArgs),
     /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
     /// `--compute`, on the compute guest), printing their output: for exploring the stack.
     Script {
@@ -148,6 +183,21 @@ enum Cmd {
         /// back and compared (a VMM's disk while its daemon is killed or upgraded under it).
         #[arg(long)]
         soak_ms: Option<u64>,
+    },
+    /// Inside a guest: run one fio job file on a /dev/vhost-vdpa-N device through the blkio
+    /// crate, as a VMM's disk is driven, and write fio's JSON (see `blkio_load.rs`). The job
+    /// file's `${VAR}`s come from the environment, as fio's would; `TARGET` is not used.
+    #[command(hide = true)]
+    BlkioLoad {
+        /// The vhost-vdpa character device.
+        #[arg(long)]
+        path: String,
+        /// The fio job file.
+        #[arg(long)]
+        profile: PathBuf,
+        /// Where to write fio's JSON (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
     /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
@@ -291,20 +341,95 @@ fn bench(args: &BedArgs, vdpa_blk: Option<PathBuf>, bp: &bench::BenchParams) -> 
     Ok(())
 }
 
-/// The main job: the project's own stack end to end in the pair bed (the `nvmf-initiator`
-/// scenario), told layer by layer.
-fn demo(args: &BedArgs) -> anyhow::Result<()> {
-    use testbed::scenarios::nvmf_initiator as ni;
+/// The project's daemons, built with this binary's profile (or the `*_BIN` overrides).
+fn project_binaries() -> anyhow::Result<testbed::scenarios::nvmf_initiator::Binaries> {
     let me = std::env::current_exe().context("locating the testbed binary")?;
     println!("Building the project's binaries (vdpa-blk, nvmf-target, nvmf-initiator) with this binary's profile...");
     let build = |package: &str, var: &str| {
         testbed::build::workspace_binary(&me, package, package, var).map_err(anyhow::Error::msg)
     };
-    let bins = ni::Binaries {
+    Ok(testbed::scenarios::nvmf_initiator::Binaries {
         vdpa_blk: build("vdpa-blk", "VDPA_BLK_BIN")?,
         nvmf_target: build("nvmf-target", "NVMF_TARGET_BIN")?,
         nvmf_initiator: build("nvmf-initiator", "NVMF_INITIATOR_BIN")?,
+    })
+}
+
+/// The cargo profile this binary was built with (its directory under `target/`).
+fn build_profile() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .map_or_else(
+            || "unknown".into(),
+            |d| if d == "debug" { "dev".into() } else { d },
+        )
+}
+
+/// `testbed compare`: every storage path side by side; the report in `out`.
+fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    use testbed::compare::{markdown, StoragePath};
+    use testbed::scenarios::compare as cmp;
+    let dir = args.profiles.clone().unwrap_or_else(cmp::profile_dir);
+    let paths = match &args.storage_paths {
+        Some(list) => list
+            .iter()
+            .map(|p| StoragePath::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?,
+        None if args.smoke => vec![StoragePath::VdpaBlkVirtio],
+        None => StoragePath::ALL.to_vec(),
     };
+    let mut cp = if args.smoke {
+        cmp::CompareParams::smoke(&dir, paths)?
+    } else {
+        cmp::CompareParams {
+            paths,
+            ..cmp::CompareParams::full(&dir)?
+        }
+    };
+    if let Some(r) = args.runtime {
+        cp.runtime_s = r;
+    }
+    if let Some(r) = args.rounds {
+        cp.rounds = r;
+    }
+    if let Some(q) = args.queues {
+        cp.queues = q;
+    }
+    if let Some(s) = &args.size {
+        cp.size = s.clone();
+    }
+    cp.command = std::iter::once("testbed".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    cp.validate()?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => setup::cache_dir().join("compare"),
+    };
+    let bins = project_binaries()?;
+    let mut p = params(&args.bed)?;
+    p.topology = Topology::Pair;
+    let progress = Progress::new("testbed");
+    let prepared = setup::prepare(&setup::cache_dir(), &progress)?;
+    let report = cmp::run(&prepared, &p, &bins, &cp, &build_profile())?;
+    let written = report.write(&out).map_err(anyhow::Error::msg)?;
+    println!();
+    print!("{}", markdown::summary_table(&report));
+    println!();
+    for w in written {
+        println!("wrote {}", w.display());
+    }
+    Ok(())
+}
+
+/// The main job: the project's own stack end to end in the pair bed (the `nvmf-initiator`
+/// scenario), told layer by layer.
+fn demo(args: &BedArgs) -> anyhow::Result<()> {
+    use testbed::scenarios::nvmf_initiator as ni;
+    let bins = project_binaries()?;
     println!(
         "\nThe demo boots two QEMU guests joined by two soft-RoCE links, two paths (rdma_rxe over \
          socket netdevs on 127.0.0.1):\n  storage: an emulated NVMe drive with SR-IOV; nvmf-target \
@@ -590,6 +715,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Cmd::BlkioLoad {
+        path,
+        profile,
+        output,
+    } = &cli.command
+    {
+        return match testbed::blkio_load::run(path, profile, output.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("testbed blkio-load: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Cmd::VhostDriver {
         path,
         memory,
@@ -637,6 +776,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Cmd::Demo { bed } => demo(&bed),
+        Cmd::Compare(args) => compare(&args),
         Cmd::Run {
             scenario,
             bed,
@@ -681,6 +821,7 @@ fn main() -> ExitCode {
         Cmd::GuestAgent
         | Cmd::ProbeFabric { .. }
         | Cmd::BlkioClient { .. }
+        | Cmd::BlkioLoad { .. }
         | Cmd::VhostDriver { .. } => Ok(()),
     };
     match result {
@@ -689,5 +830,18 @@ fn main() -> ExitCode {
             eprintln!("testbed: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// clap's own checks of the command line (unique names, valid defaults), which a build
+    /// does not run: a clash only shows when the command is used.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -306,6 +306,7 @@ fn median_figures<'a>(figs: impl Iterator<Item = &'a FioFigures>) -> FioFigures 
     let med = |get: fn(&FioFigures) -> f64| median(figs.iter().map(|f| get(f)).collect());
     FioFigures {
         job: figs.first().map(|f| f.job.clone()).unwrap_or_default(),
+        ios: med(|f| f.ios as f64) as u64,
         iops: med(|f| f.iops),
         bw_mib_s: med(|f| f.bw_mib_s),
         p50_us: med(|f| f.p50_us),
@@ -417,6 +418,7 @@ mod tests {
     fn fig(iops: f64) -> FioFigures {
         FioFigures {
             job: "j".into(),
+            ios: 1,
             iops,
             bw_mib_s: 0.0,
             p50_us: 10.0,

@@ -2,6 +2,7 @@
 //! [`crate::bed::GUEST_SHELL_LIB`]).
 
 pub mod bench;
+pub mod compare;
 pub mod fabric_probe;
 pub mod lifecycle;
 pub mod nvmf_initiator;

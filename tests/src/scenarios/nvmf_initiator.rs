@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::setup::Prepared;
 
 /// The agent's API socket (on tmpfs).
-const SOCKET: &str = "/run/nvmf-initiator/api.sock";
+pub(super) const SOCKET: &str = "/run/nvmf-initiator/api.sock";
 /// The volume attached, and its size (a pool namespace of the bed fits it).
 const VOLUME: (&str, &str) = ("vol1", "100M");
 /// A volume for another host: its subsystem does not allow the compute node.
@@ -232,13 +232,34 @@ pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<R
 }
 
 /// The compute node's side: the agent's binary and its CLI.
-struct Initiator {
+pub(super) struct Initiator {
     bin: String,
 }
 
 impl Initiator {
+    /// Writes the agent's configuration on the compute node (its records on the state disk,
+    /// vdpa-blk from `vdpa_blk`, the API on [`SOCKET`], the default connect options).
+    pub(super) fn configure(bed: &mut Bed, bin: &str, vdpa_blk: &str) -> Result<Initiator> {
+        bed.step_env(
+            Role::Compute,
+            "daemon",
+            "write nvmf-initiator's configuration",
+            include_str!("sh/nvmf_initiator_config.sh"),
+            &[
+                ("CONFIG", config_path()),
+                ("STATE_DIR", state_dir()),
+                ("SOCKET", SOCKET.to_string()),
+                ("VDPA_BLK", vdpa_blk.to_string()),
+            ],
+            secs(60),
+        )?;
+        Ok(Initiator {
+            bin: bin.to_string(),
+        })
+    }
+
     /// One CLI command (`--json`); its answer.
-    fn cli(&self, bed: &mut Bed, what: &str, args: &[&str]) -> Result<Value> {
+    pub(super) fn cli(&self, bed: &mut Bed, what: &str, args: &[&str]) -> Result<Value> {
         steps::cli_json(bed, Role::Compute, &self.bin, SOCKET, what, args, false)?.map_err(|e| {
             Error::Check {
                 check: what.to_string(),
@@ -259,7 +280,7 @@ impl Initiator {
 
     /// Starts the agent and waits for its ready line; gives the daemon and its start
     /// reconcile's line (printed before the ready line).
-    fn start(&self, bed: &mut Bed) -> Result<(Daemon, Value)> {
+    pub(super) fn start(&self, bed: &mut Bed) -> Result<(Daemon, Value)> {
         let mut d = bed.start_daemon(
             Role::Compute,
             "nvmf-initiator",
@@ -428,7 +449,7 @@ fn refused_attach(
 
 /// The two modes of an attachment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     /// `/dev/vdX` on the node, through the kernel's VDUSE bounce buffer.
     VirtioVdpa,
     /// `/dev/vhost-vdpa-N` for a VMM, zero copy.
@@ -437,7 +458,7 @@ enum Mode {
 
 impl Mode {
     /// The API's name, the copy mode it answers, the device name's prefix, the vdpa bus driver.
-    fn words(self) -> (&'static str, &'static str, &'static str, &'static str) {
+    pub(super) fn words(self) -> (&'static str, &'static str, &'static str, &'static str) {
         match self {
             Mode::VirtioVdpa => ("virtio-vdpa", "bounce", "vd", "virtio_vdpa"),
             Mode::VhostVdpa => ("vhost-vdpa", "zero-copy", "vhost-vdpa-", "vhost_vdpa"),
@@ -447,7 +468,7 @@ impl Mode {
 
 /// What an attach answered, checked against what a ready attachment of `nqn` in `mode` over
 /// `paths` (`rdma://ADDR:PORT`) must say.
-fn ready_view(
+pub(super) fn ready_view(
     v: &Value,
     nqn: &str,
     nguid: &str,
@@ -526,15 +547,17 @@ fn ready_view(
 
 /// A ready attachment as the agent and the kernel show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Attached {
-    mode: Mode,
-    id: String,
+pub(super) struct Attached {
+    pub(super) mode: Mode,
+    pub(super) id: String,
     /// Each path's controller and address (`rdma://ADDR:PORT`), in the attachment's order.
-    ctrls: Vec<(String, String)>,
-    backing: String,
-    name: String,
-    disk: String,
-    pid: u64,
+    pub(super) ctrls: Vec<(String, String)>,
+    /// The namespace's block device (`nvmeXnY`).
+    pub(super) backing: String,
+    pub(super) name: String,
+    /// `vdX` or `vhost-vdpa-N`.
+    pub(super) disk: String,
+    pub(super) pid: u64,
 }
 
 /// vdpa-blk killed with -9 during a verifying fio: the agent's supervisor notices and starts
@@ -879,16 +902,7 @@ fn all_paths_cut(
 
 fn steps_of(bed: &mut Bed, bins: &Binaries, agent_bin: &str) -> Result<Report> {
     let mut report = Report::default();
-    let topology = bed.topology();
-    let hostnqn = steps::prepare(
-        bed,
-        &steps::storage_modules(topology),
-        &format!(
-            "{} vdpa vduse virtio_vdpa vhost_vdpa virtio_blk",
-            steps::compute_modules(topology)
-        ),
-    )?;
-    steps::network(bed)?;
+    let hostnqn = steps::prepare_stack(bed)?;
     let nics = bed.nics(Role::Compute)?;
     check(nics.len() == 2, "the compute node has two links", || {
         format!("{nics:?}")
@@ -920,21 +934,10 @@ fn steps_of(bed: &mut Bed, bins: &Binaries, agent_bin: &str) -> Result<Report> {
     let other = target.create_for(bed, v2, s2, OTHER_NQN)?;
 
     // 2. The compute node's agent.
-    let init = Initiator {
-        bin: bins.nvmf_initiator.display().to_string(),
-    };
-    bed.step_env(
-        Role::Compute,
-        "daemon",
-        "write nvmf-initiator's configuration",
-        include_str!("sh/nvmf_initiator_config.sh"),
-        &[
-            ("CONFIG", config_path()),
-            ("STATE_DIR", state_dir()),
-            ("SOCKET", SOCKET.to_string()),
-            ("VDPA_BLK", bins.vdpa_blk.display().to_string()),
-        ],
-        secs(60),
+    let init = Initiator::configure(
+        bed,
+        &bins.nvmf_initiator.display().to_string(),
+        &bins.vdpa_blk.display().to_string(),
     )?;
     let (mut agent, first) = init.start(bed)?;
     let nothing = |v: &Value| {

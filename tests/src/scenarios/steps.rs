@@ -91,6 +91,23 @@ pub(crate) fn prepare(bed: &mut Bed, storage_mods: &str, compute_mods: &str) -> 
     required(&host, "hostnqn", "compute host NQN")
 }
 
+/// Prepares both nodes for the whole stack (the storage node's modules; the compute node's
+/// with vdpa, VDUSE, virtio_vdpa, vhost_vdpa and virtio_blk) and brings the links up; gives
+/// the compute node's host NQN.
+pub(crate) fn prepare_stack(bed: &mut Bed) -> Result<String> {
+    let topology = bed.topology();
+    let hostnqn = prepare(
+        bed,
+        &storage_modules(topology),
+        &format!(
+            "{} vdpa vduse virtio_vdpa vhost_vdpa virtio_blk",
+            compute_modules(topology)
+        ),
+    )?;
+    network(bed)?;
+    Ok(hostnqn)
+}
+
 /// Soft-RoCE: on each guest's NICs (one rxe device per link), or on a veth pair inside the one
 /// guest (single); then every compute node reaches the storage node on every link.
 pub(crate) fn network(bed: &mut Bed) -> Result<()> {
