@@ -8,9 +8,16 @@
 //! (`rxe_receiver` -> `prepare_ack_packet` and `rxe_requester` -> `neigh_probe` GPFs). A TCP
 //! stream loses nothing; when either QEMU goes away the relay drops both connections (the
 //! surviving QEMU goes back to accepting) and connects again once both listen.
+//!
+//! QEMU's socket netdev leaves Nagle's algorithm on, so a small frame it sends waits for the
+//! ACK of the one before; with the relay's ACKs delayed (40 ms and more), soft-RoCE's small
+//! packets crawled: 12 IOPS at queue depth 1 over the fabric, every completion 80 to 100 ms.
+//! The relay therefore asks for an immediate ACK after every read (`TCP_QUICKACK`, which the
+//! kernel does not keep, so it is set again each time), and sends without delay itself.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -139,13 +146,31 @@ fn read_full(
         match from.read(&mut buf[got..]) {
             Ok(0) if got == 0 && at_boundary => return Ok(false),
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                quickack(from);
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(true)
+}
+
+/// Asks the kernel to ACK what `s` received at once (see the module's doc); best effort.
+fn quickack(s: &TcpStream) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor owned by `s`, and a pointer to a c_int with its size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]
