@@ -147,6 +147,10 @@ mod tests {
     const MIXED: &str = include_str!("../testdata/fio/mixed.json");
     /// Recorded with fio 3.33: a write job on /proc/version (fio reports error 1, EPERM).
     const FAILED: &str = include_str!("../testdata/fio/failed.json");
+    /// Recorded with fio 3.33: a read job whose file could not be set up
+    /// (`--offset=2M --allow_file_create=0` on a 1 MiB file): fio exits 1 but reports the job
+    /// with error 0 and no I/O, which must not pass as a row of zeros.
+    const ZERO_IO: &str = include_str!("../testdata/fio/zero-io.json");
 
     #[test]
     fn a_recorded_mixed_job_has_both_directions_and_their_sum() {
@@ -163,6 +167,12 @@ mod tests {
         assert!(r.iops > w.iops, "70 % reads: {r:?} {w:?}");
         assert!(r.p50_us <= r.p99_us && r.p99_us <= r.p999_us, "{r:?}");
         assert_eq!(f[0].p999_us, r.p999_us, "latency from the reads");
+    }
+
+    #[test]
+    fn a_recorded_job_with_zero_io_and_no_error_is_an_error_naming_it() {
+        let e = parse(ZERO_IO).expect_err("zero I/O");
+        assert!(e.contains("`zero-io` did no I/O"), "{e}");
     }
 
     #[test]

@@ -185,7 +185,7 @@ enum Cmd {
         soak_ms: Option<u64>,
     },
     /// Inside a guest: run one fio job file on a /dev/vhost-vdpa-N device through the blkio
-    /// crate, as a VMM's disk is driven, and write fio's JSON (see `blkio_load.rs`). The job
+    /// crate, as a VMM's disk is driven, and write fio's JSON (see `blkio_load/mod.rs`). The job
     /// file's `${VAR}`s come from the environment, as fio's would; `TARGET` is not used.
     #[command(hide = true)]
     BlkioLoad {
