@@ -592,6 +592,45 @@ pub(crate) fn fio_verify_while<T>(
     runtime: u64,
     during: impl FnOnce(&mut Bed) -> Result<T>,
 ) -> Result<(Value, T)> {
+    fio_verify_load_while(bed, job, what, dev, VerifyLoad::new(size, runtime), during)
+}
+
+/// The load of a verifying fio run (`sh/fio_verify.sh`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VerifyLoad<'a> {
+    /// Each job's region.
+    pub(crate) size: &'a str,
+    /// Seconds.
+    pub(crate) runtime: u64,
+    pub(crate) iodepth: u32,
+    /// fio jobs, each on its own region and CPU (so that every queue carries I/O).
+    pub(crate) jobs: u32,
+    /// How long fio runs before the fault starts.
+    pub(crate) head_start: Duration,
+}
+
+impl<'a> VerifyLoad<'a> {
+    /// One job of depth 8 over `size` for `runtime` seconds, the fault 5 s in.
+    pub(crate) fn new(size: &'a str, runtime: u64) -> VerifyLoad<'a> {
+        VerifyLoad {
+            size,
+            runtime,
+            iodepth: 8,
+            jobs: 1,
+            head_start: secs(5),
+        }
+    }
+}
+
+/// [`fio_verify_while`] with the whole load given.
+pub(crate) fn fio_verify_load_while<T>(
+    bed: &mut Bed,
+    job: &str,
+    what: &str,
+    dev: &str,
+    load: VerifyLoad,
+    during: impl FnOnce(&mut Bed) -> Result<T>,
+) -> Result<(Value, T)> {
     let fio = bed.spawn_step(
         Role::Compute,
         job,
@@ -600,12 +639,14 @@ pub(crate) fn fio_verify_while<T>(
         &[
             ("DEV", dev.to_string()),
             ("NAME", job.to_string()),
-            ("SIZE", size.to_string()),
-            ("RUNTIME", runtime.to_string()),
+            ("SIZE", load.size.to_string()),
+            ("RUNTIME", load.runtime.to_string()),
+            ("IODEPTH", load.iodepth.to_string()),
+            ("JOBS", load.jobs.to_string()),
         ],
-        secs(runtime + 240),
+        secs(load.runtime + 240),
     )?;
-    std::thread::sleep(secs(5));
+    std::thread::sleep(load.head_start);
     let fault = during(bed);
     let fio = fio.finish()?;
     let fault = fault?;

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::steps::{
-    check, disk_of, fio_verified, longest_completion_ms, secs, vdpa_blk_start, vdpa_blk_stats,
-    vdpa_blk_stop,
+    check, disk_of, fio_verify_load_while, longest_completion_ms, secs, vdpa_blk_start,
+    vdpa_blk_stats, vdpa_blk_stop, VerifyLoad,
 };
 use super::vdpa_blk::check_clean;
 use crate::bed::{Bed, Role};
@@ -46,38 +46,17 @@ pub struct Report {
     pub vhost_soak: Value,
 }
 
-/// fio with crc32c verify, two jobs of depth 16 (32 requests in flight over the two queues), on
-/// `/dev/{dev}` while `during` runs. (Two jobs of depth 32 once crashed the storage guest's
-/// kernel in rdma_rxe, a double fault under emulation: the bed's soft-RoCE is not what is
-/// tested here.)
-fn fio_depth32_while<T>(
-    bed: &mut Bed,
-    job: &str,
-    what: &str,
-    dev: &str,
-    runtime: u64,
-    during: impl FnOnce(&mut Bed) -> Result<T>,
-) -> Result<(Value, T)> {
-    let fio = bed.spawn_step(
-        Role::Compute,
-        job,
-        what,
-        include_str!("sh/fio_verify.sh"),
-        &[
-            ("DEV", dev.to_string()),
-            ("NAME", job.to_string()),
-            ("SIZE", "32M".to_string()),
-            ("RUNTIME", runtime.to_string()),
-            ("IODEPTH", "16".to_string()),
-            ("JOBS", "2".to_string()),
-        ],
-        secs(runtime + 240),
-    )?;
-    std::thread::sleep(secs(3));
-    let r = during(bed);
-    let fio = fio.finish()?;
-    let r = r?;
-    Ok((fio_verified(&fio, what)?, r))
+/// The load during the kills and the upgrade: fio crc32c verify, two jobs of depth 16 (32
+/// requests in flight over the two queues) over 32M each, the fault 3 s in. (Two jobs of
+/// depth 32 once crashed the storage guest's kernel in rdma_rxe, a double fault under
+/// emulation: the bed's soft-RoCE is not what is tested here.)
+fn two_jobs(runtime: u64) -> VerifyLoad<'static> {
+    VerifyLoad {
+        iodepth: 16,
+        jobs: 2,
+        head_start: secs(3),
+        ..VerifyLoad::new("32M", runtime)
+    }
 }
 
 /// The `pgrep -f` patterns of the I/O loads a kill must hit.
@@ -221,12 +200,12 @@ pub(super) fn fabric(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -
         secs(30),
     )?;
 
-    let (kill_job, resubmitted) = fio_depth32_while(
+    let (kill_job, resubmitted) = fio_verify_load_while(
         bed,
         "kill-cycles",
         &format!("fio crc32c verify through {vd} while vdpa-blk is killed {KILL_CYCLES} times"),
         &vd,
-        120,
+        two_jobs(120),
         |bed| kill_cycles(bed, bin, (name, &reconnect_args), FIO, KILL_CYCLES),
     )?;
     check(
@@ -244,12 +223,12 @@ pub(super) fn fabric(bed: &mut Bed, bin: &str, agent: &str, backing_dev: &str) -
     )?;
 
     // Live upgrade.
-    let (up_job, (left, gap_ms, ready)) = fio_depth32_while(
+    let (up_job, (left, gap_ms, ready)) = fio_verify_load_while(
         bed,
         "upgrade",
         &format!("fio crc32c verify through {vd} across a live upgrade"),
         &vd,
-        25,
+        two_jobs(25),
         |bed| {
             std::thread::sleep(secs(4));
             let t0 = Instant::now();
