@@ -133,7 +133,13 @@ pub fn serve() -> Result<std::convert::Infallible, String> {
         .to_string();
     send(&out, &Event::Ready { kernel });
     for line in reader.lines() {
-        let Ok(line) = line else { break };
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                console(&format!("reading {}: {e}; powering off", port.display()));
+                poweroff()
+            }
+        };
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Run { id, script, env }) => {
                 let (out, running) = (Arc::clone(&out), Arc::clone(&running));
@@ -141,7 +147,10 @@ pub fn serve() -> Result<std::convert::Infallible, String> {
             }
             Ok(Request::Signal { id, signal, group }) => signal_script(&running, id, signal, group),
             Ok(Request::Reboot) => reboot(),
-            Ok(Request::Poweroff) => poweroff(),
+            Ok(Request::Poweroff) => {
+                console("the host asked for power-off");
+                poweroff()
+            }
             Err(e) => send(
                 &out,
                 &Event::Error {
@@ -151,7 +160,20 @@ pub fn serve() -> Result<std::convert::Infallible, String> {
             ),
         }
     }
+    console(&format!(
+        "{} ended (the host closed it); powering off",
+        port.display()
+    ));
     poweroff()
+}
+
+/// A line on the guest's console (through the kernel log at KERN_ERR, which the bed's
+/// `loglevel=4` shows), so that a guest that powers itself off says why in the console log a
+/// failure quotes; best effort.
+fn console(what: &str) {
+    if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = k.write_all(format!("<3>testbed-agent: {what}\n").as_bytes());
+    }
 }
 
 /// As PID 1, daemons that scripts leave behind are re-parented to us when their shell exits:
@@ -173,9 +195,17 @@ fn become_reaper() {
         let mut status = 0;
         // SAFETY: waitpid writes the status into a valid local.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == agent
-            || (pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD))
-        {
+        if pid == agent {
+            let how = if libc::WIFSIGNALED(status) {
+                format!("was killed by signal {}", libc::WTERMSIG(status))
+            } else {
+                format!("exited with status {}", libc::WEXITSTATUS(status))
+            };
+            console(&format!("the agent (pid {agent}) {how}; powering off"));
+            poweroff();
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            console("no child left to reap; powering off");
             poweroff();
         }
     }
