@@ -125,7 +125,7 @@ impl CompareParams {
         // boots), and names one job.
         let mut names = Vec::new();
         for p in &self.profiles {
-            let prof = self.profile(p, "/dev/null")?;
+            let (prof, _) = self.profile(p, "/dev/null")?;
             if names.contains(&prof.name) {
                 return bad(format!("two profiles name job {}", prof.name));
             }
@@ -134,31 +134,27 @@ impl CompareParams {
         Ok(())
     }
 
-    /// The profile at `path` parsed with the environment the run gives it.
-    fn profile(&self, path: &Path, target: &str) -> Result<fio_profile::Profile> {
+    /// The profile at `path` parsed with the environment the run gives it, and the `SIZE` it
+    /// got: [`Self::size`], or [`Self::once_size`] for a profile that is not time based (the
+    /// parser says which; it writes its whole region once).
+    fn profile(&self, path: &Path, target: &str) -> Result<(fio_profile::Profile, String)> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Invalid(format!("reading {}: {e}", path.display())))?;
-        let size = self.size_of(&text);
-        let env = |v: &str| match v {
-            "TARGET" => Some(target.to_string()),
-            "RUNTIME" => Some(self.runtime_s.to_string()),
-            "SIZE" => Some(size.clone()),
-            "QUEUES" => Some(self.queues.to_string()),
-            _ => None,
+        let parse = |size: &str| {
+            let env = |v: &str| match v {
+                "TARGET" => Some(target.to_string()),
+                "RUNTIME" => Some(self.runtime_s.to_string()),
+                "SIZE" => Some(size.to_string()),
+                "QUEUES" => Some(self.queues.to_string()),
+                _ => None,
+            };
+            fio_profile::parse(&text, &path.display().to_string(), &env).map_err(Error::Invalid)
         };
-        fio_profile::parse(&text, &path.display().to_string(), &env).map_err(Error::Invalid)
-    }
-
-    /// `SIZE` for a profile: [`Self::once_size`] for one that is not time based.
-    fn size_of(&self, text: &str) -> String {
-        let time_based = text
-            .lines()
-            .any(|l| l.trim().replace(' ', "") == "time_based=1");
-        if time_based {
-            self.size.clone()
-        } else {
-            self.once_size.clone()
+        let prof = parse(&self.size)?;
+        if prof.runtime_s.is_some() {
+            return Ok((prof, self.size.clone()));
         }
+        Ok((parse(&self.once_size)?, self.once_size.clone()))
     }
 }
 
@@ -362,11 +358,13 @@ fn steps_of(
             .join(", ")
     ));
 
-    let profiles: Vec<fio_profile::Profile> = cp
+    let (profiles, sizes): (Vec<fio_profile::Profile>, Vec<String>) = cp
         .profiles
         .iter()
         .map(|p| cp.profile(p, "/dev/null"))
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let names: Vec<String> = profiles.iter().map(|p| p.name.clone()).collect();
     let mut clock = Clock::new(cp, &profiles);
     let mut samples: Samples = Vec::new();
@@ -390,7 +388,14 @@ fn steps_of(
                     clock.left()
                 ));
                 let started = Instant::now();
-                let s = measure(bed, cp, agent, file, &names[j], path, &endpoints[pi])?;
+                let s = measure(
+                    bed,
+                    cp,
+                    agent,
+                    (file, &names[j], &sizes[j]),
+                    path,
+                    &endpoints[pi],
+                )?;
                 clock.done(j, started.elapsed());
                 per_path[pi][j] = Some(s);
             }
@@ -405,18 +410,16 @@ fn steps_of(
     Ok((names, samples))
 }
 
-/// Runs profile `file` (job `name`) on `path` once (`sh/compare_measure.sh`).
+/// Runs profile `file` (job `name`, with `SIZE` `size`) on `path` once
+/// (`sh/compare_measure.sh`).
 fn measure(
     bed: &mut Bed,
     cp: &CompareParams,
     agent: &str,
-    file: &Path,
-    name: &str,
+    (file, name, size): (&Path, &str, &str),
     path: StoragePath,
     e: &Endpoint,
 ) -> Result<Sample> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|err| Error::Invalid(format!("reading {}: {err}", file.display())))?;
     let what = format!("{name} on {} ({})", path.id(), e.target);
     let pids: Vec<String> = e.pids.iter().map(u64::to_string).collect();
     let step = bed.step_env(
@@ -429,7 +432,7 @@ fn measure(
             ("PROFILE", file.display().to_string()),
             ("TARGET", e.target.clone()),
             ("RUNTIME", cp.runtime_s.to_string()),
-            ("SIZE", cp.size_of(&text)),
+            ("SIZE", size.to_string()),
             ("QUEUES", cp.queues.to_string()),
             ("OUT", format!("/tmp/compare-{}-{name}.json", path.id())),
             ("PIDS", pids.join(" ")),
@@ -659,16 +662,24 @@ mod tests {
     #[test]
     fn the_profiles_that_write_their_region_once_get_the_smaller_size() {
         let cp = CompareParams::full(&profile_dir()).expect("profiles");
+        let mut once = Vec::new();
         for p in &cp.profiles {
-            let text = std::fs::read_to_string(p).expect("profile");
-            let prof = cp.profile(p, "/dev/x").expect("parses");
+            let (prof, size) = cp.profile(p, "/dev/x").expect("parses");
             let want = if prof.runtime_s.is_some() {
                 "128M"
             } else {
+                once.push(prof.name.clone());
                 "16M"
             };
-            assert_eq!(cp.size_of(&text), want, "{}", p.display());
+            assert_eq!(size, want, "{}", p.display());
+            assert_eq!(
+                prof.size,
+                crate::bed::parse_size(want).expect("size"),
+                "{}",
+                p.display()
+            );
         }
+        assert_eq!(once, ["verify"]);
     }
 
     #[test]
