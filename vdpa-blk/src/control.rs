@@ -5,6 +5,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+
+use crate::unix_socket::{bind_listener, SocketError};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,18 +19,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Errors setting up the control socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// A live process already listens there.
-    #[error("control socket {path}: another process is listening on it")]
-    InUse {
-        /// The socket path.
-        path: PathBuf,
-    },
-    /// Something other than a socket is at the path.
-    #[error("control socket {path}: the path exists and is not a socket")]
-    NotASocket {
-        /// The socket path.
-        path: PathBuf,
-    },
+    /// The path could not be bound.
+    #[error(transparent)]
+    Bind(#[from] SocketError),
     /// A system call failed.
     #[error("control socket {path}: {op}: {source}")]
     Io {
@@ -50,37 +43,9 @@ pub struct ControlSocket {
 }
 
 impl ControlSocket {
-    /// Binds `path`. A stale socket left by a daemon that died is replaced; a socket someone
-    /// listens on, or any other file, is refused and left alone.
+    /// Binds `path` (see [`bind_listener`]).
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        let io_err = |op| {
-            let path = path.to_path_buf();
-            move |source| ControlError::Io { path, op, source }
-        };
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => {
-                use std::os::unix::fs::FileTypeExt;
-                if !m.file_type().is_socket() {
-                    return Err(ControlError::NotASocket {
-                        path: path.to_path_buf(),
-                    });
-                }
-                match UnixStream::connect(path) {
-                    Ok(_) => {
-                        return Err(ControlError::InUse {
-                            path: path.to_path_buf(),
-                        })
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        std::fs::remove_file(path).map_err(io_err("remove stale socket"))?;
-                    }
-                    Err(e) => return Err(io_err("connect to the existing socket")(e)),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("stat")(e)),
-        }
-        let listener = UnixListener::bind(path).map_err(io_err("bind"))?;
+        let listener = bind_listener(path, "control socket")?;
         Ok(ControlSocket {
             path: path.to_path_buf(),
             listener,
@@ -185,7 +150,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let path = d.path().join("ctl.sock");
         let first = ControlSocket::bind(&path).expect("bind");
-        let Err(ControlError::InUse { .. }) = ControlSocket::bind(&path) else {
+        let Err(ControlError::Bind(SocketError::InUse { .. })) = ControlSocket::bind(&path) else {
             panic!("a second daemon bound a live socket");
         };
         drop(first);
@@ -201,7 +166,8 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let path = d.path().join("important");
         std::fs::write(&path, "keep me").expect("write");
-        let Err(ControlError::NotASocket { .. }) = ControlSocket::bind(&path) else {
+        let Err(ControlError::Bind(SocketError::NotASocket { .. })) = ControlSocket::bind(&path)
+        else {
             panic!("bound over a regular file");
         };
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "keep me");

@@ -942,30 +942,62 @@ pub fn validate_name(name: &str) -> Result<(), DeviceError> {
     Ok(())
 }
 
+/// What the device model is derived from (any transport).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions<'a> {
+    /// Device name (checked like a VDUSE name, whatever the transport).
+    pub name: &'a str,
+    /// Root for /sys.
+    pub root: &'a SysRoot,
+    /// Backing block device or file.
+    pub backing: &'a std::path::Path,
+    /// Request queues.
+    pub queues: u16,
+    /// Queue size offered.
+    pub queue_size: u16,
+    /// Read-only export.
+    pub read_only: bool,
+    /// Open the backing with O_DIRECT.
+    pub direct: bool,
+}
+
+/// Checks the options and derives the device model from the backing device, opened.
+pub fn model_for(o: &ModelOptions<'_>) -> Result<(DeviceModel, Arc<Backing>), DeviceError> {
+    validate_name(o.name)?;
+    if o.queues == 0 {
+        return Err(DeviceError::Option("--queues must be at least 1".into()));
+    }
+    if !o.queue_size.is_power_of_two() || o.queue_size < 2 {
+        return Err(DeviceError::Option(format!(
+            "--queue-size {} must be a power of two >= 2",
+            o.queue_size
+        )));
+    }
+    let limits = QueueLimits::for_backing(o.root.path(), o.backing)?;
+    let model = DeviceModel::new(
+        &limits,
+        &DeviceOptions {
+            num_queues: o.queues,
+            queue_size: o.queue_size,
+            read_only: o.read_only,
+        },
+    );
+    let backing = Arc::new(Backing::open(o.backing, model.read_only, o.direct)?);
+    Ok((model, backing))
+}
+
 impl Device {
     /// Checks the options and derives the device model from the backing device, opened.
     fn model(cfg: &DeviceConfig) -> Result<(DeviceModel, Arc<Backing>), DeviceError> {
-        validate_name(&cfg.name)?;
-        if cfg.queues == 0 {
-            return Err(DeviceError::Option("--queues must be at least 1".into()));
-        }
-        if !cfg.queue_size.is_power_of_two() || cfg.queue_size < 2 {
-            return Err(DeviceError::Option(format!(
-                "--queue-size {} must be a power of two >= 2",
-                cfg.queue_size
-            )));
-        }
-        let limits = QueueLimits::for_backing(cfg.root.path(), &cfg.backing)?;
-        let model = DeviceModel::new(
-            &limits,
-            &DeviceOptions {
-                num_queues: cfg.queues,
-                queue_size: cfg.queue_size,
-                read_only: cfg.read_only,
-            },
-        );
-        let backing = Arc::new(Backing::open(&cfg.backing, model.read_only, cfg.direct)?);
-        Ok((model, backing))
+        model_for(&ModelOptions {
+            name: &cfg.name,
+            root: &cfg.root,
+            backing: &cfg.backing,
+            queues: cfg.queues,
+            queue_size: cfg.queue_size,
+            read_only: cfg.read_only,
+            direct: cfg.direct,
+        })
     }
 
     fn identity(cfg: &DeviceConfig, model: &DeviceModel) -> LogIdentity {

@@ -65,6 +65,17 @@ pub enum IotlbError {
     /// Asking the kernel for the mapping failed.
     #[error(transparent)]
     Vduse(#[from] VduseError),
+    /// A second handle on a memory region's file could not be made (vhost-user regions).
+    #[error("duplicating the fd of memory region [{start:#x}, {last:#x}]: {source}")]
+    Dup {
+        /// First guest address.
+        start: u64,
+        /// Last guest address.
+        last: u64,
+        /// errno.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One mapped IOVA range.

@@ -7,8 +7,10 @@
 //! - [`backing`]: the backing block device or file;
 //! - [`iotlb`]: guest memory over the VDUSE IOTLB mappings ([`sigbus`]: when a VMM truncates it);
 //! - [`worker`]: one thread and one io_uring per virtqueue;
-//! - [`device`]: the VDUSE control loop tying them together;
-//! - [`control`]: the daemon's control socket (stats on request).
+//! - [`device`]: the VDUSE control loop tying them together; [`vhost_user`]: the same device
+//!   served over vhost-user instead (its memory table, queue setup and notifications);
+//! - [`control`]: the daemon's control socket (stats on request); [`unix_socket`]: binding
+//!   socket paths.
 
 pub mod backing;
 pub mod blk;
@@ -20,4 +22,6 @@ pub mod iotlb;
 pub mod netlink;
 pub mod sigbus;
 pub mod uapi;
+pub mod unix_socket;
+pub mod vhost_user;
 pub mod worker;

@@ -1,4 +1,5 @@
-//! The `vdpa-blk` binary: serve one backing block device as a VDUSE virtio-blk device.
+//! The `vdpa-blk` binary: serve one backing block device as a VDUSE virtio-blk device, or
+//! (`--transport vhost-user`) as a vhost-user-blk device on a Unix socket.
 //!
 //! stdout carries JSON lines only: one `{"event":"ready",...}` line once the device is bound
 //! (or taken over, with `--reconnect`), one `{"event":"stats",...}` line per SIGUSR1, and one
@@ -13,6 +14,7 @@ use clap::Parser;
 use vdpa_blk::control::ControlSocket;
 use vdpa_blk::device::{Device, DeviceConfig};
 use vdpa_blk::driver::{SysRoot, VdpaDriver};
+use vdpa_blk::vhost_user::{VhostUserConfig, VhostUserServer};
 use vdpa_blk::worker::{snapshot_all, QueueStatsSnapshot};
 
 /// Serve a block device to a VM (vhost-vdpa) or to the host (virtio-vdpa) through VDUSE.
@@ -31,9 +33,17 @@ struct Args {
     /// Queue size offered to the driver (power of two).
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
-    /// vdpa bus driver: vhost-vdpa (a /dev/vhost-vdpa-N for a VMM) or virtio-vdpa (a /dev/vdX).
-    #[arg(long, default_value = "vhost-vdpa")]
-    driver: VdpaDriver,
+    /// How the device is offered: vduse (a vdpa device on the vdpa bus) or vhost-user (a
+    /// vhost-user-blk socket any vhost-user front end connects to, given by --socket).
+    #[arg(long, value_enum, default_value_t = Transport::Vduse)]
+    transport: Transport,
+    /// The vhost-user socket to listen on (--transport vhost-user).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// vdpa bus driver (--transport vduse): vhost-vdpa (a /dev/vhost-vdpa-N for a VMM) or
+    /// virtio-vdpa (a /dev/vdX). Default: vhost-vdpa.
+    #[arg(long)]
+    driver: Option<VdpaDriver>,
     /// Export the device read-only.
     #[arg(long)]
     read_only: bool,
@@ -65,6 +75,96 @@ struct Args {
     /// Root under which /sys and /dev are found.
     #[arg(long, default_value = "/", hide = true)]
     sys_root: PathBuf,
+}
+
+/// The transports a device can be offered through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// A VDUSE device on the vdpa bus, bound to vhost-vdpa or virtio-vdpa.
+    Vduse,
+    /// A vhost-user-blk device on a Unix socket.
+    VhostUser,
+}
+
+/// Refuses options that mean nothing for the transport chosen, naming them.
+fn check_transport_options(a: &Args) -> anyhow::Result<()> {
+    match a.transport {
+        Transport::Vduse => {
+            if a.socket.is_some() {
+                anyhow::bail!("--socket is for --transport vhost-user");
+            }
+        }
+        Transport::VhostUser => {
+            if a.socket.is_none() {
+                anyhow::bail!("--transport vhost-user needs --socket PATH");
+            }
+            for (given, name) in [
+                (a.driver.is_some(), "--driver"),
+                (a.bounce_size.is_some(), "--bounce-size"),
+                (
+                    a.reconnect,
+                    "--reconnect (a vhost-user front end reconnects to the socket)",
+                ),
+            ] {
+                if given {
+                    anyhow::bail!("{name} is for --transport vduse, not vhost-user");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device being served, through either transport (one per process: the size difference
+/// of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Served {
+    Vduse(Device),
+    VhostUser(VhostUserServer),
+}
+
+impl Served {
+    fn stats_source(&self) -> std::sync::Arc<Vec<std::sync::Arc<vdpa_blk::worker::QueueStats>>> {
+        match self {
+            Served::Vduse(d) => d.stats_source(),
+            Served::VhostUser(s) => s.stats_source(),
+        }
+    }
+
+    fn iotlb_source(&self) -> std::sync::Arc<vdpa_blk::iotlb::IotlbTable> {
+        match self {
+            Served::Vduse(d) => d.iotlb_source(),
+            Served::VhostUser(s) => s.iotlb_source(),
+        }
+    }
+
+    fn stats(&self) -> Vec<QueueStatsSnapshot> {
+        match self {
+            Served::Vduse(d) => d.stats(),
+            Served::VhostUser(s) => s.stats(),
+        }
+    }
+
+    fn reconnects(&self) -> u32 {
+        match self {
+            Served::Vduse(d) => d.ready().reconnects,
+            Served::VhostUser(_) => 0,
+        }
+    }
+
+    fn print_ready(&self) -> anyhow::Result<()> {
+        match self {
+            Served::Vduse(d) => print_line(d.ready()),
+            Served::VhostUser(s) => print_line(s.ready()),
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        match self {
+            Served::Vduse(d) => d.is_alive(),
+            Served::VhostUser(s) => s.is_alive(),
+        }
+    }
 }
 
 fn block_signals() -> anyhow::Result<libc::sigset_t> {
@@ -174,6 +274,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 }
 
 fn run(a: Args) -> anyhow::Result<()> {
+    check_transport_options(&a)?;
     // Block before any thread exists so every thread inherits the mask and only the main
     // thread sees these signals.
     let set = block_signals()?;
@@ -187,28 +288,49 @@ fn run(a: Args) -> anyhow::Result<()> {
         .map(ControlSocket::bind)
         .transpose()
         .context("control socket")?;
-    let cfg = DeviceConfig {
-        serial: a.serial.unwrap_or_else(|| a.name.clone()),
-        name: a.name,
-        backing: a.backing,
-        queues: a.queues,
-        queue_size: a.queue_size,
-        driver: a.driver,
-        read_only: a.read_only,
-        bounce_size: a.bounce_size,
-        direct: !a.no_direct,
-        poll: std::time::Duration::from_micros(u64::from(a.poll_us)),
-        state_dir: a.state_dir,
-        root: SysRoot::new(a.sys_root),
+    let poll = std::time::Duration::from_micros(u64::from(a.poll_us));
+    let serial = a.serial.unwrap_or_else(|| a.name.clone());
+    let served = match (a.transport, a.socket) {
+        (Transport::VhostUser, Some(socket)) => Served::VhostUser(
+            VhostUserServer::start(VhostUserConfig {
+                name: a.name,
+                backing: a.backing,
+                queues: a.queues,
+                queue_size: a.queue_size,
+                read_only: a.read_only,
+                serial,
+                direct: !a.no_direct,
+                poll,
+                socket,
+                root: SysRoot::new(a.sys_root),
+            })
+            .with_context(|| format!("starting vhost-user device {name}"))?,
+        ),
+        _ => {
+            let cfg = DeviceConfig {
+                serial,
+                name: a.name,
+                backing: a.backing,
+                queues: a.queues,
+                queue_size: a.queue_size,
+                driver: a.driver.unwrap_or(VdpaDriver::VhostVdpa),
+                read_only: a.read_only,
+                bounce_size: a.bounce_size,
+                direct: !a.no_direct,
+                poll,
+                state_dir: a.state_dir,
+                root: SysRoot::new(a.sys_root),
+            };
+            Served::Vduse(if a.reconnect {
+                Device::reconnect(cfg).with_context(|| format!("reconnecting to device {name}"))?
+            } else {
+                Device::start(cfg).with_context(|| format!("starting device {name}"))?
+            })
+        }
     };
-    let dev = if a.reconnect {
-        Device::reconnect(cfg).with_context(|| format!("reconnecting to device {name}"))?
-    } else {
-        Device::start(cfg).with_context(|| format!("starting device {name}"))?
-    };
-    let reconnects = dev.ready().reconnects;
+    let reconnects = served.reconnects();
     if let Some(c) = &control {
-        let (name, stats, iotlb) = (name.clone(), dev.stats_source(), dev.iotlb_source());
+        let (name, stats, iotlb) = (name.clone(), served.stats_source(), served.iotlb_source());
         c.serve(move |cmd| match cmd {
             "stats" => serde_json::to_string(&stats_line(&name, reconnects, snapshot_all(&stats)))
                 .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
@@ -224,12 +346,19 @@ fn run(a: Args) -> anyhow::Result<()> {
         })
         .context("control socket")?;
     }
-    print_line(dev.ready())?;
-    tracing::info!(path = %dev.ready().path.display(), "serving");
+    served.print_ready()?;
+    tracing::info!("serving");
     let failure = loop {
         match wait_signal(&set) {
-            Some(libc::SIGUSR1) => print_line(&stats_line(&name, reconnects, dev.stats()))?,
+            Some(libc::SIGUSR1) => print_line(&stats_line(&name, reconnects, served.stats()))?,
+            Some(libc::SIGUSR2) if matches!(served, Served::VhostUser(_)) => tracing::error!(
+                "SIGUSR2: a live upgrade hands over a VDUSE device; over vhost-user the \
+                 front end reconnects to the socket instead. Still serving"
+            ),
             Some(libc::SIGUSR2) => {
+                let Served::Vduse(dev) = served else {
+                    unreachable!("vhost-user is answered above")
+                };
                 tracing::info!("leaving the device to the next daemon (live upgrade)");
                 let drained = dev.leave();
                 return print_line(&LeftLine {
@@ -240,6 +369,9 @@ fn run(a: Args) -> anyhow::Result<()> {
             }
             Some(s) => {
                 tracing::info!(signal = s, "shutting down");
+                let Served::Vduse(dev) = &served else {
+                    break None;
+                };
                 // A VMM still holding /dev/vhost-vdpa-N would make the removal hang in the
                 // kernel: keep serving it, say who holds it, and wait for the next signal.
                 match dev.wait_removable(REMOVE_WAIT) {
@@ -250,7 +382,7 @@ fn run(a: Args) -> anyhow::Result<()> {
                     }
                 }
             }
-            None if !dev.is_alive() => {
+            None if !served.is_alive() => {
                 break Some(anyhow::anyhow!(
                     "the control loop of {name} stopped (device fd error)"
                 ))
@@ -258,9 +390,14 @@ fn run(a: Args) -> anyhow::Result<()> {
             None => {}
         }
     };
-    let shut = dev
-        .shutdown()
-        .with_context(|| format!("removing device {name}"));
+    let shut = match served {
+        Served::Vduse(dev) => dev
+            .shutdown()
+            .with_context(|| format!("removing device {name}")),
+        Served::VhostUser(s) => s
+            .shutdown()
+            .with_context(|| format!("stopping vhost-user device {name}")),
+    };
     match (failure, shut) {
         (Some(e), _) => Err(e),
         (None, r) => r,

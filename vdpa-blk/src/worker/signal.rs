@@ -52,6 +52,13 @@ impl EventFd {
     }
 }
 
+impl From<OwnedFd> for EventFd {
+    /// Takes an eventfd someone else made (a vhost-user front end's kick or call fd).
+    fn from(fd: OwnedFd) -> Self {
+        EventFd(fd)
+    }
+}
+
 /// How the worker signals the driver (VDUSE_VQ_INJECT_IRQ in production).
 pub trait Interrupt: Send + Sync {
     /// Injects the used-buffer interrupt of `queue`.
