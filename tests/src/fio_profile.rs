@@ -7,8 +7,7 @@
 //! of 1024, case-insensitive, with an optional `i` and `b`). Defaults are fio's.
 //!
 //! Every key is either honoured, or known to say nothing the load generator would do
-//! differently (`filename`, `ioengine`, `direct`, `group_reporting`, `percentile_list`,
-//! `name`); any other key is an error, so a profile and the load generator cannot drift apart
+//! differently (`filename`, `ioengine`, `group_reporting`, `percentile_list`, `name`); any other key is an error, so a profile and the load generator cannot drift apart
 //! silently. A combination the load generator cannot run as fio would (a size-based run capped
 //! by `runtime`, a verify that is time based, reads, or from several jobs) is an error too.
 
@@ -34,6 +33,9 @@ pub struct Profile {
     pub runtime_s: Option<u32>,
     /// `verify=crc32c` with `do_verify`: write the region once, then read it back and check.
     pub verify: bool,
+    /// `direct=1`: O_DIRECT where the load generator opens the target itself (its io_uring
+    /// driver); a virtio device's daemon decides for its own backing.
+    pub direct: bool,
 }
 
 /// fio's `rw`.
@@ -69,16 +71,16 @@ const HONOURED: &[&str] = &[
     "verify",
     "do_verify",
     "verify_fatal",
+    "direct",
 ];
 
 /// Keys that say nothing the load generator does differently: the device is its `--path`
-/// (`filename`), its engine is blkio with buffers the device maps (`ioengine`, `direct`), it
+/// (`filename`), its engine is blkio with buffers the device maps (`ioengine`), it
 /// always reports its jobs as one group with the percentiles 50, 99 and 99.9
 /// (`group_reporting`, `percentile_list`), and a job is named by its section (`name`).
 const IGNORED: &[&str] = &[
     "filename",
     "ioengine",
-    "direct",
     "group_reporting",
     "percentile_list",
     "name",
@@ -340,6 +342,7 @@ impl Values<'_> {
         // block that does not read back (fio without it goes on, but fails the job too).
         self.flag("verify_fatal", false)?;
         let verify = crc && do_verify;
+        let direct = self.flag("direct", false)?;
         if verify {
             let s = self.get("verify").expect("verify was read from a setting");
             if !matches!(rw, Rw::Write | Rw::RandWrite) {
@@ -369,6 +372,7 @@ impl Values<'_> {
             size,
             runtime_s,
             verify,
+            direct,
         })
     }
 }
@@ -460,6 +464,7 @@ mod tests {
             size: 64 << 20,
             runtime_s: Some(5),
             verify: false,
+            direct: true,
         }
     }
 
@@ -489,6 +494,7 @@ mod tests {
                 size: 64 << 20,
                 runtime_s: None,
                 verify: true,
+                direct: true,
             },
         ];
         let mut files: Vec<_> = std::fs::read_dir(DIR)
@@ -657,8 +663,12 @@ mod tests {
                 size: 1 << 20,
                 runtime_s: None,
                 verify: false,
+                direct: false,
             }
         );
+        assert!(p("[j]\nsize=1M\ndirect=1\n").expect("parses").direct);
+        let e = p("[j]\nsize=1M\ndirect=yes\n").expect_err("direct=yes");
+        assert!(e.contains("`direct=yes`") && e.contains("0 or 1"), "{e}");
         let m = p("[global]\nrw=randrw\nbs=8k\n; a comment\n# another\n[j]\nsize=1M\nbs = 16k\n")
             .expect("parses");
         assert_eq!((m.rw, m.bs), (Rw::RandRw { read_pct: 50 }, 16384));

@@ -21,6 +21,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kernel;
 pub mod link;
+pub mod native_bench;
 pub mod probe;
 pub mod progress;
 pub mod qemu;

@@ -45,6 +45,43 @@ struct BedArgs {
 }
 
 #[derive(clap::Args, Clone)]
+struct NativeBenchArgs {
+    /// Quick mode (CI): the tmpfs backing only, one round of 2 s, 256 MiB.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds (default 3; quick 1).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds per job and target (default 5; quick 2).
+    #[arg(long)]
+    runtime: Option<u32>,
+    /// Size of each backing file (K/M/G suffixes; default 1G, quick 256M).
+    #[arg(long)]
+    size: Option<String>,
+    /// Backings, comma separated: tmpfs, disk (default both; quick tmpfs).
+    #[arg(long, value_delimiter = ',')]
+    backing: Option<Vec<String>>,
+    /// Targets, comma separated: raw, vdpa-blk, vdpa-blk-poll, qsd (default all).
+    #[arg(long, value_delimiter = ',')]
+    target: Option<Vec<String>>,
+    /// The vdpa-blk binary (default: next to this one).
+    #[arg(long)]
+    vdpa_blk: Option<PathBuf>,
+    /// The qemu-storage-daemon binary.
+    #[arg(long)]
+    qsd: Option<PathBuf>,
+    /// The CPU the daemons run on.
+    #[arg(long, default_value_t = 0)]
+    daemon_cpu: usize,
+    /// The CPU the load generator runs on.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Where the results go.
+    #[arg(long, default_value = "target/testbed/native-bench")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
 struct CompareArgs {
     #[command(flatten)]
     bed: BedArgs,
@@ -136,6 +173,11 @@ enum Cmd {
     /// daemons, each fio profile (`fio-profiles/`) on each path, medians over rounds, CPU per
     /// I/O; a JSON report, a Markdown one and SVG charts in `--out`.
     Compare(CompareArgs),
+    /// The datapath at native speed, on this host (no test bed): vdpa-blk over vhost-user
+    /// (with and without polling), qemu-storage-daemon's vhost-user-blk export and the raw
+    /// backing through io_uring, each job of `tests/native-bench/` driven by the blkio load
+    /// generator, interleaved over rounds; `report.json` and `report.md` in `--out`.
+    NativeBench(NativeBenchArgs),
     /// Boot a bed and run shell scripts in it (each a step, on the storage guest or, with
     /// `--compute`, on the compute guest), printing their output: for exploring the stack.
     Script {
@@ -184,12 +226,15 @@ enum Cmd {
         #[arg(long)]
         soak_ms: Option<u64>,
     },
-    /// Inside a guest: run one fio job file on a /dev/vhost-vdpa-N device through the blkio
-    /// crate, as a VMM's disk is driven, and write fio's JSON (see `blkio_load/mod.rs`). The job
-    /// file's `${VAR}`s come from the environment, as fio's would; `TARGET` is not used.
+    /// Run one fio job file through a blkio driver (a /dev/vhost-vdpa-N device, a vhost-user
+    /// socket, or a file through io_uring) and write fio's JSON (see `blkio_load/mod.rs`). The
+    /// job file's `${VAR}`s come from the environment, as fio's would; `TARGET` is not used.
     #[command(hide = true)]
     BlkioLoad {
-        /// The vhost-vdpa character device.
+        /// The blkio driver.
+        #[arg(long, value_enum, default_value_t = testbed::blkio_load::Driver::VirtioBlkVhostVdpa)]
+        driver: testbed::blkio_load::Driver,
+        /// The vhost-vdpa device, the vhost-user socket, or the file.
         #[arg(long)]
         path: String,
         /// The fio job file.
@@ -198,6 +243,9 @@ enum Cmd {
         /// Where to write fio's JSON (default: stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Pin job j's thread to CPU LIST[j % len] (comma separated).
+        #[arg(long)]
+        cpus: Option<String>,
     },
     /// Inside a guest: bring a /dev/vhost-vdpa-N device up as a VMM does (vhost ioctls, one
     /// IOTLB update, queue 0, DRIVER_OK) with shared or private anonymous memory.
@@ -367,6 +415,52 @@ fn build_profile() -> String {
 }
 
 /// `testbed compare`: every storage path side by side; the report in `out`.
+fn native_bench(a: &NativeBenchArgs) -> anyhow::Result<()> {
+    use testbed::native_bench::{self as nb, BackingKind, NativeParams, Target};
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut p = if a.quick {
+        NativeParams::quick(&repo, a.out.clone())
+    } else {
+        NativeParams::full(&repo, a.out.clone())
+    };
+    if let Some(r) = a.rounds {
+        p.rounds = r;
+    }
+    if let Some(r) = a.runtime {
+        p.runtime_s = r;
+    }
+    if let Some(s) = &a.size {
+        p.size = parse_size(s).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(b) = &a.backing {
+        p.backings = b
+            .iter()
+            .map(|x| BackingKind::parse(x))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(t) = &a.target {
+        p.targets = t
+            .iter()
+            .map(|x| Target::parse(x))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = &a.vdpa_blk {
+        p.vdpa_blk = v.clone();
+    }
+    if let Some(q) = &a.qsd {
+        p.qsd = q.clone();
+    }
+    p.daemon_cpu = a.daemon_cpu;
+    p.load_cpu = a.load_cpu;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = nb::run(&p, &command)?;
+    println!("{}", nb::markdown(&report));
+    println!("results in {}", p.out.display());
+    Ok(())
+}
+
 fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     use testbed::compare::{markdown, StoragePath};
     use testbed::scenarios::compare as cmp;
@@ -716,12 +810,28 @@ fn main() -> ExitCode {
         };
     }
     if let Cmd::BlkioLoad {
+        driver,
         path,
         profile,
         output,
+        cpus,
     } = &cli.command
     {
-        return match testbed::blkio_load::run(path, profile, output.as_deref()) {
+        use testbed::blkio_load as bl;
+        let r = cpus
+            .as_deref()
+            .map(|c| bl::parse_cpus(c, &bl::allowed_cpus()))
+            .transpose()
+            .and_then(|cpus| {
+                bl::run(
+                    *driver,
+                    path,
+                    profile,
+                    output.as_deref(),
+                    cpus.as_deref().unwrap_or(&[]),
+                )
+            });
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("testbed blkio-load: {e:#}");
@@ -777,6 +887,7 @@ fn main() -> ExitCode {
         }
         Cmd::Demo { bed } => demo(&bed),
         Cmd::Compare(args) => compare(&args),
+        Cmd::NativeBench(args) => native_bench(&args),
         Cmd::Run {
             scenario,
             bed,

@@ -517,6 +517,7 @@ mod tests {
             size,
             runtime_s: None,
             verify,
+            direct: false,
         }
     }
 

@@ -1,8 +1,12 @@
 //! `testbed blkio-load`: the blkio load generator. It runs one fio job file
-//! ([`crate::fio_profile`]) on a `/dev/vhost-vdpa-N` device through the `blkio` crate's
-//! `virtio-blk-vhost-vdpa` driver, the way a VMM's disk is driven (QEMU's
-//! `virtio-blk-vhost-vdpa` blockdev is libblkio), and writes fio's `--output-format=json`
-//! shape, so [`crate::fio::parse`] reads it like fio's own.
+//! ([`crate::fio_profile`]) through one of the `blkio` crate's drivers ([`Driver`]): a
+//! `/dev/vhost-vdpa-N` device through `virtio-blk-vhost-vdpa`, the way a VMM's disk is driven
+//! (QEMU's `virtio-blk-vhost-vdpa` blockdev is libblkio); a vhost-user-blk socket through
+//! `virtio-blk-vhost-user` (vdpa-blk's vhost-user transport, or qemu-storage-daemon's
+//! export); or a file or block device through `io_uring` (the raw baseline, where the job's
+//! `direct` sets O_DIRECT; over the virtio drivers the daemon opens the backing, and `direct`
+//! means nothing). It writes fio's `--output-format=json` shape, so [`crate::fio::parse`]
+//! reads it like fio's own. `--cpus` pins each job's thread.
 //!
 //! - Memory: one region from `alloc_mem_region` (memfd-backed, so fd-backed as
 //!   `needs-mem-region-fd` asks) mapped with `map_mem_region`, holding every buffer
@@ -74,11 +78,86 @@ fn run_seed() -> u64 {
     splitmix64(t ^ (u64::from(std::process::id()) << 32))
 }
 
-/// Runs the job file `profile` on the vhost-vdpa device at `path` and writes fio's JSON to
-/// `output` (or stdout); a failed job is an error after the document is written.
-pub fn run(path: &str, profile: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+/// The blkio drivers the load generator drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// A `/dev/vhost-vdpa-N` character device.
+    VirtioBlkVhostVdpa,
+    /// A vhost-user-blk Unix socket.
+    VirtioBlkVhostUser,
+    /// A file or block device, through io_uring.
+    IoUring,
+}
+
+impl Driver {
+    /// libblkio's name of the driver.
+    pub fn blkio_name(self) -> &'static str {
+        match self {
+            Driver::VirtioBlkVhostVdpa => "virtio-blk-vhost-vdpa",
+            Driver::VirtioBlkVhostUser => "virtio-blk-vhost-user",
+            Driver::IoUring => "io_uring",
+        }
+    }
+}
+
+/// Parses `--cpus`: CPU numbers, comma separated, each one this process may run on.
+pub fn parse_cpus(list: &str, allowed: &[usize]) -> anyhow::Result<Vec<usize>> {
+    let cpus = list
+        .split(',')
+        .map(|c| {
+            let n: usize = c
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--cpus {list:?}: {c:?} is not a CPU number"))?;
+            if !allowed.contains(&n) {
+                bail!("--cpus {list:?}: CPU {n} is not one this process may run on ({allowed:?})");
+            }
+            Ok(n)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(cpus)
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data, filled by CPU_SET; the call reads it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs the job file `profile` through `driver` on `path` and writes fio's JSON to
+/// `output` (or stdout); a failed job is an error after the document is written. Job `j`'s
+/// thread runs on `cpus[j % len]` (none: not pinned).
+pub fn run(
+    driver: Driver,
+    path: &str,
+    profile: &Path,
+    output: Option<&Path>,
+    cpus: &[usize],
+) -> anyhow::Result<()> {
     let prof = fio_profile::load(profile).map_err(anyhow::Error::msg)?;
-    let (report, failure) = drive(path, &prof, run_seed())?;
+    let (report, failure) = drive(driver, path, &prof, run_seed(), cpus)?;
     let text = serde_json::to_string_pretty(&document(std::slice::from_ref(&report)))
         .context("writing the JSON document")?;
     match output {
@@ -102,12 +181,17 @@ pub fn run(path: &str, profile: &Path, output: Option<&Path>) -> anyhow::Result<
 /// Opens the device, maps one region for every job's buffers, runs the jobs (one thread and
 /// one queue each) and merges them.
 fn drive(
+    driver: Driver,
     path: &str,
     prof: &Profile,
     seed: u64,
+    cpus: &[usize],
 ) -> anyhow::Result<(JobReport, Option<(usize, Failure)>)> {
-    let mut blk = b(Blkio::new("virtio-blk-vhost-vdpa"), "blkio_new")?;
+    let mut blk = b(Blkio::new(driver.blkio_name()), "blkio_new")?;
     b(blk.set_str("path", path), "set path")?;
+    if driver == Driver::IoUring {
+        b(blk.set_bool("direct", prof.direct), "set direct")?;
+    }
     b(blk.connect(), &format!("connect to {path}"))?;
     let name = &prof.name;
     let max_queues = b(blk.get_i32("max-queues"), "max-queues")?;
@@ -179,22 +263,32 @@ fn drive(
             .map(|(j, q)| {
                 let base = region.addr + j * per_job;
                 let start = &start;
+                let cpu = (!cpus.is_empty()).then(|| cpus[j % cpus.len()]);
                 s.spawn(move || {
+                    if let Some(c) = cpu {
+                        // A thread that cannot be pinned runs nowhere near what was asked.
+                        if let Err(e) = pin_to(c) {
+                            start.wait();
+                            return Err(e);
+                        }
+                    }
                     // SAFETY: job `j`'s `depth * bs` bytes at `base` are its own slice of the
                     // region, which `blk` keeps allocated and mapped until after this scope
                     // (and blkio keeps it allocated while any queue lives).
                     let mut engine = unsafe { Engine::new(q, base as *mut u8, bs, depth, seg_len) };
                     start.wait();
-                    run_job(&mut engine, prof, seed, j as u32)
+                    Ok(run_job(&mut engine, prof, seed, j as u32))
                 })
             })
             .collect();
         handles
             .into_iter()
             .map(|h| h.join())
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<anyhow::Result<_>>, _>>()
     })
-    .map_err(|_| anyhow::anyhow!("a job's thread panicked"))?;
+    .map_err(|_| anyhow::anyhow!("a job's thread panicked"))?
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
     drop(blk);
     Ok(JobReport::merged(&prof.name, &jobs))
 }

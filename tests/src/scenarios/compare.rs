@@ -562,7 +562,7 @@ fn machine() -> String {
 }
 
 /// Now, UTC, RFC 3339 (seconds).
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
