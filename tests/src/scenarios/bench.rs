@@ -1,6 +1,8 @@
 //! The datapath benchmark: in one guest and one run, fio on the raw backing device (the
 //! carved VF's namespace), on `vdpa-blk` serving it through virtio_vdpa, and on
-//! `qemu-storage-daemon --export type=vduse-blk` serving the same device; IOPS, p50/p99
+//! `qemu-storage-daemon --export type=vduse-blk` serving the same device, and the blkio load
+//! generator on `vdpa-blk` through vhost_vdpa (as a VMM drives it; the same job from
+//! `tests/native-bench/`, without fio's 2 s ramp); IOPS with its range over the rounds, p50/p99
 //! latency and the ratios between them, and each daemon's CPU time. Every daemon runs for a
 //! whole round and each job runs on all targets back to back, because the emulated machine's
 //! speed drifts by tens of percent over minutes. Figures, not a test: nothing here has a
@@ -12,6 +14,7 @@ use super::steps::{self, secs};
 use crate::bed::{Bed, BedParams, Role, Topology};
 use crate::error::{Error, Result};
 use crate::fio::FioFigures;
+use crate::native_bench::report::Spread;
 use crate::setup::Prepared;
 
 /// The fio jobs: name, rw, block size, queue depth.
@@ -29,6 +32,8 @@ pub enum Target {
     Raw,
     /// `vdpa-blk --driver virtio-vdpa` over it, with this `--poll-us`.
     VdpaBlk { poll_us: u32 },
+    /// `vdpa-blk --driver vhost-vdpa` over it, driven by the blkio load generator.
+    VdpaBlkVhost,
     /// `qemu-storage-daemon --export type=vduse-blk` over it.
     Qsd,
 }
@@ -40,14 +45,17 @@ impl Target {
             Target::Raw => "raw device".into(),
             Target::VdpaBlk { poll_us: 0 } => "vdpa-blk".into(),
             Target::VdpaBlk { poll_us } => format!("vdpa-blk --poll-us {poll_us}"),
+            Target::VdpaBlkVhost => "vdpa-blk vhost-vdpa (blkio)".into(),
             Target::Qsd => "qemu-storage-daemon".into(),
         }
     }
 
-    /// The targets of one run: the raw device, one vdpa-blk per poll setting, the daemon.
+    /// The targets of one run: the raw device, one vdpa-blk per poll setting, vdpa-blk
+    /// through vhost-vdpa, the daemon.
     pub fn all(poll_us: &[u32]) -> Vec<Target> {
         let mut t = vec![Target::Raw];
         t.extend(poll_us.iter().map(|&poll_us| Target::VdpaBlk { poll_us }));
+        t.push(Target::VdpaBlkVhost);
         t.push(Target::Qsd);
         t
     }
@@ -110,7 +118,41 @@ fn measure(bed: &mut Bed, what: &str, dev: &str, j: usize, runtime_s: u32) -> Re
     )
 }
 
-/// Boots one guest, carves a VF, and measures the three targets in turn, `rounds` times.
+/// Job `j` through the blkio load generator on the vhost-vdpa device `dev`
+/// (`sh/compare_measure.sh`, with the native benchmark's job file of the same name).
+fn measure_blkio(
+    bed: &mut Bed,
+    agent: &str,
+    dev: &str,
+    j: usize,
+    runtime_s: u32,
+) -> Result<FioFigures> {
+    let name = JOBS[j].0;
+    let job = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("native-bench/{name}.fio"));
+    let what = format!("blkio-load {name} on {dev}");
+    let step = bed.step_env(
+        Role::Compute,
+        "measure",
+        &what,
+        include_str!("sh/compare_measure.sh"),
+        &[
+            ("TOOL", "blkio-load".to_string()),
+            ("PROFILE", job.display().to_string()),
+            ("TARGET", dev.to_string()),
+            ("RUNTIME", runtime_s.to_string()),
+            ("SIZE", "256M".to_string()),
+            ("QUEUES", "1".to_string()),
+            ("DIRECT", "1".to_string()),
+            ("OUT", format!("/tmp/bench-blkio-{name}.json")),
+            ("PIDS", String::new()),
+            ("TESTBED", agent.to_string()),
+        ],
+        secs(u64::from(runtime_s) + 60),
+    )?;
+    steps::fio_figures(&step, &what)
+}
+
+/// Boots one guest, carves a VF, and measures the targets in turn, `rounds` times.
 pub fn run(
     prepared: &Prepared,
     params: &BedParams,
@@ -149,7 +191,10 @@ pub fn run(
     params.topology = Topology::Single;
     let mut bed = Bed::start(prepared, &params, "bench")?;
     let targets = Target::all(poll_us);
-    let report = steps_of(&mut bed, vdpa_blk, &targets, runtime_s, queues, rounds);
+    let agent = params.agent.display().to_string();
+    let report = steps_of(
+        &mut bed, vdpa_blk, &agent, &targets, runtime_s, queues, rounds,
+    );
     bed.shutdown();
     report
 }
@@ -157,6 +202,7 @@ pub fn run(
 fn steps_of(
     bed: &mut Bed,
     vdpa_blk: &Path,
+    agent: &str,
     targets: &[Target],
     runtime_s: u32,
     queues: u16,
@@ -184,9 +230,18 @@ fn steps_of(
         for (i, t) in targets.iter().enumerate() {
             devs.push(match *t {
                 Target::Raw => dev.clone(),
-                Target::VdpaBlk { poll_us } => {
-                    start_vdpa_blk(bed, vdpa_blk, i, &dev, queues, poll_us)?
-                }
+                Target::VdpaBlk { poll_us } => start_vdpa_blk(
+                    bed,
+                    vdpa_blk,
+                    i,
+                    &format!("--backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us}"),
+                )?,
+                Target::VdpaBlkVhost => start_vdpa_blk(
+                    bed,
+                    vdpa_blk,
+                    i,
+                    &format!("--backing /dev/{dev} --driver vhost-vdpa --queues {queues}"),
+                )?,
                 Target::Qsd => steps::qsd_start(bed, QSD, &dev, queues, Some("io_uring"))?,
             });
         }
@@ -194,7 +249,10 @@ fn steps_of(
         for j in 0..JOBS.len() {
             for k in 0..targets.len() {
                 let t = (k + round + j) % targets.len();
-                let f = measure(bed, &targets[t].name(), &devs[t], j, runtime_s)?;
+                let f = match targets[t] {
+                    Target::VdpaBlkVhost => measure_blkio(bed, agent, &devs[t], j, runtime_s)?,
+                    _ => measure(bed, &targets[t].name(), &devs[t], j, runtime_s)?,
+                };
                 if let Some(cell) = figures.get_mut(t).and_then(|v| v.get_mut(j)) {
                     *cell = Some(f);
                 }
@@ -204,7 +262,7 @@ fn steps_of(
         for (i, t) in targets.iter().enumerate() {
             round_cpu.push(match t {
                 Target::Raw => None,
-                Target::VdpaBlk { .. } => {
+                Target::VdpaBlk { .. } | Target::VdpaBlkVhost => {
                     Some(daemon_cpu_s(bed, &t.name(), &format!("/run/bench{i}.pid"))?)
                 }
                 Target::Qsd => Some(daemon_cpu_s(
@@ -226,7 +284,9 @@ fn steps_of(
                 .map(String::as_str)
                 .collect();
             match targets[i] {
-                Target::VdpaBlk { .. } => steps::vdpa_blk_stop(bed, name, None, &remaining)?,
+                Target::VdpaBlk { .. } | Target::VdpaBlkVhost => {
+                    steps::vdpa_blk_stop(bed, name, None, &remaining)?
+                }
                 _ => steps::qsd_stop(bed, name, &remaining)?,
             }
         }
@@ -325,32 +385,30 @@ const QSD: &str = "bench-qsd";
 fn device_name(targets: &[Target], i: usize) -> Option<String> {
     match targets.get(i)? {
         Target::Raw => None,
-        Target::VdpaBlk { .. } => Some(format!("bench{i}")),
+        Target::VdpaBlk { .. } | Target::VdpaBlkVhost => Some(format!("bench{i}")),
         Target::Qsd => Some(QSD.to_string()),
     }
 }
 
-/// Starts vdpa-blk `bench{i}` over `/dev/{dev}`; returns its disk's name.
-fn start_vdpa_blk(
-    bed: &mut Bed,
-    vdpa_blk: &Path,
-    i: usize,
-    dev: &str,
-    queues: u16,
-    poll_us: u32,
-) -> Result<String> {
+/// Starts vdpa-blk `bench{i}` with `args`; returns its disk's name (virtio-vdpa) or its
+/// `/dev/vhost-vdpa-N` (vhost-vdpa).
+fn start_vdpa_blk(bed: &mut Bed, vdpa_blk: &Path, i: usize, args: &str) -> Result<String> {
     let ready = steps::vdpa_blk_start(
         bed,
         &vdpa_blk.display().to_string(),
         &format!("bench{i}"),
-        &format!("--backing /dev/{dev} --driver virtio-vdpa --queues {queues} --poll-us {poll_us}"),
+        args,
     )?;
+    if args.contains("--driver vhost-vdpa") {
+        return steps::path_of(&ready, "vdpa-blk vhost-vdpa device");
+    }
     steps::disk_of(&ready, "vdpa-blk virtio disk")
 }
 
 /// IOPS of target `a` over target `b` for job `j`: the median of the rounds' ratios (the two
-/// were measured back to back in each round), or the ratio of the medians without rounds.
-fn ratio(r: &Report, a: usize, b: usize, j: usize) -> Option<f64> {
+/// were measured back to back in each round) with their range, or the ratio of the medians
+/// without rounds.
+fn ratio(r: &Report, a: usize, b: usize, j: usize) -> Option<Spread> {
     let per_round: Vec<f64> = r
         .per_round_iops
         .iter()
@@ -360,19 +418,34 @@ fn ratio(r: &Report, a: usize, b: usize, j: usize) -> Option<f64> {
             (y > 0.0).then(|| x / y)
         })
         .collect();
-    if !per_round.is_empty() {
-        return Some(median(per_round));
+    if let Some(s) = Spread::of(per_round) {
+        return Some(s);
     }
     let x = r.figures.get(a)?.get(j)?.iops;
     let y = r.figures.get(b)?.get(j)?.iops;
-    (y > 0.0).then(|| x / y)
+    (y > 0.0).then(|| Spread {
+        median: x / y,
+        min: x / y,
+        max: x / y,
+    })
 }
 
-/// The report as a Markdown table: per job, one row per target with IOPS, the ratios to the
-/// raw device and to qemu-storage-daemon, and p50/p99 latency.
+/// Target `t`'s IOPS for job `j` over the rounds (None without rounds).
+fn iops_spread(r: &Report, t: usize, j: usize) -> Option<Spread> {
+    Spread::of(
+        r.per_round_iops
+            .iter()
+            .filter_map(|round| round.get(t)?.get(j).copied())
+            .collect(),
+    )
+}
+
+/// The report as a Markdown table: per job, one row per target with IOPS (the range over the
+/// rounds in brackets), the ratios to the raw device and to qemu-storage-daemon (medians of the
+/// per-round ratios, with their range), and p50/p99 latency.
 pub fn table(r: &Report) -> String {
     let mut s = String::from(
-        "| job | target | IOPS | / raw | / qsd | p50 us | p99 us |\n|---|---|---|---|---|---|---|\n",
+        "| job | target | IOPS (min-max) | / raw (min-max) | / qsd (min-max) | p50 us | p99 us |\n|---|---|---|---|---|---|---|\n",
     );
     for (j, (name, ..)) in JOBS.iter().enumerate() {
         for (t, target) in r.targets.iter().enumerate() {
@@ -381,14 +454,17 @@ pub fn table(r: &Report) -> String {
             };
             let vs = |other: Target| match r.targets.iter().position(|o| *o == other) {
                 Some(o) if o != t => ratio(r, t, o, j)
-                    .map(|x| format!("{x:.2}x"))
+                    .map(|x| format!("{:.2}x ({:.2}-{:.2})", x.median, x.min, x.max))
                     .unwrap_or_else(|| "-".into()),
                 _ => "-".to_string(),
             };
+            let iops = match iops_spread(r, t, j) {
+                Some(x) => format!("{:.0} ({:.0}-{:.0})", f.iops, x.min, x.max),
+                None => format!("{:.0}", f.iops),
+            };
             s.push_str(&format!(
-                "| {name} | {} | {:.0} | {} | {} | {:.0} | {:.0} |\n",
+                "| {name} | {} | {iops} | {} | {} | {:.0} | {:.0} |\n",
                 target.name(),
-                f.iops,
                 vs(Target::Raw),
                 vs(Target::Qsd),
                 f.p50_us,
@@ -437,22 +513,24 @@ mod tests {
             queues: 2,
             rounds: 1,
             per_round_iops: vec![],
-            daemon_cpu_s: vec![None, Some(12.0), Some(48.0), Some(6.0)],
+            daemon_cpu_s: vec![None, Some(12.0), Some(48.0), Some(3.0), Some(6.0)],
             targets: Target::all(&[0, 50]),
             figures: vec![
                 vec![fig(1000.0); JOBS.len()],
                 vec![fig(900.0); JOBS.len()],
                 vec![fig(950.0); JOBS.len()],
+                vec![fig(1100.0); JOBS.len()],
                 vec![fig(450.0); JOBS.len()],
             ],
         };
         let t = table(&r);
-        assert_eq!(t.lines().count(), 2 + 4 * JOBS.len() + 3 + 3);
+        assert_eq!(t.lines().count(), 2 + 5 * JOBS.len() + 3 + 4);
         for row in [
-            "| randread-4k-qd1 | raw device | 1000 | - | 2.22x | 10 | 20 |",
-            "| randread-4k-qd1 | vdpa-blk | 900 | 0.90x | 2.00x | 10 | 20 |",
-            "| randread-4k-qd1 | vdpa-blk --poll-us 50 | 950 | 0.95x | 2.11x | 10 | 20 |",
-            "| randread-4k-qd1 | qemu-storage-daemon | 450 | 0.45x | - | 10 | 20 |",
+            "| randread-4k-qd1 | raw device | 1000 | - | 2.22x (2.22-2.22) | 10 | 20 |",
+            "| randread-4k-qd1 | vdpa-blk | 900 | 0.90x (0.90-0.90) | 2.00x (2.00-2.00) | 10 | 20 |",
+            "| randread-4k-qd1 | vdpa-blk --poll-us 50 | 950 | 0.95x (0.95-0.95) | 2.11x (2.11-2.11) | 10 | 20 |",
+            "| randread-4k-qd1 | vdpa-blk vhost-vdpa (blkio) | 1100 | 1.10x (1.10-1.10) | 2.44x (2.44-2.44) | 10 | 20 |",
+            "| randread-4k-qd1 | qemu-storage-daemon | 450 | 0.45x (0.45-0.45) | - | 10 | 20 |",
         ] {
             assert!(t.contains(row), "{row} missing from\n{t}");
         }
@@ -465,7 +543,12 @@ mod tests {
     fn targets_are_raw_then_each_vdpa_blk_then_the_daemon() {
         assert_eq!(
             Target::all(&[0]),
-            vec![Target::Raw, Target::VdpaBlk { poll_us: 0 }, Target::Qsd]
+            vec![
+                Target::Raw,
+                Target::VdpaBlk { poll_us: 0 },
+                Target::VdpaBlkVhost,
+                Target::Qsd
+            ]
         );
         assert_eq!(Target::VdpaBlk { poll_us: 0 }.name(), "vdpa-blk");
     }
@@ -513,6 +596,7 @@ mod tests {
                 None,
                 Some("bench1".into()),
                 Some("bench2".into()),
+                Some("bench3".into()),
                 Some(QSD.into())
             ]
         );
@@ -536,12 +620,15 @@ mod tests {
             ],
             daemon_cpu_s: vec![None, None],
         };
-        assert_eq!(ratio(&r, 1, 0, 0), Some(0.5));
-        assert_eq!(ratio(&r, 0, 1, 0), Some(2.0));
+        let at = |r: &Report, a, b| ratio(r, a, b, 0).map(|s| (s.median, s.min, s.max));
+        assert_eq!(at(&r, 1, 0), Some((0.5, 0.5, 0.5)));
+        assert_eq!(at(&r, 0, 1), Some((2.0, 2.0, 2.0)));
+        // The IOPS column's range is over the rounds.
+        assert!(table(&r).contains("| qemu-storage-daemon | 400 (200-1000) | 0.50x (0.50-0.50) |"));
         let no_rounds = Report {
             per_round_iops: vec![],
             ..r
         };
-        assert_eq!(ratio(&no_rounds, 1, 0, 0), Some(0.4));
+        assert_eq!(at(&no_rounds, 1, 0), Some((0.4, 0.4, 0.4)));
     }
 }

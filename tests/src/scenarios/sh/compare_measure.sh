@@ -2,14 +2,15 @@
 # but idle and iowait, from /proc/stat) and that of the path's daemons (user + system, every
 # thread, from /proc/PID/stat), read just before and just after the load.
 # In: TOOL (fio, or blkio-load: the testbed's blkio load generator for a vhost-vdpa device),
-# PROFILE (the job file), TARGET, RUNTIME, SIZE, QUEUES (the profile's variables), OUT (the
+# PROFILE (the job file), TARGET, RUNTIME, SIZE, QUEUES, DIRECT (the profile's variables;
+# DIRECT, which only the native benchmark's job files use, defaults to 1), OUT (the
 # JSON output file), PIDS (the daemons' pids, space separated; may be empty), TESTBED (the
 # testbed binary, for blkio-load).
 # Out: a {"fio": ...} result (fio's JSON, or the load generator's in fio's format), and
 # result node_cpu_s, daemon_cpu_s (seconds; daemon_cpu_s empty without PIDS).
 : "${TOOL:?}" "${PROFILE:?}" "${TARGET:?}" "${RUNTIME:?}" "${SIZE:?}" "${QUEUES:?}" "${OUT:?}"
-: "${PIDS=}" "${TESTBED=}"
-export TARGET RUNTIME SIZE QUEUES
+: "${PIDS=}" "${TESTBED=}" "${DIRECT=1}"
+export TARGET RUNTIME SIZE QUEUES DIRECT
 hz=$(getconf CLK_TCK)
 # /proc/stat's first line: cpu user nice system idle iowait irq softirq steal ...
 busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
