@@ -588,3 +588,122 @@ pub fn markdown(r: &NativeReport) -> String {
         report::markdown(&r.rows)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The job files say what the issue asks for: 4k randread QD1 and QD32, 4k randwrite
+    /// QD32, 128k seqread QD8, 4 queues x QD32 randread, each honouring DIRECT.
+    #[test]
+    fn the_job_files_are_the_five_jobs_and_take_direct_from_the_environment() {
+        use fio_profile::Rw;
+        let want = [
+            ("randread-4k-qd1", Rw::RandRead, 4096, 1, 1),
+            ("randread-4k-qd32", Rw::RandRead, 4096, 32, 1),
+            ("randwrite-4k-qd32", Rw::RandWrite, 4096, 32, 1),
+            ("seqread-128k-qd8", Rw::Read, 128 << 10, 8, 1),
+            ("randread-4k-4q-qd32", Rw::RandRead, 4096, 32, 4),
+        ];
+        let jobs = job_files(&repo());
+        assert_eq!(jobs.len(), want.len());
+        for (file, (name, rw, bs, depth, numjobs)) in jobs.iter().zip(want) {
+            let text = std::fs::read_to_string(file).expect("job file");
+            for direct in ["0", "1"] {
+                let env = |v: &str| match v {
+                    "TARGET" => Some("/dev/null".to_string()),
+                    "RUNTIME" => Some("5".to_string()),
+                    "SIZE" => Some("64M".to_string()),
+                    "DIRECT" => Some(direct.to_string()),
+                    _ => None,
+                };
+                let p =
+                    fio_profile::parse(&text, &file.display().to_string(), &env).expect("parses");
+                assert_eq!(
+                    (p.name.as_str(), p.rw, p.bs, p.iodepth, p.numjobs),
+                    (name, rw, bs, depth, numjobs)
+                );
+                assert_eq!(p.direct, direct == "1");
+                assert_eq!(p.runtime_s, Some(5));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_naming_them() {
+        let base = NativeParams::quick(&repo(), PathBuf::from("/tmp/x"));
+        let cases: Vec<(NativeParams, &str)> = vec![
+            (
+                NativeParams {
+                    rounds: 0,
+                    ..base.clone()
+                },
+                "--rounds 0",
+            ),
+            (
+                NativeParams {
+                    runtime_s: 0,
+                    ..base.clone()
+                },
+                "--runtime 0",
+            ),
+            (
+                NativeParams {
+                    size: 1 << 20,
+                    ..base.clone()
+                },
+                "--size 1048576",
+            ),
+            (
+                NativeParams {
+                    targets: vec![Target::Qsd, Target::Qsd],
+                    ..base.clone()
+                },
+                "qsd is given twice",
+            ),
+            (
+                NativeParams {
+                    backings: vec![],
+                    ..base.clone()
+                },
+                "--backing: nothing to run",
+            ),
+            (
+                NativeParams {
+                    load_cpu: 4096,
+                    ..base.clone()
+                },
+                "--load-cpu 4096",
+            ),
+            (
+                NativeParams {
+                    testbed: PathBuf::from("/nonexistent/testbed"),
+                    ..base.clone()
+                },
+                "/nonexistent/testbed does not exist",
+            ),
+        ];
+        for (p, what) in cases {
+            let e = p.validate().expect_err(what);
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_parse_and_round_trip() {
+        for t in Target::ALL {
+            assert_eq!(Target::parse(t.id()), Ok(t));
+        }
+        for b in BackingKind::ALL {
+            assert_eq!(BackingKind::parse(b.id()), Ok(b));
+        }
+        assert!(Target::parse("spdk").unwrap_err().contains("\"spdk\""));
+        assert!(BackingKind::parse("nfs").unwrap_err().contains("\"nfs\""));
+        assert_eq!(Target::Raw.driver(), "io-uring");
+        assert_eq!(Target::Qsd.driver(), "virtio-blk-vhost-user");
+    }
+}

@@ -213,7 +213,7 @@ fn steps_of(
         bed,
         &steps::storage_modules(topology),
         &format!(
-            "{} vdpa vduse virtio_vdpa virtio_blk",
+            "{} vdpa vduse virtio_vdpa vhost_vdpa virtio_blk",
             steps::compute_modules(topology)
         ),
     )?;
