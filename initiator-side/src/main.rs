@@ -31,7 +31,8 @@ enum Cmd {
     Attach {
         /// The subsystem NQN.
         nqn: String,
-        /// A path as TRTYPE:TRADDR[:TRSVCID] (rdma:192.0.2.1:4420); repeat for multipath.
+        /// A path as TRTYPE:TRADDR[:TRSVCID] (rdma:192.0.2.1:4420, rdma:[2001:db8::1]:4420); repeat
+        /// for multipath.
         #[arg(long = "path", required_unless_present = "discovery")]
         paths: Vec<String>,
         /// A discovery controller (TRTYPE:TRADDR[:TRSVCID]) to ask for the paths instead.
@@ -88,21 +89,44 @@ enum Cmd {
     Openapi,
 }
 
-/// `rdma:192.0.2.1:4420` as the API's path object.
+/// `rdma:192.0.2.1:4420` (or `rdma:[2001:db8::1]:4420`: an IPv6 address in brackets, as in
+/// a URL) as the API's path object.
 fn path_of(s: &str) -> anyhow::Result<serde_json::Value> {
-    let mut parts = s.splitn(3, ':');
-    let trtype = parts.next().unwrap_or_default();
-    let traddr = parts.next();
-    let trsvcid = parts
-        .next()
+    let (trtype, rest) = match s.split_once(':') {
+        Some((t, r)) => (t, Some(r)),
+        None => (s, None),
+    };
+    if trtype.is_empty() {
+        anyhow::bail!("path {s:?}: expected TRTYPE:TRADDR[:TRSVCID]");
+    }
+    let (traddr, port) = match rest {
+        None => (None, None),
+        Some(r) if r.starts_with('[') => {
+            let Some((addr, after)) = r[1..].split_once(']') else {
+                anyhow::bail!("path {s:?}: an IPv6 address in brackets lacks its `]`");
+            };
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| {
+                    anyhow::anyhow!("path {s:?}: expected `:PORT` after the `]`, found {p:?}")
+                })?),
+            };
+            (Some(addr), port)
+        }
+        Some(r) => match r.split_once(':') {
+            Some((a, p)) if !p.contains(':') => (Some(a), Some(p)),
+            Some(_) => {
+                anyhow::bail!("path {s:?}: an IPv6 address goes in brackets: TRTYPE:[ADDR]:TRSVCID")
+            }
+            None => (Some(r), None),
+        },
+    };
+    let trsvcid = port
         .map(|p| {
             p.parse::<u16>()
                 .map_err(|_| anyhow::anyhow!("path {s:?}: port {p:?} is not a number"))
         })
         .transpose()?;
-    if trtype.is_empty() {
-        anyhow::bail!("path {s:?}: expected TRTYPE:TRADDR[:TRSVCID]");
-    }
     Ok(json!({"trtype": trtype, "traddr": traddr, "trsvcid": trsvcid}))
 }
 
@@ -166,6 +190,46 @@ fn main() -> anyhow::Result<()> {
         Cmd::Openapi => {
             print!("{}", nvmf_initiator::api::openapi_json());
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_take_ipv4_ipv6_in_brackets_and_an_optional_port() {
+        let p = |s| path_of(s).expect(s);
+        assert_eq!(
+            p("rdma:192.0.2.1:4420"),
+            json!({"trtype": "rdma", "traddr": "192.0.2.1", "trsvcid": 4420})
+        );
+        assert_eq!(
+            p("rdma:192.0.2.1"),
+            json!({"trtype": "rdma", "traddr": "192.0.2.1", "trsvcid": null})
+        );
+        assert_eq!(
+            p("rdma:[2001:db8::1]:4420"),
+            json!({"trtype": "rdma", "traddr": "2001:db8::1", "trsvcid": 4420})
+        );
+        assert_eq!(
+            p("tcp:[fe80::1]"),
+            json!({"trtype": "tcp", "traddr": "fe80::1", "trsvcid": null})
+        );
+        assert_eq!(
+            p("loop"),
+            json!({"trtype": "loop", "traddr": null, "trsvcid": null})
+        );
+        for (bad, what) in [
+            ("rdma:2001:db8::1", "goes in brackets"),
+            ("rdma:[2001:db8::1", "lacks its `]`"),
+            ("rdma:[2001:db8::1]4420", "expected `:PORT`"),
+            ("rdma:192.0.2.1:http", "port \"http\" is not a number"),
+            (":192.0.2.1", "expected TRTYPE"),
+        ] {
+            let e = path_of(bad).expect_err(bad).to_string();
+            assert!(e.contains(what), "{bad}: {e}");
         }
     }
 }
