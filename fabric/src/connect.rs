@@ -561,17 +561,12 @@ fn timeout(option: &'static str, v: i32) -> Result<String, ConnectError> {
     Ok(v.to_string())
 }
 
-/// DH-HMAC-CHAP secrets are base64 and may end in '=' padding; the kernel
-/// matches them with `%s`, which takes the rest of the option verbatim, so
-/// only the separators ',' and newline are refused here.
+/// A DH-HMAC-CHAP secret is checked as `nvme gen-dhchap-key` writes it (form, transformation,
+/// length and CRC, [`DhchapKey::parse`]) before the kernel sees it: a mistyped key is refused
+/// by name here, not by a failed authentication later. The kernel matches the option with
+/// `%s`, which takes the rest verbatim (base64 `=` padding included), so the separators ','
+/// and newline are refused as well. The secret itself never appears in an error.
 fn dhchap(option: &'static str, s: &str) -> Result<String, ConnectError> {
-    if !s.starts_with("DHHC-1:") || s.len() < 11 {
-        return Err(invalid(
-            option,
-            "<redacted>",
-            "must be a DH-HMAC-CHAP secret of the form DHHC-1:NN:<base64>:",
-        ));
-    }
     if s.contains([',', '\n']) {
         return Err(invalid(
             option,
@@ -579,6 +574,13 @@ fn dhchap(option: &'static str, s: &str) -> Result<String, ConnectError> {
             "must not contain ',' or a newline",
         ));
     }
+    crate::dhchap::DhchapKey::parse(s).map_err(|e| {
+        invalid(
+            option,
+            "<redacted>",
+            &format!("not a DH-HMAC-CHAP secret: {e}"),
+        )
+    })?;
     Ok(s.to_string())
 }
 
@@ -839,8 +841,8 @@ mod tests {
         o.fast_io_fail_tmo = Some(5);
         o.keep_alive_tmo = Some(10);
         o.duplicate_connect = true;
-        o.dhchap_secret = Some("DHHC-1:00:aGVsbG8gd29ybGQ=:".into());
-        o.dhchap_ctrl_secret = Some("DHHC-1:01:Y3RybCBzZWNyZXQ=:".into());
+        o.dhchap_secret = Some(KEY_00.into());
+        o.dhchap_ctrl_secret = Some(KEY_02.into());
         o.host_traddr = Some("2001:db8::2".parse().unwrap());
         o.host_iface = Some("eth0".into());
         o.tos = Some(0);
@@ -851,8 +853,10 @@ mod tests {
             "transport=tcp,traddr=2001:db8::1,trsvcid=4420,nqn=nqn.2014-08.com.example:vol1,\
              hostnqn=nqn.2014-08.com.example:host1,hostid=f81d4fae-7dec-11d0-a765-00a0c91e6bf6,\
              nr_io_queues=4,queue_size=128,reconnect_delay=2,ctrl_loss_tmo=-1,fast_io_fail_tmo=5,\
-             keep_alive_tmo=10,duplicate_connect,dhchap_secret=DHHC-1:00:aGVsbG8gd29ybGQ=:,\
-             dhchap_ctrl_secret=DHHC-1:01:Y3RybCBzZWNyZXQ=:,host_traddr=2001:db8::2,\
+             keep_alive_tmo=10,duplicate_connect,\
+             dhchap_secret=DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:,\
+             dhchap_ctrl_secret=DHHC-1:02:WMVN3y3d0PH7Y9W2VWttKhADvYw4gjHSeoHe2ikRN2T1LTF8RHyoaqRKqaJYpiCQWjyAkw==:,\
+             host_traddr=2001:db8::2,\
              host_iface=eth0,tos=0,hdr_digest,data_digest"
         );
     }
@@ -904,6 +908,11 @@ mod tests {
         assert_eq!(rule_of(o.encode()).0, "keep_alive_tmo");
     }
 
+    /// `nvme gen-dhchap-key` keys (the same as fabric::dhchap's tests).
+    const KEY_00: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const KEY_02: &str =
+        "DHHC-1:02:WMVN3y3d0PH7Y9W2VWttKhADvYw4gjHSeoHe2ikRN2T1LTF8RHyoaqRKqaJYpiCQWjyAkw==:";
+
     #[test]
     fn dhchap_secret_must_start_with_dhhc_1_and_is_never_shown() {
         let mut o = rdma();
@@ -925,13 +934,24 @@ mod tests {
     #[test]
     fn base64_padding_in_dhchap_secrets_is_kept() {
         let mut o = rdma();
-        o.dhchap_secret =
-            Some("DHHC-1:03:c2VjcmV0IGtleSBtYXRlcmlhbCBvZiBzb21lIGxlbmd0aA==:".into());
-        assert!(o.encode().unwrap().ends_with(
-            ",dhchap_secret=DHHC-1:03:c2VjcmV0IGtleSBtYXRlcmlhbCBvZiBzb21lIGxlbmd0aA==:"
-        ));
-        o.dhchap_secret = Some("DHHC-1:00:abc\ndef:".into());
-        assert_eq!(rule_of(o.encode()).0, "dhchap_secret");
+        o.dhchap_secret = Some(KEY_02.into());
+        assert!(o
+            .encode()
+            .unwrap()
+            .ends_with(&format!(",dhchap_secret={KEY_02}")));
+    }
+
+    #[test]
+    fn a_mistyped_dhchap_secret_is_refused_by_its_crc_without_showing_it() {
+        let mut o = rdma();
+        // One character of the base64 changed: the CRC no longer matches.
+        o.dhchap_secret = Some(KEY_00.replace("AAEC", "AAED"));
+        let err = o.encode().unwrap_err().to_string();
+        assert!(err.contains("CRC"), "{err}");
+        assert!(!err.contains("AAED"), "{err}");
+        let mut o = rdma();
+        o.dhchap_secret = Some(KEY_02.replace("DHHC-1:02", "DHHC-1:01"));
+        assert!(o.encode().unwrap_err().to_string().contains("48-byte"));
     }
 
     #[test]

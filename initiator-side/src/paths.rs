@@ -815,7 +815,8 @@ mod tests {
     const VOL: &str = "nqn.2014-08.com.example:vol1";
     const A1: &str = "rdma://192.0.2.1:4420";
     const A2: &str = "rdma://192.0.2.2:4420";
-    const SECRET: &str = "DHHC-1:00:c2VjcmV0IGtleSBtYXRlcmlhbA==:";
+    /// Valid `nvme gen-dhchap-key` keys (fabric refuses a key whose length or CRC is wrong).
+    const SECRET: &str = crate::attach::tests::SECRET;
 
     fn host() -> HostIdentity {
         HostIdentity {
@@ -882,7 +883,7 @@ mod tests {
             ..ConnectDefaults::default()
         };
         let mut p = path_opts(Some(SECRET));
-        p.dhchap_ctrl_secret = Some("DHHC-1:01:Y3RybCBzZWNyZXQ=:".into());
+        p.dhchap_ctrl_secret = Some(crate::attach::tests::OTHER_SECRET.into());
         let o = connect_options(&defaults, &nqn(), &addr(A1), &p);
         assert_eq!(o.ctrl_loss_tmo, Some(600));
         assert_eq!(o.reconnect_delay, Some(5));
@@ -1003,7 +1004,7 @@ mod tests {
             // Wrong secret / no secret.
             (
                 A1,
-                Some("DHHC-1:00:d3Jvbmcgc2VjcmV0IGtleQ==:"),
+                Some(crate::attach::tests::OTHER_SECRET),
                 PathFailure::Refused,
             ),
             // A secret the kernel would not take at all.

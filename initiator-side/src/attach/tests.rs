@@ -24,7 +24,7 @@ pub(crate) const A2: &str = "192.0.2.2";
 /// Printed by nvme-cli 2.3: `nvme gen-dhchap-key -s 000102...1f`.
 pub(crate) const SECRET: &str = "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
 /// `nvme gen-dhchap-key -m 2 -l 48 ...` (transformed, SHA-384).
-const OTHER_SECRET: &str =
+pub(crate) const OTHER_SECRET: &str =
     "DHHC-1:02:WMVN3y3d0PH7Y9W2VWttKhADvYw4gjHSeoHe2ikRN2T1LTF8RHyoaqRKqaJYpiCQWjyAkw==:";
 pub(crate) const NGUID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 const START_TIME: u64 = 77;
