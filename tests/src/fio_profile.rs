@@ -7,8 +7,10 @@
 //! of 1024, case-insensitive, with an optional `i` and `b`). Defaults are fio's.
 //!
 //! Every key is either honoured, or known to say nothing the load generator would do
-//! differently (`filename`, `ioengine`, `group_reporting`, `percentile_list`, `name`); any other key is an error, so a profile and the load generator cannot drift apart
-//! silently. A combination the load generator cannot run as fio would (a size-based run capped
+//! differently (`filename`, `ioengine`, `group_reporting`, `percentile_list`, `name`); any
+//! other key is an error, so a profile and the load generator cannot drift apart silently.
+//! `direct` (0 or 1, fio's default 0) is honoured where the load generator opens the target
+//! itself: its io_uring driver opens the file with O_DIRECT for `direct=1`. A combination the load generator cannot run as fio would (a size-based run capped
 //! by `runtime`, a verify that is time based, reads, or from several jobs) is an error too.
 
 use std::path::Path;
@@ -678,6 +680,36 @@ mod tests {
         // verify=crc32c without do_verify writes but does not check: not a verify run.
         let v = p("[j]\nsize=1M\nrw=write\nverify=crc32c\ndo_verify=0\n").expect("parses");
         assert!(!v.verify);
+    }
+
+    #[test]
+    fn direct_is_off_by_default_and_set_by_1_from_global_or_the_job() {
+        let direct = |text: &str| p(text).map(|p| p.direct);
+        assert_eq!(direct("[j]\nsize=1M\n"), Ok(false), "fio's default is 0");
+        assert_eq!(direct("[j]\nsize=1M\ndirect=0\n"), Ok(false));
+        assert_eq!(direct("[j]\nsize=1M\ndirect=1\n"), Ok(true));
+        assert_eq!(
+            direct("[j]\nsize=1M\ndirect\n"),
+            Ok(true),
+            "a bare key is 1"
+        );
+        assert_eq!(direct("[global]\ndirect=1\n[j]\nsize=1M\n"), Ok(true));
+        assert_eq!(
+            direct("[global]\ndirect=1\n[j]\nsize=1M\ndirect=0\n"),
+            Ok(false),
+            "the job's setting wins"
+        );
+        let from_env = parse("[j]\nsize=1M\ndirect=${D}\n", "t.fio", &|v| {
+            (v == "D").then(|| "1".to_string())
+        });
+        assert_eq!(from_env.map(|p| p.direct), Ok(true), "from the environment");
+        for bad in ["2", "yes", "true", ""] {
+            let e = p(&format!("[j]\nsize=1M\ndirect={bad}\n")).expect_err(bad);
+            assert!(
+                e.contains(&format!("`direct={bad}`")) && e.contains("0 or 1"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

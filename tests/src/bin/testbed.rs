@@ -946,8 +946,46 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
-    use clap::CommandFactory;
+    use super::{Cli, Cmd};
+    use clap::{CommandFactory, Parser};
+    use testbed::blkio_load::Driver;
+
+    /// `testbed blkio-load` with `args` after the required `--path p --profile j.fio`: its
+    /// driver and `--cpus`, or clap's error.
+    fn blkio_load(args: &[&str]) -> Result<(Driver, Option<String>), clap::Error> {
+        let argv = ["testbed", "blkio-load", "--path", "p", "--profile", "j.fio"];
+        let cli = Cli::try_parse_from(argv.iter().chain(args))?;
+        match cli.command {
+            Cmd::BlkioLoad { driver, cpus, .. } => Ok((driver, cpus)),
+            _ => panic!("blkio-load parsed as another command"),
+        }
+    }
+
+    #[test]
+    fn blkio_load_defaults_to_vhost_vdpa_and_takes_each_driver() {
+        assert_eq!(
+            blkio_load(&[]).expect("parses"),
+            (Driver::VirtioBlkVhostVdpa, None)
+        );
+        for (name, driver) in [
+            ("virtio-blk-vhost-vdpa", Driver::VirtioBlkVhostVdpa),
+            ("virtio-blk-vhost-user", Driver::VirtioBlkVhostUser),
+            ("io-uring", Driver::IoUring),
+        ] {
+            let (d, _) = blkio_load(&["--driver", name]).expect(name);
+            assert_eq!(d, driver, "{name}");
+        }
+        let e = blkio_load(&["--driver", "nvme-io_uring"]).expect_err("not a driver");
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{e}");
+    }
+
+    #[test]
+    fn blkio_load_passes_cpus_through_to_its_parser() {
+        let (_, cpus) = blkio_load(&["--cpus", "0,1"]).expect("parses");
+        assert_eq!(cpus.as_deref(), Some("0,1"));
+        let e = blkio_load(&["--cpus"]).expect_err("no value");
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{e}");
+    }
 
     /// clap's own checks of the command line (unique names, valid defaults), which a build
     /// does not run: a clash only shows when the command is used.
