@@ -155,7 +155,7 @@ impl Daemon {
         }
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
             .with_context(|| format!("/proc/{}/stat", self.pid()))?;
-        cpu_seconds(&stat, clock_ticks())
+        cpu_seconds(&stat, clock_ticks()?)
     }
 }
 
@@ -175,15 +175,14 @@ impl Drop for Daemon {
     }
 }
 
-/// `sysconf(_SC_CLK_TCK)`.
-fn clock_ticks() -> f64 {
+/// `sysconf(_SC_CLK_TCK)`: an error rather than a guessed tick rate.
+fn clock_ticks() -> anyhow::Result<f64> {
     // SAFETY: sysconf has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    if t <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) gave {t}");
     }
+    Ok(t as f64)
 }
 
 /// utime + stime of a `/proc/PID/stat` line, in seconds.

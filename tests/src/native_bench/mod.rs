@@ -366,15 +366,20 @@ fn fill(path: &Path, size: u64) -> anyhow::Result<()> {
 }
 
 /// CPU seconds of the reaped children of this process so far.
-fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into `ru`, plain data.
-    let ru = unsafe {
+fn children_cpu_seconds() -> anyhow::Result<f64> {
+    // SAFETY: getrusage writes into `ru`, plain data; its result is checked.
+    let (r, ru) = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        ru
+        (libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru), ru)
     };
+    if r != 0 {
+        bail!(
+            "getrusage(RUSAGE_CHILDREN): {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
+    Ok(t(ru.ru_utime) + t(ru.ru_stime))
 }
 
 /// When and where a run happened.
@@ -473,7 +478,7 @@ pub fn run(p: &NativeParams, command: &str) -> anyhow::Result<NativeReport> {
                             left
                         ),
                     );
-                    let daemon = daemons
+                    let mut daemon = daemons
                         .iter_mut()
                         .find(|(k, d)| *k == b.kind && d.target == target)
                         .map(|(_, d)| d);
@@ -487,12 +492,8 @@ pub fn run(p: &NativeParams, command: &str) -> anyhow::Result<NativeReport> {
                         names[ji],
                         target.id()
                     ));
-                    let (d0, l0) = (daemon.as_ref().map(|_| 0.0), children_cpu_seconds());
-                    let mut daemon = daemon;
-                    let d0 = match daemon.as_mut() {
-                        Some(d) => Some(d.cpu_seconds()?),
-                        None => d0,
-                    };
+                    let l0 = children_cpu_seconds()?;
+                    let d0 = daemon.as_mut().map(|d| d.cpu_seconds()).transpose()?;
                     let status = Command::new(&p.testbed)
                         .args(["blkio-load", "--driver", target.driver(), "--path"])
                         .arg(&path)
@@ -504,11 +505,8 @@ pub fn run(p: &NativeParams, command: &str) -> anyhow::Result<NativeReport> {
                         .envs(p.env(b, &path.to_string_lossy()))
                         .status()
                         .context("running testbed blkio-load")?;
-                    let load_cpu_s = children_cpu_seconds() - l0;
-                    let d1 = match daemon.as_mut() {
-                        Some(d) => Some(d.cpu_seconds()?),
-                        None => None,
-                    };
+                    let load_cpu_s = children_cpu_seconds()? - l0;
+                    let d1 = daemon.as_mut().map(|d| d.cpu_seconds()).transpose()?;
                     if !status.success() {
                         bail!(
                             "blkio-load {} on {} over {} exited {status}",

@@ -118,7 +118,6 @@ pub fn rows(samples: &[Sample]) -> Vec<Row> {
             keys.push(k);
         }
     }
-    keys.sort_by_key(|(b, _, t)| (*b, *t));
     let mut jobs_order: Vec<&str> = Vec::new();
     for s in samples {
         if !jobs_order.contains(&s.job.as_str()) {
