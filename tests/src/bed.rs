@@ -328,6 +328,12 @@ impl GuestRef {
     /// A failed step, with the guest's kernel log (the agent runs it beside a hung step, which
     /// has been cancelled anyway) and the console tail.
     fn failure(&self, step: &str, reason: String, lines: &[String]) -> Error {
+        self.failure_of(step, reason, lines, false)
+    }
+
+    /// [`Self::failure`] of a step whose guest died under it (gone, or booted again): the
+    /// console's crash line, if a kernel crash killed it, goes into the failure.
+    fn failure_of(&self, step: &str, reason: String, lines: &[String], died: bool) -> Error {
         let dmesg = match self
             .agent
             .run("dmesg | tail -n 30", Duration::from_secs(15))
@@ -335,9 +341,16 @@ impl GuestRef {
             Ok(out) => out.lines.join("\n"),
             Err(e) => format!("(unavailable: {e:?})"),
         };
-        let tail = fs::read(&self.console)
-            .map(|b| crate::cmd::tail_text(&String::from_utf8_lossy(&b), 25))
-            .unwrap_or_else(|e| format!("(console log unreadable: {e})"));
+        let (tail, kernel_crash) = match fs::read(&self.console) {
+            Ok(b) => {
+                let text = String::from_utf8_lossy(&b);
+                let crash = died
+                    .then(|| crate::kernel_crash::crash_line(&text).map(String::from))
+                    .flatten();
+                (crate::cmd::tail_text(&text, 25), crash)
+            }
+            Err(e) => (format!("(console log unreadable: {e})"), None),
+        };
         Error::Step(Box::new(StepFailure {
             step: step.to_string(),
             guest: self.name.clone(),
@@ -346,6 +359,7 @@ impl GuestRef {
             dmesg,
             console: self.console.display().to_string(),
             tail,
+            kernel_crash,
         }))
     }
 
@@ -373,13 +387,17 @@ impl GuestRef {
                 ),
                 &lines,
             )),
-            Err(RunFailure::Closed { lines }) => {
-                Err(self.failure(step, "the guest went away (QEMU exited?)".into(), &lines))
-            }
-            Err(RunFailure::Rebooted { lines }) => Err(self.failure(
+            Err(RunFailure::Closed { lines }) => Err(self.failure_of(
+                step,
+                "the guest went away (QEMU exited?)".into(),
+                &lines,
+                true,
+            )),
+            Err(RunFailure::Rebooted { lines }) => Err(self.failure_of(
                 step,
                 "the guest booted again under it (a reboot or a kernel crash)".into(),
                 &lines,
+                true,
             )),
             Err(RunFailure::Agent { message }) => Err(self.failure(step, message, &[])),
         }
@@ -655,7 +673,8 @@ impl Bed {
         loop {
             let mut guest = Guest::spawn(&self.qemu, spec)?;
             let kernel = guest.wait_ready(&spec.agent_socket, &log, self.boot_timeout);
-            let crashed = kernel.is_err() && crashed_during_boot(&guest.console_tail(60));
+            let crashed = kernel.is_err()
+                && crate::kernel_crash::crash_line(&guest.console_tail(60)).is_some();
             if crashed && attempt < BOOT_ATTEMPTS {
                 // The guest kernel occasionally oopses early under multi-threaded TCG (seen:
                 // a stray int3 from text patching). That is the emulator, not the stack.
@@ -1049,11 +1068,6 @@ pub fn prune_runs(runs: &Path, keep: usize) {
 /// How many times a guest whose kernel crashed before its agent came up is booted.
 const BOOT_ATTEMPTS: u32 = 2;
 
-/// Whether a console shows the guest kernel dying (rather than, say, a missing agent).
-fn crashed_during_boot(console: &str) -> bool {
-    console.contains("Kernel panic") || console.contains("Oops:")
-}
-
 /// The role of the guest in slot `idx` (slots are in role order).
 fn role_of(idx: usize) -> Role {
     match idx {
@@ -1129,19 +1143,6 @@ mod tests {
         assert!(p.validate().is_err());
         p.namespace_sizes = vec![];
         assert!(p.validate().is_err());
-    }
-
-    #[test]
-    fn only_a_kernel_crash_counts_as_a_boot_crash() {
-        assert!(crashed_during_boot(
-            "[ 2.5] Oops: int3: 0000 [#1] PREEMPT SMP"
-        ));
-        assert!(crashed_during_boot(
-            "Kernel panic - not syncing: Fatal exception"
-        ));
-        assert!(!crashed_during_boot(
-            "testbed-init: FAILED: agent '/x' is not an executable"
-        ));
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct StepFailure {
     pub dmesg: String,
     pub console: String,
     pub tail: String,
+    /// The console's first crash line when the guest died under the step (went away or
+    /// booted again) of a kernel crash.
+    pub kernel_crash: Option<String>,
 }
 
 impl Error {
@@ -82,6 +85,18 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl Error {
+    /// The crash line when this failure is a guest kernel dying (a step's guest gone, or a
+    /// boot that crashed on every attempt), not the stack under test failing.
+    pub fn guest_kernel_crash(&self) -> Option<&str> {
+        match self {
+            Error::Step(f) => f.kernel_crash.as_deref(),
+            Error::Boot { tail, .. } => crate::kernel_crash::crash_line(tail),
+            _ => None,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod guest;
 pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_crash;
 pub mod link;
 pub mod native_bench;
 pub mod probe;

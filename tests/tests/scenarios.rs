@@ -43,7 +43,17 @@ fn qemu_children() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// A scenario, run once more on a fresh bed if a guest kernel crashed under emulation
+/// (`testbed::kernel_crash`); a second crash fails like any other failure.
+fn once_more_after_a_crash<T>(scenario: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    testbed::kernel_crash::once_more_after_a_crash(scenario, |why| eprintln!("{why}"))
+}
+
 fn run(topology: Topology, fault: Option<Fault>) -> Result<reference::Report, Error> {
+    once_more_after_a_crash(|| run_once(topology, fault))
+}
+
+fn run_once(topology: Topology, fault: Option<Fault>) -> Result<reference::Report, Error> {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let prepared = prepared();
     let result = reference::run(
@@ -113,11 +123,23 @@ fn a_guest_that_never_boots_fails_the_boot() {
 }
 
 #[test]
+fn a_guest_kernel_crash_under_a_step_is_named_as_one() {
+    let err = run_once(Topology::Single, Some(Fault::KernelCrash)).expect_err("must fail");
+    assert_eq!(step_of(&err), "crash the guest kernel", "{err}");
+    let crash = err
+        .guest_kernel_crash()
+        .unwrap_or_else(|| panic!("no kernel crash found in: {err}"));
+    assert!(crash.contains("sysrq triggered crash"), "{crash}");
+}
+
+#[test]
 fn fabric_crate_carves_discovers_and_connects_on_the_real_kernel() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let prepared = prepared();
-    let report = testbed::scenarios::fabric_probe::run(&prepared, &params(Topology::Single))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let report = once_more_after_a_crash(|| {
+        testbed::scenarios::fabric_probe::run(&prepared, &params(Topology::Single))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     let carve = |k: &str| report.carve_value(k).cloned().unwrap_or_default();
     let connect = |k: &str| report.connect_value(k).cloned().unwrap_or_default();
@@ -175,8 +197,10 @@ fn vdpa_blk_run(backing: Backing) -> vdpa_blk::Report {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bin = vdpa_blk_binary();
     let prepared = prepared();
-    let report = vdpa_blk::run(&prepared, &params(backing.topology()), &bin, backing)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let report = once_more_after_a_crash(|| {
+        vdpa_blk::run(&prepared, &params(backing.topology()), &bin, backing)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     report
 }
@@ -200,8 +224,10 @@ fn vdpa_blk_serves_an_nvme_rdma_namespace_through_virtio_vdpa_and_vhost_vdpa() {
 fn the_bed_cancels_hung_steps_cuts_links_fails_over_kills_daemons_and_reboots_keeping_state() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let prepared = prepared();
-    let r = testbed::scenarios::lifecycle::run(&prepared, &params(Topology::Pair))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = once_more_after_a_crash(|| {
+        testbed::scenarios::lifecycle::run(&prepared, &params(Topology::Pair))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     eprintln!("lifecycle figures: {r:?}");
     assert!(r.failover_packets > 0, "{r:?}");
@@ -212,8 +238,10 @@ fn the_bed_cancels_hung_steps_cuts_links_fails_over_kills_daemons_and_reboots_ke
 fn the_trio_topology_boots_and_joins_both_compute_nodes_to_the_storage_node() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let prepared = prepared();
-    let r = testbed::scenarios::topology::run(&prepared, &params(Topology::Trio))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = once_more_after_a_crash(|| {
+        testbed::scenarios::topology::run(&prepared, &params(Topology::Trio))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     eprintln!(
         "trio: every link up in {:.1}s, {:.1}s in all",
@@ -226,8 +254,10 @@ fn nvmf_target_exports_two_volumes_with_dhchap_survives_kill_and_cold_reboot_and
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bin = workspace_binary("nvmf-target", "nvmf-target", "NVMF_TARGET_BIN");
     let prepared = prepared();
-    let r = testbed::scenarios::nvmf_target::run(&prepared, &params(Topology::Pair), &bin)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = once_more_after_a_crash(|| {
+        testbed::scenarios::nvmf_target::run(&prepared, &params(Topology::Pair), &bin)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     eprintln!("nvmf-target: {r:#?}");
     let attempts: Vec<&str> = r.refused.iter().map(|a| a.0.as_str()).collect();
@@ -261,8 +291,10 @@ fn nvmf_initiator_attaches_over_two_paths_through_virtio_vdpa_and_vhost_vdpa_sur
         vdpa_blk: vdpa_blk_binary(),
     };
     let prepared = prepared();
-    let r = testbed::scenarios::nvmf_initiator::run(&prepared, &params(Topology::Pair), &bins)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = once_more_after_a_crash(|| {
+        testbed::scenarios::nvmf_initiator::run(&prepared, &params(Topology::Pair), &bins)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     eprintln!("nvmf-initiator: {r:#?}");
     let attempts: Vec<&str> = r.refused.iter().map(|a| a.0.as_str()).collect();
@@ -311,8 +343,10 @@ fn the_comparison_smoke_runs_every_profile_on_vdpa_blk_through_virtio_vdpa_and_v
         .expect("the repository's profiles");
     cp.command = "cargo test -p testbed --test scenarios the_comparison_smoke".into();
     let prepared = prepared();
-    let r = compare::run(&prepared, &params(Topology::Pair), &bins, &cp, "test")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r = once_more_after_a_crash(|| {
+        compare::run(&prepared, &params(Topology::Pair), &bins, &cp, "test")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
     // run() refuses a report with a number missing; check the shape and a few numbers anyway.
     assert!(r.missing().is_empty(), "{:?}", r.missing());

@@ -313,8 +313,11 @@ fn parse_fault(s: &str) -> anyhow::Result<Fault> {
         "wrong-nqn" => Ok(Fault::WrongNqn),
         "missing-module" => Ok(Fault::MissingModule),
         "no-boot" => Ok(Fault::NoBoot),
+        "kernel-crash" => Ok(Fault::KernelCrash),
         other => {
-            anyhow::bail!("unknown fault `{other}`: expected wrong-nqn, missing-module or no-boot")
+            anyhow::bail!(
+                "unknown fault `{other}`: expected wrong-nqn, missing-module, no-boot or kernel-crash"
+            )
         }
     }
 }

@@ -30,6 +30,9 @@ pub enum Fault {
     MissingModule,
     /// The guests are told to run an agent that does not exist, so they never come up.
     NoBoot,
+    /// The compute node's kernel is crashed (sysrq `c`) under a step, so the failure must
+    /// name the crash (what `testbed::kernel_crash` runs a scenario again for).
+    KernelCrash,
 }
 
 /// Options of a reference run.
@@ -85,6 +88,15 @@ fn steps(bed: &mut Bed, opts: &Options) -> Result<Report> {
         steps::compute_modules(topology)
     );
     let hostnqn = steps::prepare(bed, &storage_mods, &compute_mods)?;
+    if opts.fault == Some(Fault::KernelCrash) {
+        bed.step(
+            Role::Compute,
+            "fault",
+            "crash the guest kernel",
+            include_str!("sh/crash_kernel.sh"),
+            secs(120),
+        )?;
+    }
 
     // Carve VF 1: flexible queue and interrupt resources, online, namespace attached, bound.
     let (vf, storage_dev) = steps::carve(bed, VF, NSID)?;
