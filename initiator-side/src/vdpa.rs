@@ -241,8 +241,23 @@ pub struct QueueStats {
 pub struct Stats {
     /// Device name.
     pub name: String,
+    /// Why vdpa-blk refused the driver's last DRIVER_OK, until one succeeds (a VMM whose guest
+    /// memory is private, say: its disk never works); null when it did not.
+    // Required in vdpa-blk's answer, so a vdpa-blk that stopped saying it is noticed.
+    #[serde(deserialize_with = "present")]
+    pub driver_ok_refused: Option<String>,
     /// Per-queue counters.
     pub queues: Vec<QueueStats>,
+}
+
+/// An `Option` field that must be in the JSON (null or a value): serde takes a missing
+/// `Option` as `None` otherwise.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::deserialize(d)
 }
 
 /// Errors of the vdpa-blk side.
@@ -1184,10 +1199,27 @@ while :; do sleep 0.05; done
         let path = d.path().join("ctl.sock");
         let server = serve_once(
             &path,
-            "{\"event\":\"stats\",\"name\":\"vol1\",\"queues\":[{\"queue\":0,\"bytes_read\":4096}]}\n",
+            "{\"event\":\"stats\",\"name\":\"vol1\",\"driver_ok_refused\":null,\
+             \"queues\":[{\"queue\":0,\"bytes_read\":4096}]}\n",
         );
         let l = launcher(PathBuf::from("/nonexistent"));
         assert!(l.stats(&path).is_err(), "a missing `requests` read as 0");
+        server.join().expect("server");
+    }
+
+    /// A vdpa-blk that stopped saying whether it refused DRIVER_OK is noticed, not read as
+    /// "no refusal".
+    #[test]
+    fn a_stats_answer_without_the_refusal_field_is_an_error_not_a_none() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("ctl.sock");
+        let server = serve_once(
+            &path,
+            "{\"event\":\"stats\",\"name\":\"vol1\",\"queues\":[]}\n",
+        );
+        let l = launcher(PathBuf::from("/nonexistent"));
+        let err = l.stats(&path).expect_err("no driver_ok_refused");
+        assert!(err.to_string().contains("driver_ok_refused"), "{err}");
         server.join().expect("server");
     }
 
@@ -1197,7 +1229,8 @@ while :; do sleep 0.05; done
         let path = d.path().join("ctl.sock");
         let server = serve_once(
             &path,
-            "{\"event\":\"stats\",\"name\":\"vol1\",\"queues\":[{\"queue\":0,\"requests\":5,\
+            "{\"event\":\"stats\",\"name\":\"vol1\",\"driver_ok_refused\":\"cannot start the \
+             queues: private\",\"queues\":[{\"queue\":0,\"requests\":5,\
              \"bytes_read\":4096,\"bytes_written\":512,\"errors\":0,\"dropped\":0,\"in_flight\":1,\
              \"interrupts\":4,\"kicks\":3,\"polled\":0,\"copied_bytes\":0,\"parked\":0,\
              \"failures\":0,\"broken\":false,\"new_counter\":9}]}\n",
@@ -1206,6 +1239,10 @@ while :; do sleep 0.05; done
         let stats = l.stats(&path).expect("stats");
         assert_eq!(server.join().expect("server"), "stats\n");
         assert_eq!(stats.name, "vol1");
+        assert_eq!(
+            stats.driver_ok_refused.as_deref(),
+            Some("cannot start the queues: private")
+        );
         assert_eq!(
             stats.queues,
             vec![QueueStats {

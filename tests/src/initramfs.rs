@@ -119,6 +119,26 @@ impl Cpio {
 
 /// Builds the initramfs for `kernel` at `out` (uncompressed newc; the kernel takes it as is).
 pub fn build(kernel: &Kernel, busybox: &Path, out: &Path) -> Result<()> {
+    write(
+        kernel,
+        busybox,
+        &init_script(),
+        EARLY_MODULES,
+        &["lower", "rw", "newroot"],
+        out,
+    )
+}
+
+/// Writes an initramfs of busybox, `init` as /init, `modules` (decompressed, as
+/// `lib/modules/NAME.ko`, for busybox's insmod) and the empty directories `dirs`.
+pub fn write(
+    kernel: &Kernel,
+    busybox: &Path,
+    init: &str,
+    modules: &[&str],
+    dirs: &[&str],
+    out: &Path,
+) -> Result<()> {
     let dep_path = kernel.modules.join("modules.dep");
     let dep = fs::read_to_string(&dep_path).map_err(|e| Error::io("read", &dep_path, e))?;
     let busybox_bytes = fs::read(busybox).map_err(|e| Error::io("read", busybox, e))?;
@@ -129,22 +149,15 @@ pub fn build(kernel: &Kernel, busybox: &Path, out: &Path) -> Result<()> {
         });
     }
     let mut cpio = Cpio::default();
-    for d in [
-        "bin",
-        "proc",
-        "sys",
-        "dev",
-        "lower",
-        "rw",
-        "newroot",
-        "lib",
-        "lib/modules",
-    ] {
+    for d in ["bin", "proc", "sys", "dev", "lib", "lib/modules"]
+        .iter()
+        .chain(dirs)
+    {
         cpio.dir(d);
     }
     cpio.file("bin/busybox", 0o755, &busybox_bytes);
-    cpio.file("init", 0o755, init_script().as_bytes());
-    for m in EARLY_MODULES {
+    cpio.file("init", 0o755, init.as_bytes());
+    for m in modules {
         let rel = kernel::module_path(&dep, m).ok_or_else(|| Error::Missing {
             what: format!("kernel module {m} in {}", dep_path.display()),
             fix: "delete the cached kernel and run the set-up again".into(),

@@ -7,6 +7,7 @@
 //! [`agent`]) -> [`bed`] (topologies, steps by role) -> [`scenarios`].
 
 pub mod agent;
+pub mod backports;
 pub mod bed;
 pub mod blkio_client;
 pub mod blkio_load;
@@ -30,5 +31,6 @@ pub mod qmp;
 pub mod scenarios;
 pub mod setup;
 pub mod vhost_driver;
+pub mod vmm;
 
 pub use error::{Error, Result};

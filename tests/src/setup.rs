@@ -59,3 +59,19 @@ pub fn prepare(cache: &Path, progress: &Progress) -> Result<Prepared> {
         cache: cache.to_path_buf(),
     })
 }
+
+/// What running a VM inside the compute guest needs: the nested VMM and the nested guest's
+/// initramfs (its kernel is the bed's).
+#[derive(Debug, Clone)]
+pub struct NestedVm {
+    pub vmm: crate::vmm::Vmm,
+    pub initramfs: PathBuf,
+}
+
+/// Fetches the nested VMM and builds the nested guest's initramfs (each only if not already
+/// done).
+pub fn prepare_nested_vm(prepared: &Prepared, progress: &Progress) -> Result<NestedVm> {
+    let vmm = crate::vmm::ensure_vmm(&prepared.cache.join("vmm"), progress)?;
+    let initramfs = crate::vmm::nested_initramfs(&prepared.kernel, &prepared.cache)?;
+    Ok(NestedVm { vmm, initramfs })
+}

@@ -326,6 +326,34 @@ fn nvmf_initiator_attaches_over_two_paths_through_virtio_vdpa_and_vhost_vdpa_sur
 }
 
 #[test]
+fn a_vm_boots_twice_on_a_two_queue_vhost_vdpa_attachment_verifies_its_bytes_on_the_vf_and_detaches_clean(
+) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let bins = testbed::scenarios::nvmf_initiator::Binaries {
+        nvmf_target: workspace_binary("nvmf-target", "nvmf-target", "NVMF_TARGET_BIN"),
+        nvmf_initiator: workspace_binary("nvmf-initiator", "nvmf-initiator", "NVMF_INITIATOR_BIN"),
+        vdpa_blk: vdpa_blk_binary(),
+    };
+    let prepared = prepared();
+    let r = once_more_after_a_crash(|| {
+        testbed::scenarios::vm::run(&prepared, &params(Topology::Pair), &bins)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(qemu_children(), Vec::<u32>::new(), "a QEMU was left behind");
+    eprintln!("vm: {r:#?}");
+    assert!(r.vmm.starts_with("QEMU emulator version 10."), "{r:?}");
+    assert!(r.device.starts_with("vhost-vdpa-"), "{r:?}");
+    assert_eq!(r.nested["boot2_verified"], "yes", "{r:?}");
+    assert_eq!(
+        r.nested["boot1_written_md5"],
+        r.storage_md5.as_str(),
+        "{r:?}"
+    );
+    assert!(r.requests.1 > r.requests.0, "{r:?}");
+    assert_eq!(r.teardown.len(), 1, "{r:?}");
+}
+
+#[test]
 fn the_comparison_smoke_runs_every_profile_on_vdpa_blk_through_virtio_vdpa_and_vhost_vdpa_with_every_figure(
 ) {
     use testbed::compare::StoragePath;

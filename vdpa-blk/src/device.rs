@@ -10,7 +10,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -159,6 +159,8 @@ pub struct Controller<O: VduseOps> {
     id: [u8; VIRTIO_BLK_ID_BYTES],
     capacity: Arc<AtomicU64>,
     stats: Arc<Vec<Arc<QueueStats>>>,
+    /// See [`DriverRefusal`].
+    refusal: Arc<DriverRefusal>,
     workers: Vec<Option<WorkerHandle>>,
     kicks: Vec<Option<EventFd>>,
     last_avail: Vec<Option<u16>>,
@@ -203,6 +205,28 @@ fn worker_io(queue: u16, op: &'static str, source: std::io::Error) -> DeviceErro
     DeviceError::Worker(WorkerError::Io { queue, op, source })
 }
 
+/// What the device says when a vhost-vdpa user's rings are in memory it cannot map.
+const UNMAPPED_RINGS: &str = "the driver's rings are in no memory the kernel lets us map: a \
+     vhost-vdpa user (VMM) whose guest memory is private anonymous memory cannot be served; give \
+     it shared memory (memfd or hugetlbfs, e.g. QEMU memory-backend-memfd with share=on)";
+
+/// The last DRIVER_OK the device refused and why, until one succeeds: the stats line's
+/// `driver_ok_refused`, so the health an operator reads names why a VMM's disk is dead instead
+/// of leaving it to the daemon's log.
+#[derive(Debug, Default)]
+pub struct DriverRefusal(Mutex<Option<String>>);
+
+impl DriverRefusal {
+    /// Why the last DRIVER_OK was refused, if the last one was.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, why: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
 impl<O: VduseOps> Controller<O> {
     /// A controller for a device with `model`, serving `backing`; `warn_unmapped` for a
     /// vhost-vdpa device (see the field).
@@ -237,7 +261,13 @@ impl<O: VduseOps> Controller<O> {
             poll: Duration::ZERO,
             log: None,
             resume: vec![false; n],
+            refusal: Arc::new(DriverRefusal::default()),
         }
+    }
+
+    /// The last DRIVER_OK refusal, for readers on other threads (the stats line).
+    pub fn refusal(&self) -> Arc<DriverRefusal> {
+        self.refusal.clone()
     }
 
     /// Keeps the in-flight log in `log` (see [`crate::inflight`]).
@@ -402,30 +432,31 @@ impl<O: VduseOps> Controller<O> {
         }
         if status & VIRTIO_CONFIG_S_DRIVER_OK != 0 && self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 {
             if let Some(queues) = self.live_orphans() {
-                tracing::error!(
-                    "DRIVER_OK refused: queue(s) {queues} of the previous driver still wait for \
-                     I/O on the backing device (a lost path?); their reads could land in the new \
-                     driver's memory. Reset and retry once the backing answers"
+                let why = format!(
+                    "queue(s) {queues} of the previous driver still wait for I/O on the backing \
+                     device (a lost path?); their reads could land in the new driver's memory. \
+                     Reset and retry once the backing answers"
                 );
+                tracing::error!("DRIVER_OK refused: {why}");
+                self.refusal.set(Some(why));
                 return false;
             }
             if let Err(e) = self.start_workers() {
                 tracing::error!("DRIVER_OK: cannot start the queues: {e}");
+                let mut why = format!("cannot start the queues: {e}");
                 if self.warn_unmapped
                     && matches!(e, DeviceError::Worker(WorkerError::InvalidRing { .. }))
                 {
                     // vhost-vdpa passes VDUSE only shared, file-backed user memory: private
                     // anonymous memory never shows up in the IOTLB, so the rings are missing.
-                    tracing::warn!(
-                        "the driver's rings are in no memory the kernel lets us map: a vhost-vdpa \
-                         user (VMM) whose guest memory is private anonymous memory cannot be \
-                         served; give it shared memory (memfd or hugetlbfs, e.g. QEMU \
-                         memory-backend-memfd with share=on)"
-                    );
+                    tracing::warn!("{UNMAPPED_RINGS}");
+                    why = format!("{why}: {UNMAPPED_RINGS}");
                 }
+                self.refusal.set(Some(why));
                 self.stop_workers();
                 return false;
             }
+            self.refusal.set(None);
         }
         if let Some(log) = &self.log {
             log.set_status(status);
@@ -477,11 +508,13 @@ impl<O: VduseOps> Controller<O> {
         }
     }
 
-    /// Starts queue `i` if the driver enabled it. Ok(false): not enabled.
+    /// Starts queue `i` if the driver enabled it. Ok(false): not enabled, which includes a
+    /// queue marked ready with size 0 (QEMU's vhost-vdpa marks every queue ready at start,
+    /// also those a firmware or a guest with fewer vCPUs never set up).
     fn start_queue(&mut self, i: usize) -> Result<bool, DeviceError> {
         let q = i as u16;
         let info = self.ops.vq_get_info(u32::from(q))?;
-        if info.ready == 0 {
+        if info.ready == 0 || info.num == 0 {
             return Ok(false);
         }
         let size = u16::try_from(info.num)
@@ -899,6 +932,7 @@ pub struct Device {
     stop: Option<EventFd>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Vec<Arc<QueueStats>>>,
+    refusal: Arc<DriverRefusal>,
     iotlb: Arc<IotlbTable>,
     vdpa_added: bool,
     created: bool,
@@ -1068,6 +1102,7 @@ impl Device {
             stop: None,
             thread: None,
             stats: Arc::new(Vec::new()),
+            refusal: Arc::new(DriverRefusal::default()),
             iotlb: Arc::new(IotlbTable::new()),
             vdpa_added: false,
             created: true,
@@ -1155,6 +1190,7 @@ impl Device {
             stop: None,
             thread: None,
             stats: ctrl.stats(),
+            refusal: ctrl.refusal(),
             iotlb: ctrl.iotlb().clone(),
             // Ours now: a shutdown removes it as if this daemon had created it.
             vdpa_added: true,
@@ -1225,6 +1261,7 @@ impl Device {
             ctrl = ctrl.with_log(log.clone());
         }
         self.stats = ctrl.stats();
+        self.refusal = ctrl.refusal();
         self.iotlb = ctrl.iotlb().clone();
         self.spawn_control(ctrl, dev)?;
 
@@ -1254,6 +1291,11 @@ impl Device {
     /// `mappings`).
     pub fn iotlb_source(&self) -> Arc<IotlbTable> {
         self.iotlb.clone()
+    }
+
+    /// The last DRIVER_OK refusal, for readers on other threads (the stats line).
+    pub fn refusal_source(&self) -> Arc<DriverRefusal> {
+        self.refusal.clone()
     }
 
     /// The live per-queue counters, for readers on other threads (the control socket).

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use vdpa_blk::control::ControlSocket;
-use vdpa_blk::device::{Device, DeviceConfig};
+use vdpa_blk::device::{Device, DeviceConfig, DriverRefusal};
 use vdpa_blk::driver::{SysRoot, VdpaDriver};
 use vdpa_blk::vhost_user::{VhostUserConfig, VhostUserServer};
 use vdpa_blk::worker::{snapshot_all, QueueStatsSnapshot};
@@ -131,6 +131,14 @@ impl Served {
         }
     }
 
+    /// The last DRIVER_OK refusal (VDUSE; vhost-user has no DRIVER_OK to refuse).
+    fn refusal_source(&self) -> Option<std::sync::Arc<vdpa_blk::device::DriverRefusal>> {
+        match self {
+            Served::Vduse(d) => Some(d.refusal_source()),
+            Served::VhostUser(_) => None,
+        }
+    }
+
     fn iotlb_source(&self) -> std::sync::Arc<vdpa_blk::iotlb::IotlbTable> {
         match self {
             Served::Vduse(d) => d.iotlb_source(),
@@ -218,14 +226,22 @@ struct StatsLine<'a> {
     name: &'a str,
     /// Times a daemon reconnected to the device (this one included).
     reconnects: u32,
+    /// Why the driver's last DRIVER_OK was refused (null when it was not, or none came yet).
+    driver_ok_refused: Option<String>,
     queues: Vec<QueueStatsSnapshot>,
 }
 
-fn stats_line(name: &str, reconnects: u32, queues: Vec<QueueStatsSnapshot>) -> StatsLine<'_> {
+fn stats_line<'a>(
+    name: &'a str,
+    reconnects: u32,
+    refusal: Option<&DriverRefusal>,
+    queues: Vec<QueueStatsSnapshot>,
+) -> StatsLine<'a> {
     StatsLine {
         event: "stats",
         name,
         reconnects,
+        driver_ok_refused: refusal.and_then(DriverRefusal::get),
         queues,
     }
 }
@@ -331,9 +347,15 @@ fn run(a: Args) -> anyhow::Result<()> {
     let reconnects = served.reconnects();
     if let Some(c) = &control {
         let (name, stats, iotlb) = (name.clone(), served.stats_source(), served.iotlb_source());
+        let refusal = served.refusal_source();
         c.serve(move |cmd| match cmd {
-            "stats" => serde_json::to_string(&stats_line(&name, reconnects, snapshot_all(&stats)))
-                .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
+            "stats" => serde_json::to_string(&stats_line(
+                &name,
+                reconnects,
+                refusal.as_deref(),
+                snapshot_all(&stats),
+            ))
+            .unwrap_or_else(|e| format!(r#"{{"error":"encode stats: {e}"}}"#)),
             "mappings" => {
                 let maps: Vec<_> = iotlb.snapshot().mappings().map(|m| m.info()).collect();
                 serde_json::json!({ "event": "mappings", "name": name, "mappings": maps })
@@ -350,7 +372,12 @@ fn run(a: Args) -> anyhow::Result<()> {
     tracing::info!("serving");
     let failure = loop {
         match wait_signal(&set) {
-            Some(libc::SIGUSR1) => print_line(&stats_line(&name, reconnects, served.stats()))?,
+            Some(libc::SIGUSR1) => print_line(&stats_line(
+                &name,
+                reconnects,
+                served.refusal_source().as_deref(),
+                served.stats(),
+            ))?,
             Some(libc::SIGUSR2) if matches!(served, Served::VhostUser(_)) => tracing::error!(
                 "SIGUSR2: a live upgrade hands over a VDUSE device; over vhost-user the \
                  front end reconnects to the socket instead. Still serving"

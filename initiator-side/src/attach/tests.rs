@@ -164,6 +164,7 @@ impl Launcher for FakeLauncher {
         match r {
             Some(r) if !st.fail_stats => Ok(Stats {
                 name: r.ready.name.clone(),
+                driver_ok_refused: None,
                 queues: vec![QueueStats {
                     queue: 0,
                     requests: 5,

@@ -114,7 +114,8 @@ struct CompareArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install missing host tools, fetch the guest kernel, build the initramfs.
+    /// Install missing host tools, fetch the guest kernel and the nested VMM, build the
+    /// initramfs of the guests and of the nested guest.
     Setup,
     /// Set up, build the project's daemons, boot the pair bed and run the whole stack on it:
     /// nvmf-target exports a volume, nvmf-initiator attaches it, fio verifies through it.
@@ -123,7 +124,7 @@ enum Cmd {
         bed: BedArgs,
     },
     /// Run a scenario by name: reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric,
-    /// lifecycle, nvmf-target, nvmf-initiator, topology (the end-to-end tests run the same
+    /// lifecycle, nvmf-target, nvmf-initiator, vm, topology (the end-to-end tests run the same
     /// functions).
     Run {
         /// The scenario to run.
@@ -643,13 +644,16 @@ fn scenario_run(
 ) -> anyhow::Result<()> {
     use testbed::scenarios::{
         fabric_probe, lifecycle, nvmf_initiator as ni, nvmf_target as nt, topology, vdpa_blk as vb,
+        vm,
     };
-    let known = "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, nvmf-target, nvmf-initiator, topology";
+    let known = "reference, fabric-probe, vdpa-blk-local, vdpa-blk-fabric, lifecycle, nvmf-target, nvmf-initiator, vm, topology";
+    // The scenarios that run both daemons (and vdpa-blk under the agent).
+    let daemons = name == "nvmf-initiator" || name == "vm";
     let mut p = params(args)?;
     let backing = match name {
         "vdpa-blk-local" => Some(vb::Backing::Local),
         "vdpa-blk-fabric" => Some(vb::Backing::Fabric),
-        "fabric-probe" | "lifecycle" | "nvmf-target" | "nvmf-initiator" | "topology" => None,
+        "fabric-probe" | "lifecycle" | "nvmf-target" | "nvmf-initiator" | "vm" | "topology" => None,
         other => anyhow::bail!("unknown scenario `{other}`: expected one of {known}"),
     };
     let bin = match vdpa_blk {
@@ -658,7 +662,7 @@ fn scenario_run(
             .context("locating the testbed binary")?
             .with_file_name("vdpa-blk"),
     };
-    if (backing.is_some() || name == "nvmf-initiator") && !bin.is_file() {
+    if (backing.is_some() || daemons) && !bin.is_file() {
         anyhow::bail!(
             "no vdpa-blk binary at {}: build it with the same profile (cargo build --release -p vdpa-blk) or pass --vdpa-blk",
             bin.display()
@@ -670,7 +674,7 @@ fn scenario_run(
             .context("locating the testbed binary")?
             .with_file_name("nvmf-target"),
     };
-    if (name == "nvmf-target" || name == "nvmf-initiator") && !nvmf_target.is_file() {
+    if (name == "nvmf-target" || daemons) && !nvmf_target.is_file() {
         anyhow::bail!(
             "no nvmf-target binary at {}: build it with the same profile (cargo build --release -p nvmf-target) or pass --nvmf-target",
             nvmf_target.display()
@@ -682,7 +686,7 @@ fn scenario_run(
             .context("locating the testbed binary")?
             .with_file_name("nvmf-initiator"),
     };
-    if name == "nvmf-initiator" && !nvmf_initiator.is_file() {
+    if daemons && !nvmf_initiator.is_file() {
         anyhow::bail!(
             "no nvmf-initiator binary at {}: build it with the same profile (cargo build --release -p nvmf-initiator) or pass --nvmf-initiator",
             nvmf_initiator.display()
@@ -714,6 +718,15 @@ fn scenario_run(
                 vdpa_blk: bin,
             };
             println!("{:#?}", ni::run(&prepared, &p, &bins)?);
+        }
+        ("vm", _) => {
+            p.topology = Topology::Pair;
+            let bins = ni::Binaries {
+                nvmf_target,
+                nvmf_initiator,
+                vdpa_blk: bin,
+            };
+            println!("{:#?}", vm::run(&prepared, &p, &bins)?);
         }
         _ => {
             let r = topology::run(&prepared, &p)?;
@@ -877,16 +890,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup => {
             let progress = Progress::new("testbed");
-            setup::prepare(&setup::cache_dir(), &progress)
-                .map(|p| {
-                    println!(
-                        "test bed ready: kernel {} ({}), initramfs {}",
-                        p.kernel.version,
-                        p.kernel.vmlinuz.display(),
-                        p.initramfs.display()
-                    );
-                })
-                .map_err(anyhow::Error::from)
+            (|| -> anyhow::Result<()> {
+                let p = setup::prepare(&setup::cache_dir(), &progress)?;
+                let vm = setup::prepare_nested_vm(&p, &progress)?;
+                println!(
+                "test bed ready: kernel {} ({}), initramfs {}; nested VMM {} ({}), nested initramfs {}",
+                p.kernel.version,
+                p.kernel.vmlinuz.display(),
+                p.initramfs.display(),
+                vm.vmm.version,
+                vm.vmm.qemu.display(),
+                vm.initramfs.display()
+            );
+                Ok(())
+            })()
         }
         Cmd::Demo { bed } => demo(&bed),
         Cmd::Compare(args) => compare(&args),

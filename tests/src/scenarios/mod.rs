@@ -13,3 +13,4 @@ pub mod topology;
 pub mod vdpa_blk;
 mod vdpa_blk_faults;
 pub mod vdpa_blk_reconnect;
+pub mod vm;

@@ -72,7 +72,7 @@ fn config_path() -> String {
     format!("{STATE_ROOT}/nvmf-initiator/config.toml")
 }
 
-fn state_dir() -> String {
+pub(super) fn state_dir() -> String {
     format!("{STATE_ROOT}/nvmf-initiator/state")
 }
 
@@ -366,7 +366,7 @@ impl Initiator {
     }
 
     /// `list`: the ids of the attachments.
-    fn ids(&self, bed: &mut Bed, what: &str) -> Result<Vec<String>> {
+    pub(super) fn ids(&self, bed: &mut Bed, what: &str) -> Result<Vec<String>> {
         let v = self.cli(bed, what, &["list"])?;
         let rows = v.as_array().ok_or_else(|| Error::Check {
             check: format!("{what}: list --json is a list"),
@@ -628,7 +628,7 @@ fn vdpa_blk_killed(
 }
 
 /// The kernel holds what `a` says (`sh/nvmf_initiator_attached.sh`).
-fn kernel_has(bed: &mut Bed, a: &Attached, nqn: &str, what: &str) -> Result<StepResult> {
+pub(super) fn kernel_has(bed: &mut Bed, a: &Attached, nqn: &str, what: &str) -> Result<StepResult> {
     bed.step_env(
         Role::Compute,
         "check",
@@ -651,8 +651,7 @@ fn kernel_has(bed: &mut Bed, a: &Attached, nqn: &str, what: &str) -> Result<Step
     )
 }
 
-/// `detach` of `a` (unforced) answers nothing and leaves nothing (`sh/nvmf_initiator_gone.sh`);
-/// `list` is empty after it.
+/// `detach` of `a` (unforced) answers nothing and leaves nothing; recorded in the report.
 fn detached(
     bed: &mut Bed,
     init: &Initiator,
@@ -660,6 +659,19 @@ fn detached(
     nqn: &str,
     report: &mut Report,
 ) -> Result<()> {
+    let done = detach_leaves_nothing(bed, init, a, nqn)?;
+    report.teardown.push(done);
+    Ok(())
+}
+
+/// `detach` of `a` (unforced) answers nothing and leaves nothing (`sh/nvmf_initiator_gone.sh`);
+/// `list` is empty after it. Gives what was done, in words.
+pub(super) fn detach_leaves_nothing(
+    bed: &mut Bed,
+    init: &Initiator,
+    a: &Attached,
+    nqn: &str,
+) -> Result<String> {
     let gone = init.cli(bed, &format!("detach {}", a.id), &["detach", &a.id])?;
     check(gone.is_null(), "a detach answers nothing", || {
         gone.to_string()
@@ -680,10 +692,7 @@ fn detached(
     check(ids.is_empty(), "no attachment after the detach", || {
         format!("{ids:?}")
     })?;
-    report
-        .teardown
-        .push(format!("{} ({}): detached", a.id, a.mode.words().0));
-    Ok(())
+    Ok(format!("{} ({}): detached", a.id, a.mode.words().0))
 }
 
 /// A fio crc32c verify through `/dev/{disk}` (no fault), recorded in the report.

@@ -294,6 +294,34 @@ fn driver_ok_with_unmapped_rings_fails_and_starts_nothing() {
 }
 
 #[test]
+fn a_refused_driver_ok_says_why_until_one_succeeds() {
+    let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
+    let refusal = r.ctrl.refusal();
+    assert_eq!(refusal.get(), None, "nothing refused yet");
+    // Rings outside every mapping: what a VMM with private memory looks like through
+    // vhost-vdpa (its RAM never reaches the IOTLB).
+    *r.ops.rings.lock().expect("rings") = (MEM + 0x1000, MEM + 0x2000, MEM + 0x3000);
+    assert_eq!(
+        result(&r.ctrl.handle(&set_status(15))),
+        VDUSE_REQ_RESULT_FAILED
+    );
+    let why = refusal.get().expect("the refusal is kept");
+    assert!(why.contains("cannot start the queues"), "{why}");
+    assert!(why.contains("private anonymous memory"), "{why}");
+    assert!(why.contains("share=on"), "{why}");
+    // A reset keeps the reason (the VMM's disk is still dead); a DRIVER_OK that works ends it.
+    assert_eq!(result(&r.ctrl.handle(&set_status(0))), VDUSE_REQ_RESULT_OK);
+    assert!(refusal.get().is_some());
+    let mem = guest(&r);
+    let vq = MockSplitQueue::new(&mem, 16);
+    *r.ops.rings.lock().expect("rings") =
+        (vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0);
+    assert_eq!(result(&r.ctrl.handle(&set_status(15))), VDUSE_REQ_RESULT_OK);
+    assert_eq!(refusal.get(), None);
+    r.ctrl.stop_workers();
+}
+
+#[test]
 fn update_iotlb_swaps_the_new_mappings_in_before_the_reply() {
     let mut r = rig(&[(0, MEM - 1, 0, VDUSE_ACCESS_RW)]);
     r.ctrl

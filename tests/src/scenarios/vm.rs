@@ -1,0 +1,299 @@
+//! A real VM on an attached volume, in the pair topology with both daemons running:
+//! - `nvmf-target` exports `vol1`; `nvmf-initiator` attaches it in vhost-vdpa mode with two
+//!   queues (what a multi-queue attach gives a VM);
+//! - the nested VMM (bookworm-backports' QEMU 10.0, [`crate::vmm`]) runs in the compute guest
+//!   with exactly the attach answer's fastest QEMU snippet (`vhost-vdpa-device-pci` and the
+//!   shared memfd guest memory), plus a kernel, the nested initramfs and a serial console;
+//! - the nested guest (one vCPU, so its virtio_blk drives one of the two queues, as SeaBIOS
+//!   does before it) writes 4 MiB and reads them back, reboots (the device is reset and driven
+//!   again through VDUSE, vdpa-blk not restarted), reads them back again and powers off;
+//! - while it runs, vdpa-blk maps QEMU's own guest memory file (zero copy shown, not claimed);
+//!   afterwards the bytes are on the storage node's VF namespace, the agent's statistics show
+//!   the VM's requests with the same vdpa-blk pid, and a detach leaves nothing.
+
+use serde_json::Value;
+
+use super::nvmf_initiator::{
+    detach_leaves_nothing, kernel_has, ready_view, state_dir, Attached, Binaries, Initiator, Mode,
+};
+use super::nvmf_target::{Target, Volume};
+use super::steps::{self, check, secs, with_lib};
+use crate::bed::{Bed, BedParams, Role, Topology};
+use crate::error::{Error, Result};
+use crate::setup::{NestedVm, Prepared};
+
+/// The volume the VM runs on.
+const VOLUME: (&str, &str) = ("vol1", "100M");
+/// Queues of the attachment (the nested guest drives one).
+const QUEUES: u16 = 2;
+/// The nested guest's RAM (the snippet's `${GUEST_RAM}`).
+const GUEST_RAM: &str = "256M";
+/// The region the nested guest writes: the first 4 MiB (`sh/nested_init.sh`).
+const REGION_MIB: u64 = 4;
+/// How long one nested boot may take to reach its disk (measured under nested TCG: about
+/// three and a half minutes to a shell).
+const FIRST_LOOK_S: u64 = 900;
+
+/// What the scenario found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub attachment: String,
+    /// `vhost-vdpa-N`.
+    pub device: String,
+    /// The snippet the VM was started with.
+    pub snippet: String,
+    /// The nested VMM's version line.
+    pub vmm: String,
+    /// What the nested guest printed, by key (`boot1_written_md5`, `boot2_read_md5`, ...).
+    pub nested: serde_json::Map<String, Value>,
+    /// The md5 of the region on the storage node's VF namespace after the VM.
+    pub storage_md5: String,
+    /// The VM's run time, both boots, seconds.
+    pub vm_seconds: u64,
+    /// vdpa-blk's completed requests before and after the VM (the agent's `show`).
+    pub requests: (u64, u64),
+    pub teardown: Vec<String>,
+}
+
+/// Runs the scenario in a new pair bed and tears the bed down, whatever happens.
+pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<Report> {
+    let nested = crate::setup::prepare_nested_vm(prepared, &crate::progress::Progress::new("vm"))?;
+    let mut params = params.clone();
+    params.topology = Topology::Pair;
+    params.paths = 1;
+    let mut bed = Bed::start(prepared, &params, "vm")?;
+    let report = steps_of(&mut bed, prepared, &nested, bins);
+    if let Ok(r) = &report {
+        bed.progress()
+            .phase("done", &format!("vm scenario passed: {r:?}"));
+    }
+    bed.shutdown();
+    report
+}
+
+/// A string the nested guest printed (`nested_KEY` results), or a check failure.
+fn nested_value(r: &Report, key: &str) -> Result<String> {
+    r.nested
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: format!("the nested guest reports {key}"),
+            reason: format!("it printed {:?}", r.nested),
+        })
+}
+
+/// vdpa-blk's requests, summed over the queues of the agent's `show`, and its pid.
+fn requests(init: &Initiator, bed: &mut Bed, a: &Attached, what: &str) -> Result<(u64, u64)> {
+    let v = init.cli(bed, what, &["show", &a.id])?;
+    let queues = v["vdpa"]["stats"]["queues"]
+        .as_array()
+        .ok_or_else(|| Error::Check {
+            check: format!("{what}: vdpa-blk's per-queue statistics"),
+            reason: v.to_string(),
+        })?;
+    let total = queues
+        .iter()
+        .map(|q| {
+            q["requests"].as_u64().ok_or_else(|| Error::Check {
+                check: format!("{what}: a `requests` counter in each queue"),
+                reason: q.to_string(),
+            })
+        })
+        .sum::<Result<u64>>()?;
+    let pid = v["vdpa"]["pid"].as_u64().ok_or_else(|| Error::Check {
+        check: format!("{what}: vdpa-blk's pid"),
+        reason: v.to_string(),
+    })?;
+    Ok((total, pid))
+}
+
+fn steps_of(
+    bed: &mut Bed,
+    prepared: &Prepared,
+    nested: &NestedVm,
+    bins: &Binaries,
+) -> Result<Report> {
+    let mut report = Report {
+        vmm: nested.vmm.version.clone(),
+        ..Report::default()
+    };
+    let hostnqn = steps::prepare_stack(bed)?;
+    let traddr = bed
+        .nics(Role::Compute)?
+        .first()
+        .map(|n| n.storage_addr.clone())
+        .ok_or_else(|| Error::Check {
+            check: "the compute node has a link".into(),
+            reason: "no NIC".into(),
+        })?;
+
+    // The storage node: nvmf-target, the compute node's host, vol1.
+    let target = Target::configure(
+        bed,
+        &bins.nvmf_target.display().to_string(),
+        &hostnqn,
+        std::slice::from_ref(&traddr),
+    )?;
+    let (_target_daemon, _) = target.start(bed)?;
+    let key = target.add_host(bed, &hostnqn)?;
+    let (name, size) = VOLUME;
+    target.create(bed, name, size)?;
+    let storage_dev = target
+        .converged(bed, &format!("{name} created"), &[name])?
+        .pop()
+        .map(|(_, dev)| dev)
+        .ok_or_else(|| Error::Invalid(format!("no VF namespace for {name}")))?;
+    let what = format!("volume show {name}");
+    let shown = target.cli(bed, &what, &["volume", "show", name])?;
+    let vol = Volume::of(&shown, &what)?;
+    let nguid = vol.nguid.clone().ok_or_else(|| Error::Check {
+        check: format!("{what} gives the NGUID"),
+        reason: shown.to_string(),
+    })?;
+
+    // The compute node: the agent, vol1 in vhost-vdpa mode with two queues.
+    let init = Initiator::configure(
+        bed,
+        &bins.nvmf_initiator.display().to_string(),
+        &bins.vdpa_blk.display().to_string(),
+    )?;
+    let (_agent, _) = init.start(bed)?;
+    let what = format!("attach {name} in vhost-vdpa mode with {QUEUES} queues");
+    let path = format!("rdma:{traddr}:4420");
+    let queues = QUEUES.to_string();
+    let view = init.cli(
+        bed,
+        &what,
+        &[
+            "attach",
+            &vol.nqn,
+            "--path",
+            &path,
+            "--mode",
+            "vhost-vdpa",
+            "--dhchap-secret",
+            &key,
+            "--nguid",
+            &nguid,
+            "--queues",
+            &queues,
+        ],
+    )?;
+    let answered = [format!("rdma://{traddr}:4420")];
+    let a = ready_view(&view, &vol.nqn, &nguid, Mode::VhostVdpa, &answered, &what)?;
+    kernel_has(bed, &a, &vol.nqn, "the kernel holds the vhost-vdpa chain")?;
+    report.attachment = a.id.clone();
+    report.device = a.disk.clone();
+    let snippet = view["snippets"]["qemu_fastest"]["command_line"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: format!("{what}: the answer has the fastest QEMU snippet"),
+            reason: view["snippets"].to_string(),
+        })?;
+    check(
+        snippet.contains(&format!("vhostdev=/dev/{}", a.disk)) && snippet.contains("share=on"),
+        "the snippet names the device and shared guest memory",
+        || snippet.clone(),
+    )?;
+    report.snippet = snippet.clone();
+    let (before, pid_before) = requests(&init, bed, &a, "show before the VM")?;
+
+    // The VM, both boots.
+    let sock = format!("{}/vdpa/{}.sock", state_dir(), a.id);
+    let console = bed.run_dir().join("compute.nested.console.log");
+    let vm = bed.step_env(
+        Role::Compute,
+        "vm",
+        "QEMU runs the snippet's VM: write, read back, reboot, read back, power off",
+        &with_lib(include_str!("sh/vm_run.sh")),
+        &[
+            ("QEMU", nested.vmm.qemu.display().to_string()),
+            (
+                "QEMU_MODULE_DIR",
+                nested.vmm.module_dir.display().to_string(),
+            ),
+            ("DATA_ARGS", nested.vmm.data_args()),
+            ("KERNEL", prepared.kernel.vmlinuz.display().to_string()),
+            ("INITRD", nested.initramfs.display().to_string()),
+            ("SNIPPET", snippet),
+            ("GUEST_RAM", GUEST_RAM.to_string()),
+            ("SOCK", sock),
+            ("CONSOLE", console.display().to_string()),
+            ("WAIT_S", FIRST_LOOK_S.to_string()),
+        ],
+        secs(2 * FIRST_LOOK_S + 300),
+    )?;
+    for r in &vm.results {
+        if let Some(o) = r.as_object() {
+            for (k, v) in o {
+                if let Some(k) = k.strip_prefix("nested_") {
+                    report.nested.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+    }
+    report.vm_seconds = steps::count(
+        &steps::result_with(&vm, "vm_seconds", "the VM's run time")?,
+        "vm_seconds",
+    )
+    .unwrap_or(0);
+    // Zero copy: the daemon mapped QEMU's own guest memory file, writable.
+    let memfd = steps::result_with(&vm, "vm_memfd_ino", "QEMU's guest memory file")?;
+    let maps = steps::result_with(&vm, "mappings", "the daemon's mappings")?;
+    let ours = |m: &Value| {
+        m["dev"].to_string().trim_matches('"') == memfd["vm_memfd_dev"].as_str().unwrap_or("-")
+            && m["ino"].to_string().trim_matches('"')
+                == memfd["vm_memfd_ino"].as_str().unwrap_or("-")
+    };
+    check(
+        maps["mappings"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
+        "zero copy: vdpa-blk maps the VM's own guest memory file",
+        || format!("QEMU's memfd {memfd}, vdpa-blk maps {maps}"),
+    )?;
+    let written = nested_value(&report, "boot1_written_md5")?;
+    let read = nested_value(&report, "boot2_read_md5")?;
+    check(
+        written == read,
+        "the second boot reads what the first wrote",
+        || format!("{:?}", report.nested),
+    )?;
+    for b in ["boot1_queues", "boot2_queues"] {
+        check(
+            nested_value(&report, b)? == "1",
+            "the nested guest (one vCPU) drives one of the two queues",
+            || format!("{:?}", report.nested),
+        )?;
+    }
+
+    // The bytes are on the VF namespace, and vdpa-blk served the VM without a restart.
+    report.storage_md5 = steps::checksums(
+        bed,
+        Role::Storage,
+        "the VM's region on the VF namespace",
+        &storage_dev,
+        &[("region", 0, REGION_MIB)],
+    )?
+    .pop()
+    .unwrap_or_default();
+    check(
+        report.storage_md5 == written,
+        "the VM's bytes are on the storage node's VF namespace",
+        || format!("VF namespace {}, VM wrote {written}", report.storage_md5),
+    )?;
+    let (after, pid_after) = requests(&init, bed, &a, "show after the VM")?;
+    report.requests = (before, after);
+    check(
+        after > before && pid_after == pid_before,
+        "vdpa-blk (the same process) completed the VM's requests",
+        || format!("requests {before} -> {after}, pid {pid_before} -> {pid_after}"),
+    )?;
+
+    report
+        .teardown
+        .push(detach_leaves_nothing(bed, &init, &a, &vol.nqn)?);
+    Ok(report)
+}

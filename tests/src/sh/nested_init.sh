@@ -1,0 +1,52 @@
+#!/bin/busybox sh
+# /init of the nested guest (a VM that QEMU runs inside the compute guest on a vdpa-blk
+# device): writes 4 MiB of random data to its virtio disk and reads it back on the first boot,
+# reboots (the device is reset and driven again), checks the same bytes on the second boot,
+# then powers off. What it found goes to the console as `NESTED key=value` lines, which the
+# step that ran QEMU turns into its RESULT (`failed=` ends the VM on any error). A marker at 8 MiB on the disk says which boot this
+# is and what the first wrote.
+/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+say() { echo "NESTED $1"; }
+off() { sync; poweroff -f; sleep 60; }
+fail() { say "failed=$*"; off; }
+insmod /lib/modules/virtio_blk.ko || fail "insmod virtio_blk"
+i=0
+while [ ! -b /dev/vda ]; do
+  i=$((i + 1)); [ "$i" -gt 300 ] && fail "no /dev/vda after 30 s"; sleep 0.1
+done
+marker=$(dd if=/dev/vda bs=512 skip=16384 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+case "$marker" in "nested boot 1 md5 "*) b=2 ;; *) b=1 ;; esac
+set -- /sys/block/vda/mq/*
+say "boot${b}_disk=vda boot${b}_sectors=$(cat /sys/block/vda/size) boot${b}_queues=$#"
+region_md5() {
+  echo 3 > /proc/sys/vm/drop_caches
+  dd if=/dev/vda bs=1M count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1
+}
+case "$marker" in
+  "nested boot 1 md5 "*)
+    want=${marker#nested boot 1 md5 }
+    got=$(region_md5) || fail "read back on boot 2"
+    say "boot2_expected_md5=$want boot2_read_md5=$got"
+    [ "$got" = "$want" ] || fail "boot 2 read $got, boot 1 wrote $want"
+    printf 'nested boot 2 md5 %s\n' "$got" | dd of=/dev/vda bs=512 seek=16384 conv=sync,fsync 2>/dev/null \
+      || fail "marker on boot 2"
+    say "boot2_verified=yes"
+    off
+    ;;
+  *)
+    dd if=/dev/urandom of=/dev/vda bs=1M count=4 iflag=fullblock oflag=direct conv=fsync 2>/dev/null \
+      || fail "write on boot 1"
+    got=$(region_md5) || fail "read back on boot 1"
+    say "boot1_written_md5=$got"
+    printf 'nested boot 1 md5 %s\n' "$got" | dd of=/dev/vda bs=512 seek=16384 conv=sync,fsync 2>/dev/null \
+      || fail "marker on boot 1"
+    say "boot1_rebooting=yes"
+    sync
+    reboot -f
+    sleep 60
+    ;;
+esac
