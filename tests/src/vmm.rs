@@ -51,6 +51,15 @@ pub struct Vmm {
 }
 
 impl Vmm {
+    /// What a guest script needs to run this QEMU: `QEMU`, `QEMU_MODULE_DIR`, `DATA_ARGS`.
+    pub fn script_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("QEMU", self.qemu.display().to_string()),
+            ("QEMU_MODULE_DIR", self.module_dir.display().to_string()),
+            ("DATA_ARGS", self.data_args()),
+        ]
+    }
+
     /// The `-L` arguments.
     pub fn data_args(&self) -> String {
         self.data_dirs

@@ -710,23 +710,18 @@ fn scenario_run(
             p.topology = Topology::Pair;
             println!("{:#?}", nt::run(&prepared, &p, &nvmf_target)?);
         }
-        ("nvmf-initiator", _) => {
+        ("nvmf-initiator" | "vm", _) => {
             p.topology = Topology::Pair;
             let bins = ni::Binaries {
                 nvmf_target,
                 nvmf_initiator,
                 vdpa_blk: bin,
             };
-            println!("{:#?}", ni::run(&prepared, &p, &bins)?);
-        }
-        ("vm", _) => {
-            p.topology = Topology::Pair;
-            let bins = ni::Binaries {
-                nvmf_target,
-                nvmf_initiator,
-                vdpa_blk: bin,
-            };
-            println!("{:#?}", vm::run(&prepared, &p, &bins)?);
+            if name == "vm" {
+                println!("{:#?}", vm::run(&prepared, &p, &bins)?);
+            } else {
+                println!("{:#?}", ni::run(&prepared, &p, &bins)?);
+            }
         }
         _ => {
             let r = topology::run(&prepared, &p)?;

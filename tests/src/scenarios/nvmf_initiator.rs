@@ -585,35 +585,7 @@ fn vdpa_blk_killed(
                 &[("PID", pid.to_string())],
                 secs(30),
             )?;
-            let t0 = Instant::now();
-            let mut seen = Vec::new();
-            loop {
-                let v = init.cli(
-                    bed,
-                    "show the attachment after vdpa-blk's kill",
-                    &["show", &a.id],
-                )?;
-                let now = v["vdpa"]["pid"].as_u64();
-                if v["vdpa"]["alive"] == true
-                    && now.is_some_and(|p| p != pid)
-                    && v["vdpa"]["restarts"] == 1
-                {
-                    return Ok(v);
-                }
-                seen.push(format!(
-                    "{:.1}s: pid {now:?} alive {} restarts {}",
-                    t0.elapsed().as_secs_f64(),
-                    v["vdpa"]["alive"],
-                    v["vdpa"]["restarts"]
-                ));
-                if t0.elapsed() > secs(90) {
-                    return Err(Error::Check {
-                        check: "the agent restarted the killed vdpa-blk within 90 s".into(),
-                        reason: seen.join("; "),
-                    });
-                }
-                std::thread::sleep(secs(1));
-            }
+            restarted(bed, init, &a.id, pid)
         })?;
     report.fio_verified.push(what);
     check(
@@ -625,6 +597,38 @@ fn vdpa_blk_killed(
         check: "the attachment names its new vdpa-blk".into(),
         reason: after.to_string(),
     })
+}
+
+/// The agent's `show` of attachment `id` once its supervisor has replaced the killed vdpa-blk
+/// `pid`: alive, another pid, one restart (within 90 s).
+pub(super) fn restarted(bed: &mut Bed, init: &Initiator, id: &str, pid: u64) -> Result<Value> {
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let v = init.cli(
+            bed,
+            "show the attachment after vdpa-blk's kill",
+            &["show", id],
+        )?;
+        let now = v["vdpa"]["pid"].as_u64();
+        if v["vdpa"]["alive"] == true && now.is_some_and(|p| p != pid) && v["vdpa"]["restarts"] == 1
+        {
+            return Ok(v);
+        }
+        seen.push(format!(
+            "{:.1}s: pid {now:?} alive {} restarts {}",
+            t0.elapsed().as_secs_f64(),
+            v["vdpa"]["alive"],
+            v["vdpa"]["restarts"]
+        ));
+        if t0.elapsed() > secs(90) {
+            return Err(Error::Check {
+                check: "the agent restarted the killed vdpa-blk within 90 s".into(),
+                reason: seen.join("; "),
+            });
+        }
+        std::thread::sleep(secs(1));
+    }
 }
 
 /// The kernel holds what `a` says (`sh/nvmf_initiator_attached.sh`).

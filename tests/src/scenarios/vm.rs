@@ -1,20 +1,27 @@
 //! A real VM on an attached volume, in the pair topology with both daemons running:
 //! - `nvmf-target` exports `vol1`; `nvmf-initiator` attaches it in vhost-vdpa mode with two
 //!   queues (what a multi-queue attach gives a VM);
+//! - a VMM that keeps the snippet's device but not its shared memory (private guest RAM) is
+//!   refused at DRIVER_OK, and both vdpa-blk's log and the agent's `show`
+//!   (`driver_ok_refused`) name private memory as the cause;
 //! - the nested VMM (bookworm-backports' QEMU 10.0, [`crate::vmm`]) runs in the compute guest
 //!   with exactly the attach answer's fastest QEMU snippet (`vhost-vdpa-device-pci` and the
 //!   shared memfd guest memory), plus a kernel, the nested initramfs and a serial console;
 //! - the nested guest (one vCPU, so its virtio_blk drives one of the two queues, as SeaBIOS
-//!   does before it) writes 4 MiB and reads them back, reboots (the device is reset and driven
-//!   again through VDUSE, vdpa-blk not restarted), reads them back again and powers off;
+//!   does before it) writes 4 MiB and reads them back, keeps I/O going for 30 s while vdpa-blk
+//!   is killed with -9 under it (the agent starts one with `--reconnect`; every round reads
+//!   back what it wrote), reboots (the device is reset and driven again through VDUSE by the
+//!   same vdpa-blk), reads the 4 MiB back again and powers off;
 //! - while it runs, vdpa-blk maps QEMU's own guest memory file (zero copy shown, not claimed);
 //!   afterwards the bytes are on the storage node's VF namespace, the agent's statistics show
-//!   the VM's requests with the same vdpa-blk pid, and a detach leaves nothing.
+//!   one restart and requests served by the vdpa-blk that took over (the same pid from the
+//!   restart to the end: the reboot did not restart it), and a detach leaves nothing.
 
 use serde_json::Value;
 
 use super::nvmf_initiator::{
-    detach_leaves_nothing, kernel_has, ready_view, state_dir, Attached, Binaries, Initiator, Mode,
+    detach_leaves_nothing, kernel_has, ready_view, restarted, state_dir, Attached, Binaries,
+    Initiator, Mode,
 };
 use super::nvmf_target::{Target, Volume};
 use super::steps::{self, check, secs, with_lib};
@@ -44,14 +51,18 @@ pub struct Report {
     pub snippet: String,
     /// The nested VMM's version line.
     pub vmm: String,
+    /// Why vdpa-blk refused the VMM with private memory, as the agent's `show` gave it.
+    pub private_memory_refusal: String,
     /// What the nested guest printed, by key (`boot1_written_md5`, `boot2_read_md5`, ...).
     pub nested: serde_json::Map<String, Value>,
     /// The md5 of the region on the storage node's VF namespace after the VM.
     pub storage_md5: String,
     /// The VM's run time, both boots, seconds.
     pub vm_seconds: u64,
-    /// vdpa-blk's completed requests before and after the VM (the agent's `show`).
-    pub requests: (u64, u64),
+    /// The requests of the vdpa-blk that took over after the kill, when the VM had gone.
+    pub requests: u64,
+    /// vdpa-blk's pid before the kill, after the agent's restart, after the VM.
+    pub pids: (u64, u64, u64),
     pub teardown: Vec<String>,
 }
 
@@ -69,6 +80,13 @@ pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<R
     }
     bed.shutdown();
     report
+}
+
+/// The nested VMM's variables (`QEMU`, ...) followed by `env`, for a step that runs it.
+fn with_vmm(nested: &NestedVm, env: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut all = nested.vmm.script_env();
+    all.extend_from_slice(env);
+    all
 }
 
 /// A string the nested guest printed (`nested_KEY` results), or a check failure.
@@ -198,33 +216,107 @@ fn steps_of(
         || snippet.clone(),
     )?;
     report.snippet = snippet.clone();
-    let (before, pid_before) = requests(&init, bed, &a, "show before the VM")?;
-
-    // The VM, both boots.
+    // A VMM that drops the snippet's shared memory: refused, and the agent's health and
+    // vdpa-blk's log say why.
     let sock = format!("{}/vdpa/{}.sock", state_dir(), a.id);
-    let console = bed.run_dir().join("compute.nested.console.log");
-    let vm = bed.step_env(
+    let device_args: Vec<String> = view["snippets"]["qemu_fastest"]["device_args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    check(
+        !device_args.is_empty(),
+        "the fastest QEMU snippet has device arguments",
+        || view["snippets"].to_string(),
+    )?;
+    let private = bed.step_env(
         Role::Compute,
         "vm",
-        "QEMU runs the snippet's VM: write, read back, reboot, read back, power off",
+        "a VMM with private guest memory (the snippet's device, not its memory): refused",
+        &with_lib(include_str!("sh/vm_private_memory.sh")),
+        &with_vmm(
+            nested,
+            &[
+                ("DEVICE_ARGS", device_args.join(" ")),
+                ("SOCK", sock.clone()),
+                ("LOG", format!("{}/vdpa/{}.log", state_dir(), a.id)),
+                ("WAIT_S", "300".to_string()),
+            ],
+        ),
+        secs(400),
+    )?;
+    let warnings = steps::required(&private, "log_warnings", "the private-memory VMM")?;
+    check(
+        warnings.parse::<u64>().is_ok_and(|n| n > 0),
+        "vdpa-blk's log names private guest memory as the cause",
+        || format!("{:?}", private.results),
+    )?;
+    let shown = init.cli(bed, "show after the private-memory VMM", &["show", &a.id])?;
+    let why = shown["vdpa"]["stats"]["driver_ok_refused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    check(
+        why.contains("private anonymous memory") && why.contains("share=on"),
+        "the agent's health names why the private-memory VMM's disk is dead",
+        || shown.to_string(),
+    )?;
+    report.private_memory_refusal = why;
+
+    let (_, pid_before) = requests(&init, bed, &a, "show before the VM")?;
+
+    // The VM, both boots, in the background: vdpa-blk is killed under its sustained I/O.
+    let console = "/run/nested-console.log";
+    let vm = bed.spawn_step(
+        Role::Compute,
+        "vm",
+        "QEMU runs the snippet's VM: write, read back, I/O under a vdpa-blk kill, reboot, read back, power off",
         &with_lib(include_str!("sh/vm_run.sh")),
-        &[
-            ("QEMU", nested.vmm.qemu.display().to_string()),
-            (
-                "QEMU_MODULE_DIR",
-                nested.vmm.module_dir.display().to_string(),
-            ),
-            ("DATA_ARGS", nested.vmm.data_args()),
+        &with_vmm(
+            nested,
+            &[
             ("KERNEL", prepared.kernel.vmlinuz.display().to_string()),
             ("INITRD", nested.initramfs.display().to_string()),
             ("SNIPPET", snippet),
             ("GUEST_RAM", GUEST_RAM.to_string()),
-            ("SOCK", sock),
-            ("CONSOLE", console.display().to_string()),
+            ("SOCK", sock.clone()),
+            ("CONSOLE", console.to_string()),
             ("WAIT_S", FIRST_LOOK_S.to_string()),
-        ],
+            ],
+        ),
         secs(2 * FIRST_LOOK_S + 300),
     )?;
+    let kill = bed.step_env(
+        Role::Compute,
+        "fault",
+        &format!("kill -9 vdpa-blk (pid {pid_before}) under the VM's I/O"),
+        &with_lib(include_str!("sh/vm_kill_daemon.sh")),
+        &[
+            ("PID", pid_before.to_string()),
+            ("CONSOLE", console.to_string()),
+            ("WAIT_S", FIRST_LOOK_S.to_string()),
+        ],
+        secs(FIRST_LOOK_S + 60),
+    );
+    let kill = match kill {
+        Ok(k) => k,
+        Err(e) => {
+            // The VM's own failure says more (QEMU or the nested guest gone first).
+            vm.finish()?;
+            return Err(e);
+        }
+    };
+    check(
+        steps::required(&kill, "killed_during_io", "the kill")? == "yes",
+        "vdpa-blk was killed while the VM's I/O went on",
+        || format!("{:?}", kill.results),
+    )?;
+    let back = restarted(bed, &init, &a.id, pid_before)?;
+    let pid_restarted = back["vdpa"]["pid"].as_u64().unwrap_or(0);
+    let vm = vm.finish()?;
     for r in &vm.results {
         if let Some(o) = r.as_object() {
             for (k, v) in o {
@@ -285,11 +377,24 @@ fn steps_of(
         || format!("VF namespace {}, VM wrote {written}", report.storage_md5),
     )?;
     let (after, pid_after) = requests(&init, bed, &a, "show after the VM")?;
-    report.requests = (before, after);
+    let shown = init.cli(bed, "show after the VM", &["show", &a.id])?;
     check(
-        after > before && pid_after == pid_before,
-        "vdpa-blk (the same process) completed the VM's requests",
-        || format!("requests {before} -> {after}, pid {pid_before} -> {pid_after}"),
+        shown["vdpa"]["stats"]["driver_ok_refused"].is_null(),
+        "the refusal is gone once a VMM with shared memory drove the device",
+        || shown.to_string(),
+    )?;
+    report.requests = after;
+    report.pids = (pid_before, pid_restarted, pid_after);
+    check(
+        after > 0 && pid_after == pid_restarted,
+        "the vdpa-blk that took over served the rest of the VM, its reboot included, without a restart",
+        || format!("requests {after}, pids {:?}", report.pids),
+    )?;
+    let rounds = nested_value(&report, "boot1_io_rounds")?;
+    check(
+        rounds.parse::<u64>().is_ok_and(|n| n > 0),
+        "the VM's I/O rounds across the kill all read back what they wrote",
+        || format!("{:?}", report.nested),
     )?;
 
     report

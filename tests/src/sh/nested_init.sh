@@ -4,7 +4,9 @@
 # reboots (the device is reset and driven again), checks the same bytes on the second boot,
 # then powers off. What it found goes to the console as `NESTED key=value` lines, which the
 # step that ran QEMU turns into its RESULT (`failed=` ends the VM on any error). A marker at 8 MiB on the disk says which boot this
-# is and what the first wrote.
+# is and what the first wrote. Between its write and its reboot, the first boot keeps I/O
+# going for IO_S seconds (30).
+IO_S=30
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -44,6 +46,21 @@ case "$marker" in
     say "boot1_written_md5=$got"
     printf 'nested boot 1 md5 %s\n' "$got" | dd of=/dev/vda bs=512 seek=16384 conv=sync,fsync 2>/dev/null \
       || fail "marker on boot 1"
+    # Sustained I/O for $IO_S seconds (the host kills vdpa-blk under it): rounds of 1 MiB
+    # written at 16 MiB and read back, each compared.
+    say "boot1_io_start=yes"
+    rounds=0
+    end=$(( $(date +%s) + IO_S ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+      dd if=/dev/urandom of=/chunk bs=1M count=1 iflag=fullblock 2>/dev/null || fail "urandom"
+      want=$(md5sum < /chunk | cut -d' ' -f1)
+      dd if=/chunk of=/dev/vda bs=1M seek=16 oflag=direct conv=fsync 2>/dev/null \
+        || fail "write in I/O round $rounds"
+      got=$(dd if=/dev/vda bs=1M skip=16 count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+      [ "$got" = "$want" ] || fail "I/O round $rounds read $got, wrote $want"
+      rounds=$((rounds + 1))
+    done
+    say "boot1_io_rounds=$rounds"
     say "boot1_rebooting=yes"
     sync
     reboot -f
