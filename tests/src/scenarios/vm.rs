@@ -101,29 +101,48 @@ fn nested_value(r: &Report, key: &str) -> Result<String> {
         })
 }
 
-/// vdpa-blk's requests, summed over the queues of the agent's `show`, and its pid.
-fn requests(init: &Initiator, bed: &mut Bed, a: &Attached, what: &str) -> Result<(u64, u64)> {
+/// What the agent's `show` says of an attachment's vdpa-blk.
+#[derive(Debug)]
+struct Served {
+    /// Requests, summed over the queues.
+    requests: u64,
+    pid: u64,
+    /// Queues in its statistics.
+    queues: usize,
+    /// `driver_ok_refused` (present, null or a reason).
+    refused: Option<String>,
+}
+
+/// The agent's `show` of `a`, read into [`Served`]; a missing field is a check failure.
+fn served(init: &Initiator, bed: &mut Bed, a: &Attached, what: &str) -> Result<Served> {
     let v = init.cli(bed, what, &["show", &a.id])?;
-    let queues = v["vdpa"]["stats"]["queues"]
+    let fail = |field: &str| Error::Check {
+        check: format!("{what}: vdpa-blk's {field}"),
+        reason: v.to_string(),
+    };
+    let stats = &v["vdpa"]["stats"];
+    let queues = stats["queues"]
         .as_array()
-        .ok_or_else(|| Error::Check {
-            check: format!("{what}: vdpa-blk's per-queue statistics"),
-            reason: v.to_string(),
-        })?;
-    let total = queues
+        .ok_or_else(|| fail("per-queue statistics"))?;
+    let requests = queues
         .iter()
         .map(|q| {
-            q["requests"].as_u64().ok_or_else(|| Error::Check {
-                check: format!("{what}: a `requests` counter in each queue"),
-                reason: q.to_string(),
-            })
+            q["requests"]
+                .as_u64()
+                .ok_or_else(|| fail("`requests` counters"))
         })
         .sum::<Result<u64>>()?;
-    let pid = v["vdpa"]["pid"].as_u64().ok_or_else(|| Error::Check {
-        check: format!("{what}: vdpa-blk's pid"),
-        reason: v.to_string(),
-    })?;
-    Ok((total, pid))
+    let refused = match stats.get("driver_ok_refused") {
+        Some(Value::Null) => None,
+        Some(Value::String(why)) => Some(why.clone()),
+        _ => return Err(fail("driver_ok_refused")),
+    };
+    Ok(Served {
+        requests,
+        pid: v["vdpa"]["pid"].as_u64().ok_or_else(|| fail("pid"))?,
+        queues: queues.len(),
+        refused,
+    })
 }
 
 fn steps_of(
@@ -254,37 +273,35 @@ fn steps_of(
         "vdpa-blk's log names private guest memory as the cause",
         || format!("{:?}", private.results),
     )?;
-    let shown = init.cli(bed, "show after the private-memory VMM", &["show", &a.id])?;
-    let why = shown["vdpa"]["stats"]["driver_ok_refused"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let why = served(&init, bed, &a, "show after the private-memory VMM")?
+        .refused
+        .unwrap_or_default();
     check(
         why.contains("private anonymous memory") && why.contains("share=on"),
         "the agent's health names why the private-memory VMM's disk is dead",
-        || shown.to_string(),
+        || format!("driver_ok_refused: {why:?}"),
     )?;
     report.private_memory_refusal = why;
 
-    let (_, pid_before) = requests(&init, bed, &a, "show before the VM")?;
+    let pid_before = served(&init, bed, &a, "show before the VM")?.pid;
 
     // The VM, both boots, in the background: vdpa-blk is killed under its sustained I/O.
     let console = "/run/nested-console.log";
     let vm = bed.spawn_step(
         Role::Compute,
         "vm",
-        "QEMU runs the snippet's VM: write, read back, I/O under a vdpa-blk kill, reboot, read back, power off",
+        "QEMU runs the snippet's VM: write, I/O under a vdpa-blk kill, reboot, read back",
         &with_lib(include_str!("sh/vm_run.sh")),
         &with_vmm(
             nested,
             &[
-            ("KERNEL", prepared.kernel.vmlinuz.display().to_string()),
-            ("INITRD", nested.initramfs.display().to_string()),
-            ("SNIPPET", snippet),
-            ("GUEST_RAM", GUEST_RAM.to_string()),
-            ("SOCK", sock.clone()),
-            ("CONSOLE", console.to_string()),
-            ("WAIT_S", FIRST_LOOK_S.to_string()),
+                ("KERNEL", prepared.kernel.vmlinuz.display().to_string()),
+                ("INITRD", nested.initramfs.display().to_string()),
+                ("SNIPPET", snippet),
+                ("GUEST_RAM", GUEST_RAM.to_string()),
+                ("SOCK", sock.clone()),
+                ("CONSOLE", console.to_string()),
+                ("WAIT_S", FIRST_LOOK_S.to_string()),
             ],
         ),
         secs(2 * FIRST_LOOK_S + 300),
@@ -315,7 +332,10 @@ fn steps_of(
         || format!("{:?}", kill.results),
     )?;
     let back = restarted(bed, &init, &a.id, pid_before)?;
-    let pid_restarted = back["vdpa"]["pid"].as_u64().unwrap_or(0);
+    let pid_restarted = back["vdpa"]["pid"].as_u64().ok_or_else(|| Error::Check {
+        check: "the agent names the vdpa-blk that took over".into(),
+        reason: back.to_string(),
+    })?;
     let vm = vm.finish()?;
     for r in &vm.results {
         if let Some(o) = r.as_object() {
@@ -326,19 +346,21 @@ fn steps_of(
             }
         }
     }
-    report.vm_seconds = steps::count(
-        &steps::result_with(&vm, "vm_seconds", "the VM's run time")?,
-        "vm_seconds",
-    )
-    .unwrap_or(0);
+    let run_time = steps::result_with(&vm, "vm_seconds", "the VM's run time")?;
+    report.vm_seconds = steps::count(&run_time, "vm_seconds").ok_or_else(|| Error::Check {
+        check: "the VM's run time is a number of seconds".into(),
+        reason: run_time.to_string(),
+    })?;
     // Zero copy: the daemon mapped QEMU's own guest memory file, writable.
     let memfd = steps::result_with(&vm, "vm_memfd_ino", "QEMU's guest memory file")?;
+    let file = steps::count(&memfd, "vm_memfd_dev")
+        .zip(steps::count(&memfd, "vm_memfd_ino"))
+        .ok_or_else(|| Error::Check {
+            check: "QEMU's guest memory file has a device and an inode number".into(),
+            reason: memfd.to_string(),
+        })?;
     let maps = steps::result_with(&vm, "mappings", "the daemon's mappings")?;
-    let ours = |m: &Value| {
-        m["dev"].to_string().trim_matches('"') == memfd["vm_memfd_dev"].as_str().unwrap_or("-")
-            && m["ino"].to_string().trim_matches('"')
-                == memfd["vm_memfd_ino"].as_str().unwrap_or("-")
-    };
+    let ours = |m: &Value| steps::count(m, "dev").zip(steps::count(m, "ino")) == Some(file);
     check(
         maps["mappings"]
             .as_array()
@@ -376,19 +398,23 @@ fn steps_of(
         "the VM's bytes are on the storage node's VF namespace",
         || format!("VF namespace {}, VM wrote {written}", report.storage_md5),
     )?;
-    let (after, pid_after) = requests(&init, bed, &a, "show after the VM")?;
-    let shown = init.cli(bed, "show after the VM", &["show", &a.id])?;
+    let after = served(&init, bed, &a, "show after the VM")?;
+    report.requests = after.requests;
+    report.pids = (pid_before, pid_restarted, after.pid);
     check(
-        shown["vdpa"]["stats"]["driver_ok_refused"].is_null(),
-        "the refusal is gone once a VMM with shared memory drove the device",
-        || shown.to_string(),
-    )?;
-    report.requests = after;
-    report.pids = (pid_before, pid_restarted, pid_after);
-    check(
-        after > 0 && pid_after == pid_restarted,
+        after.requests > 0 && after.pid == pid_restarted,
         "the vdpa-blk that took over served the rest of the VM, its reboot included, without a restart",
-        || format!("requests {after}, pids {:?}", report.pids),
+        || format!("{after:?}, pids {:?}", report.pids),
+    )?;
+    check(
+        after.queues == usize::from(QUEUES),
+        &format!("vdpa-blk offers {QUEUES} queues while the VM drove one"),
+        || format!("{after:?}"),
+    )?;
+    check(
+        after.refused.is_none(),
+        "the refusal is gone once a VMM with shared memory drove the device",
+        || format!("{after:?}"),
     )?;
     let rounds = nested_value(&report, "boot1_io_rounds")?;
     check(

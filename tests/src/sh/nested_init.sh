@@ -3,9 +3,9 @@
 # device): writes 4 MiB of random data to its virtio disk and reads it back on the first boot,
 # reboots (the device is reset and driven again), checks the same bytes on the second boot,
 # then powers off. What it found goes to the console as `NESTED key=value` lines, which the
-# step that ran QEMU turns into its RESULT (`failed=` ends the VM on any error). A marker at 8 MiB on the disk says which boot this
-# is and what the first wrote. Between its write and its reboot, the first boot keeps I/O
-# going for IO_S seconds (30).
+# step that ran QEMU turns into its RESULT (`failed=` ends the VM on any error). A marker at
+# 8 MiB on the disk says which boot this is and what the first wrote. Between its write and
+# its reboot, the first boot keeps I/O going for IO_S seconds (30).
 IO_S=30
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -24,9 +24,13 @@ marker=$(dd if=/dev/vda bs=512 skip=16384 count=1 2>/dev/null | tr -d '\000' | h
 case "$marker" in "nested boot 1 md5 "*) b=2 ;; *) b=1 ;; esac
 set -- /sys/block/vda/mq/*
 say "boot${b}_disk=vda boot${b}_sectors=$(cat /sys/block/vda/size) boot${b}_queues=$#"
+# The md5 of the 4 MiB region, read in full (a short or failed read fails, never hashes).
 region_md5() {
   echo 3 > /proc/sys/vm/drop_caches
-  dd if=/dev/vda bs=1M count=4 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1
+  rm -f /region
+  dd if=/dev/vda of=/region bs=1M count=4 iflag=direct 2>/dev/null || return 1
+  [ "$(wc -c < /region)" -eq 4194304 ] || return 1
+  md5sum < /region | cut -d' ' -f1
 }
 case "$marker" in
   "nested boot 1 md5 "*)

@@ -1,10 +1,9 @@
 # Runs a VM on the vhost-vdpa device of an attachment: the nested VMM with exactly the attach
 # answer's QEMU snippet ($SNIPPET, whose ${GUEST_RAM} is this shell's), plus what a VM needs
 # besides its disk (a kernel, the nested initramfs, a serial console into $CONSOLE, printed
-# whole at the end). While the
-# nested guest runs, what the daemon maps (its control socket $SOCK) and the identity of QEMU's
-# guest memory file are printed; then the nested guest's `NESTED key=value` console lines
-# become results. Fails when QEMU fails, the nested guest reports a failure, or it never got to
+# whole at the end). While the nested guest runs, what the daemon maps (its control socket
+# $SOCK) and the identity of QEMU's guest memory file are printed; then the nested guest's
+# `NESTED key=value` console lines become results. Fails when QEMU fails, the nested guest reports a failure, or it never got to
 # verify on its second boot.
 # In: QEMU, QEMU_MODULE_DIR, DATA_ARGS (-L ...), KERNEL, INITRD, SNIPPET, GUEST_RAM, SOCK,
 # CONSOLE, WAIT_S.
