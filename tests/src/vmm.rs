@@ -35,8 +35,9 @@ pub const DEVICE: &str = "vhost-vdpa-device-pci";
 /// The nested guest's /init.
 pub const NESTED_INIT: &str = include_str!("sh/nested_init.sh");
 
-/// Modules the nested guest loads (virtio_pci is built into the bed's kernel).
-pub const NESTED_MODULES: &[&str] = &["virtio_blk"];
+/// Modules the nested guest loads (virtio_pci is built into the bed's kernel): its disk, and
+/// 9p to run fio from the compute guest's root.
+pub const NESTED_MODULES: &[&str] = &["virtio_blk", "netfs", "9pnet", "9pnet_virtio", "9p"];
 
 /// An extracted QEMU, checked to have [`DEVICE`].
 #[derive(Debug, Clone)]

@@ -331,7 +331,7 @@ fn nvmf_initiator_attaches_over_two_paths_through_virtio_vdpa_and_vhost_vdpa_sur
 }
 
 #[test]
-fn a_vm_boots_twice_on_a_two_queue_vhost_vdpa_attachment_survives_a_vdpa_blk_kill_verifies_its_bytes_on_the_vf_and_detaches_clean(
+fn a_vm_boots_twice_on_a_two_queue_vhost_vdpa_attachment_survives_a_vdpa_blk_kill_and_a_path_cut_verifies_its_bytes_on_the_vf_and_runs_fio_beside_the_host_paths(
 ) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let bins = daemon_binaries();
@@ -352,7 +352,12 @@ fn a_vm_boots_twice_on_a_two_queue_vhost_vdpa_attachment_survives_a_vdpa_blk_kil
     );
     assert!(r.requests > 0, "{r:?}");
     assert!(r.pids.0 != r.pids.1 && r.pids.1 == r.pids.2, "{r:?}");
-    assert_eq!(r.teardown.len(), 1, "{r:?}");
+    assert!(r.rounds.at_restart < r.rounds.at_cut, "{r:?}");
+    assert!(r.rounds.seconds.len() > r.rounds.at_restore, "{r:?}");
+    eprintln!("{}", r.figures_table());
+    assert_eq!(r.figures.len(), 3, "{r:?}");
+    assert!(r.figures.iter().all(|(_, f)| f.iops > 0.0), "{r:?}");
+    assert_eq!(r.teardown.len(), 2, "{r:?}");
 }
 
 #[test]

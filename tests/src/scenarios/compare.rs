@@ -20,8 +20,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::nvmf_initiator::{ready_view, Attached, Binaries, Initiator, Mode};
-use super::nvmf_target::{Target, Volume};
+use super::nvmf_initiator::{Attached, Binaries, Initiator, Mode};
+use super::nvmf_target::Target;
 use super::steps::{self, secs};
 use crate::bed::{Bed, BedParams, Role, StepResult, Topology};
 use crate::compare::{Report, RunInfo, Sample, StoragePath};
@@ -284,41 +284,13 @@ fn steps_of(
         &bins.vdpa_blk.display().to_string(),
     )?;
     let (_agent_daemon, _) = init.start(bed)?;
-    let path_arg = format!("rdma:{traddr}:4420");
-    let answered = [format!("rdma://{traddr}:4420")];
     let attach = |bed: &mut Bed, vol: usize, mode: Mode| -> Result<Attached> {
         let (name, _) = VOLUMES[vol];
-        let what = format!("volume show {name}");
-        let shown = target.cli(bed, &what, &["volume", "show", name])?;
-        let v = Volume::of(&shown, &what)?;
-        let (nqn, nguid) = (
-            v.nqn.clone(),
-            v.nguid.clone().ok_or_else(|| Error::Check {
-                check: format!("{what} gives the NGUID"),
-                reason: shown.to_string(),
-            })?,
-        );
-        let queues = cp.queues.to_string();
+        let v = target.exported(bed, name, &key)?;
         let what = format!("attach {name} in {} mode", mode.words().0);
-        let v = init.cli(
-            bed,
-            &what,
-            &[
-                "attach",
-                &nqn,
-                "--path",
-                &path_arg,
-                "--mode",
-                mode.words().0,
-                "--dhchap-secret",
-                &key,
-                "--nguid",
-                &nguid,
-                "--queues",
-                &queues,
-            ],
-        )?;
-        ready_view(&v, &nqn, &nguid, mode, &answered, &what)
+        Ok(init
+            .attach_one_path(bed, &v, &traddr, mode, cp.queues, &what)?
+            .1)
     };
     let virtio = attach(bed, 0, Mode::VirtioVdpa)?;
     let vhost = attach(bed, 1, Mode::VhostVdpa)?;
@@ -410,8 +382,7 @@ fn steps_of(
     Ok((names, samples))
 }
 
-/// Runs profile `file` (job `name`, with `SIZE` `size`) on `path` once
-/// (`sh/compare_measure.sh`).
+/// Runs profile `file` (job `name`, with `SIZE` `size`) on `path` once.
 fn measure(
     bed: &mut Bed,
     cp: &CompareParams,
@@ -421,26 +392,69 @@ fn measure(
     e: &Endpoint,
 ) -> Result<Sample> {
     let what = format!("{name} on {} ({})", path.id(), e.target);
-    let pids: Vec<String> = e.pids.iter().map(u64::to_string).collect();
-    let step = bed.step_env(
-        e.role,
-        "measure",
+    let step = run_profile(
+        bed,
         &what,
-        include_str!("sh/compare_measure.sh"),
-        &[
-            ("TOOL", e.tool.to_string()),
-            ("PROFILE", file.display().to_string()),
-            ("TARGET", e.target.clone()),
-            ("RUNTIME", cp.runtime_s.to_string()),
-            ("SIZE", size.to_string()),
-            ("QUEUES", cp.queues.to_string()),
-            ("OUT", format!("/tmp/compare-{}-{name}.json", path.id())),
-            ("PIDS", pids.join(" ")),
-            ("TESTBED", agent.to_string()),
-        ],
-        secs(u64::from(cp.runtime_s)) + STEP_SLACK,
+        &ProfileRun {
+            role: e.role,
+            tool: e.tool,
+            file,
+            target: &e.target,
+            runtime_s: cp.runtime_s,
+            size,
+            queues: cp.queues,
+            out: format!("/tmp/compare-{}-{name}.json", path.id()),
+            pids: &e.pids,
+            testbed: agent,
+        },
     )?;
     sample_of(&step, &what, !e.pids.is_empty())
+}
+
+/// One run of a profile: by whom, on what, with which of the profile's variables.
+pub(super) struct ProfileRun<'a> {
+    pub(super) role: Role,
+    /// `fio`, or `blkio-load` (the testbed's load generator, for a vhost-vdpa device).
+    pub(super) tool: &'a str,
+    pub(super) file: &'a Path,
+    /// `TARGET`.
+    pub(super) target: &'a str,
+    /// `RUNTIME`, seconds.
+    pub(super) runtime_s: u32,
+    /// `SIZE`.
+    pub(super) size: &'a str,
+    /// `QUEUES`.
+    pub(super) queues: u16,
+    /// The JSON output file in the guest.
+    pub(super) out: String,
+    /// The daemons whose CPU time the run costs.
+    pub(super) pids: &'a [u64],
+    /// The testbed binary (for `blkio-load`).
+    pub(super) testbed: &'a str,
+}
+
+/// Runs a profile once (`sh/compare_measure.sh`): the step, whose results are the fio JSON
+/// and the CPU times.
+pub(super) fn run_profile(bed: &mut Bed, what: &str, r: &ProfileRun) -> Result<StepResult> {
+    let pids: Vec<String> = r.pids.iter().map(u64::to_string).collect();
+    bed.step_env(
+        r.role,
+        "measure",
+        what,
+        include_str!("sh/compare_measure.sh"),
+        &[
+            ("TOOL", r.tool.to_string()),
+            ("PROFILE", r.file.display().to_string()),
+            ("TARGET", r.target.to_string()),
+            ("RUNTIME", r.runtime_s.to_string()),
+            ("SIZE", r.size.to_string()),
+            ("QUEUES", r.queues.to_string()),
+            ("OUT", r.out.clone()),
+            ("PIDS", pids.join(" ")),
+            ("TESTBED", r.testbed.to_string()),
+        ],
+        secs(u64::from(r.runtime_s)) + STEP_SLACK,
+    )
 }
 
 /// A step's sample: its fio figures and the CPU times it printed.

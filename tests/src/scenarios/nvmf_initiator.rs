@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::nvmf_target::{self, Target, Volume};
+use super::nvmf_target::{self, ExportedVolume, Target, Volume};
 use super::steps::{self, check, secs, with_lib};
 use crate::bed::{Bed, BedParams, Daemon, NicAddr, Role, StepResult, Topology, STATE_ROOT};
 use crate::error::{Error, Result};
@@ -363,6 +363,42 @@ impl Initiator {
             || format!("{} then {}", first.brief(), second.brief()),
         )?;
         Ok(out)
+    }
+
+    /// `attach` of `vol` over one path (`traddr`, port 4420) in `mode` with `queues` queues:
+    /// the agent's answer (its snippets) and the ready attachment it describes.
+    pub(super) fn attach_one_path(
+        &self,
+        bed: &mut Bed,
+        vol: &ExportedVolume,
+        traddr: &str,
+        mode: Mode,
+        queues: u16,
+        what: &str,
+    ) -> Result<(Value, Attached)> {
+        let path = format!("rdma:{traddr}:4420");
+        let queues = queues.to_string();
+        let view = self.cli(
+            bed,
+            what,
+            &[
+                "attach",
+                &vol.nqn,
+                "--path",
+                &path,
+                "--mode",
+                mode.words().0,
+                "--dhchap-secret",
+                &vol.key,
+                "--nguid",
+                &vol.nguid,
+                "--queues",
+                &queues,
+            ],
+        )?;
+        let answered = [format!("rdma://{traddr}:4420")];
+        let a = ready_view(&view, &vol.nqn, &vol.nguid, mode, &answered, what)?;
+        Ok((view, a))
     }
 
     /// `list`: the ids of the attachments.

@@ -84,6 +84,15 @@ pub(super) struct Volume {
     pub(super) nguid: Option<String>,
 }
 
+/// A volume the target exports to this host, as `attach` names it.
+#[derive(Debug, Clone)]
+pub(super) struct ExportedVolume {
+    pub(super) nqn: String,
+    pub(super) nguid: String,
+    /// The host's DH-HMAC-CHAP secret.
+    pub(super) key: String,
+}
+
 impl Volume {
     pub(super) fn of(v: &Value, what: &str) -> Result<Volume> {
         let s = |k: &str| {
@@ -196,6 +205,22 @@ impl Target {
             || host.to_string(),
         )?;
         Ok(key)
+    }
+
+    /// `volume show NAME`: what a host with secret `key` needs to attach it.
+    pub(super) fn exported(&self, bed: &mut Bed, name: &str, key: &str) -> Result<ExportedVolume> {
+        let what = format!("volume show {name}");
+        let shown = self.cli(bed, &what, &["volume", "show", name])?;
+        let vol = Volume::of(&shown, &what)?;
+        let nguid = vol.nguid.ok_or_else(|| Error::Check {
+            check: format!("{what} gives the NGUID"),
+            reason: shown.to_string(),
+        })?;
+        Ok(ExportedVolume {
+            nqn: vol.nqn,
+            nguid,
+            key: key.to_string(),
+        })
     }
 
     /// One CLI command (`--json`); its answer.

@@ -6,27 +6,36 @@
 //!   (`driver_ok_refused`) name private memory as the cause;
 //! - the nested VMM (bookworm-backports' QEMU 10.0, [`crate::vmm`]) runs in the compute guest
 //!   with exactly the attach answer's fastest QEMU snippet (`vhost-vdpa-device-pci` and the
-//!   shared memfd guest memory), plus a kernel, the nested initramfs and a serial console;
+//!   shared memfd guest memory), plus a kernel, the nested initramfs, a serial console, a
+//!   control port and the compute guest's root over 9p (for fio);
 //! - the nested guest (one vCPU, so its virtio_blk drives one of the two queues, as SeaBIOS
-//!   does before it) writes 4 MiB and reads them back, keeps I/O going for 30 s while vdpa-blk
-//!   is killed with -9 under it (the agent starts one with `--reconnect`; every round reads
-//!   back what it wrote), reboots (the device is reset and driven again through VDUSE by the
-//!   same vdpa-blk), reads the 4 MiB back again and powers off;
+//!   does before it) writes 4 MiB and reads them back, then keeps 1 MiB write-and-compare
+//!   rounds going while vdpa-blk is killed with -9 under them (the agent starts one with
+//!   `--reconnect`) and then while the only path is cut for 15 s (the rounds stall, then go on
+//!   verified), until the host says stop; it reboots (the device is reset and driven again
+//!   through VDUSE by the same vdpa-blk), reads the 4 MiB back again, runs a fio job and
+//!   powers off;
 //! - while it runs, vdpa-blk maps QEMU's own guest memory file (zero copy shown, not claimed);
 //!   afterwards the bytes are on the storage node's VF namespace, the agent's statistics show
 //!   one restart and requests served by the vdpa-blk that took over (the same pid from the
-//!   restart to the end: the reboot did not restart it), and a detach leaves nothing.
+//!   restart to the end: the reboot did not restart it), and a detach leaves nothing;
+//! - the nested guest's fio figures are set next to the same job's on the raw nvme-rdma device
+//!   and through virtio_vdpa (the volume attached again in that mode, then detached): under
+//!   emulation only the ratios mean something.
+
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::compare::{profile_dir, run_profile, ProfileRun};
 use super::nvmf_initiator::{
-    detach_leaves_nothing, kernel_has, ready_view, restarted, state_dir, Attached, Binaries,
-    Initiator, Mode,
+    detach_leaves_nothing, kernel_has, restarted, state_dir, Attached, Binaries, Initiator, Mode,
 };
-use super::nvmf_target::{Target, Volume};
+use super::nvmf_target::Target;
 use super::steps::{self, check, secs, with_lib};
 use crate::bed::{Bed, BedParams, Role, Topology};
 use crate::error::{Error, Result};
+use crate::fio::{self, FioFigures};
 use crate::setup::{NestedVm, Prepared};
 
 /// The volume the VM runs on.
@@ -40,6 +49,16 @@ const REGION_MIB: u64 = 4;
 /// How long one nested boot may take to reach its disk (measured under nested TCG: about
 /// three and a half minutes to a shell).
 const FIRST_LOOK_S: u64 = 900;
+/// The control port's FIFOs (`CTL.in`, `CTL.out`): the host tells the nested guest's I/O
+/// rounds to stop through them.
+const CTL: &str = "/run/nested-ctl";
+/// How long the only path is cut under the VM's I/O (far below the agent's ctrl_loss_tmo).
+const CUT: Duration = Duration::from_secs(15);
+/// The fio job the nested guest runs, and the compute node after it on the raw nvme-rdma
+/// device and through virtio_vdpa (`fio-profiles/`), with its RUNTIME and SIZE.
+const FIO_JOB: &str = "randread-4k-qd32.fio";
+const FIO_RUNTIME_S: u32 = 20;
+const FIO_SIZE: &str = "64M";
 
 /// What the scenario found.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +82,42 @@ pub struct Report {
     pub requests: u64,
     /// vdpa-blk's pid before the kill, after the agent's restart, after the VM.
     pub pids: (u64, u64, u64),
+    /// The nested guest's I/O rounds under the faults.
+    pub rounds: Rounds,
+    /// The same fio job in the nested VM, on the raw nvme-rdma device and through virtio_vdpa
+    /// (in that order).
+    pub figures: Vec<(String, FioFigures)>,
     pub teardown: Vec<String>,
+}
+
+/// The nested guest's I/O rounds (1 MiB written and read back) as the host counted them.
+#[derive(Debug, Clone, Default)]
+pub struct Rounds {
+    /// Rounds completed when the agent had restarted vdpa-blk, when the path was cut, when it
+    /// was restored.
+    pub at_restart: usize,
+    pub at_cut: usize,
+    pub at_restore: usize,
+    /// Each round's duration, seconds, up to a round that began after the restore.
+    pub seconds: Vec<u64>,
+}
+
+impl Report {
+    /// The fio figures as a table, with each row's IOPS against the raw nvme-rdma device's.
+    pub fn figures_table(&self) -> String {
+        let raw = self
+            .figures
+            .iter()
+            .find(|(d, _)| d.starts_with("raw"))
+            .map(|(_, f)| f.iops);
+        let mut s = fio::table(&self.figures);
+        if let Some(raw) = raw.filter(|r| *r > 0.0) {
+            for (d, f) in &self.figures {
+                s.push_str(&format!("{d}: {:.2}x raw IOPS\n", f.iops / raw));
+            }
+        }
+        s
+    }
 }
 
 /// Runs the scenario in a new pair bed and tears the bed down, whatever happens.
@@ -77,6 +131,7 @@ pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<R
     if let Ok(r) = &report {
         bed.progress()
             .phase("done", &format!("vm scenario passed: {r:?}"));
+        bed.progress().note(&r.figures_table());
     }
     bed.shutdown();
     report
@@ -181,13 +236,7 @@ fn steps_of(
         .pop()
         .map(|(_, dev)| dev)
         .ok_or_else(|| Error::Invalid(format!("no VF namespace for {name}")))?;
-    let what = format!("volume show {name}");
-    let shown = target.cli(bed, &what, &["volume", "show", name])?;
-    let vol = Volume::of(&shown, &what)?;
-    let nguid = vol.nguid.clone().ok_or_else(|| Error::Check {
-        check: format!("{what} gives the NGUID"),
-        reason: shown.to_string(),
-    })?;
+    let vol = target.exported(bed, name, &key)?;
 
     // The compute node: the agent, vol1 in vhost-vdpa mode with two queues.
     let init = Initiator::configure(
@@ -197,28 +246,7 @@ fn steps_of(
     )?;
     let (_agent, _) = init.start(bed)?;
     let what = format!("attach {name} in vhost-vdpa mode with {QUEUES} queues");
-    let path = format!("rdma:{traddr}:4420");
-    let queues = QUEUES.to_string();
-    let view = init.cli(
-        bed,
-        &what,
-        &[
-            "attach",
-            &vol.nqn,
-            "--path",
-            &path,
-            "--mode",
-            "vhost-vdpa",
-            "--dhchap-secret",
-            &key,
-            "--nguid",
-            &nguid,
-            "--queues",
-            &queues,
-        ],
-    )?;
-    let answered = [format!("rdma://{traddr}:4420")];
-    let a = ready_view(&view, &vol.nqn, &nguid, Mode::VhostVdpa, &answered, &what)?;
+    let (view, a) = init.attach_one_path(bed, &vol, &traddr, Mode::VhostVdpa, QUEUES, &what)?;
     kernel_has(bed, &a, &vol.nqn, "the kernel holds the vhost-vdpa chain")?;
     report.attachment = a.id.clone();
     report.device = a.disk.clone();
@@ -285,12 +313,14 @@ fn steps_of(
 
     let pid_before = served(&init, bed, &a, "show before the VM")?.pid;
 
-    // The VM, both boots, in the background: vdpa-blk is killed under its sustained I/O.
+    // The VM, both boots, in the background: vdpa-blk is killed, then the only path cut,
+    // under its sustained I/O.
     let console = "/run/nested-console.log";
+    let fio_job = profile_dir().join(FIO_JOB);
     let vm = bed.spawn_step(
         Role::Compute,
         "vm",
-        "QEMU runs the snippet's VM: write, I/O under a vdpa-blk kill, reboot, read back",
+        "QEMU runs the snippet's VM: write, I/O under a vdpa-blk kill and a path cut, reboot, read back, fio",
         &with_lib(include_str!("sh/vm_run.sh")),
         &with_vmm(
             nested,
@@ -301,41 +331,26 @@ fn steps_of(
                 ("GUEST_RAM", GUEST_RAM.to_string()),
                 ("SOCK", sock.clone()),
                 ("CONSOLE", console.to_string()),
+                ("CTL", CTL.to_string()),
+                ("FIO_JOB", fio_job.display().to_string()),
+                ("FIO_RUNTIME", FIO_RUNTIME_S.to_string()),
+                ("FIO_SIZE", FIO_SIZE.to_string()),
                 ("WAIT_S", FIRST_LOOK_S.to_string()),
             ],
         ),
-        secs(2 * FIRST_LOOK_S + 300),
+        secs(3 * FIRST_LOOK_S + 300),
     )?;
-    let kill = bed.step_env(
-        Role::Compute,
-        "fault",
-        &format!("kill -9 vdpa-blk (pid {pid_before}) under the VM's I/O"),
-        &with_lib(include_str!("sh/vm_kill_daemon.sh")),
-        &[
-            ("PID", pid_before.to_string()),
-            ("CONSOLE", console.to_string()),
-            ("WAIT_S", FIRST_LOOK_S.to_string()),
-        ],
-        secs(FIRST_LOOK_S + 60),
-    );
-    let kill = match kill {
-        Ok(k) => k,
+    let faults = faults_under_io(bed, &init, &a, console, pid_before, &mut report);
+    let pid_restarted = match faults {
+        Ok(pid) => pid,
         Err(e) => {
-            // The VM's own failure says more (QEMU or the nested guest gone first).
+            // The VM's own failure says more (QEMU or the nested guest gone first). Either way
+            // its I/O rounds must end: they wait for the host's stop.
+            let _ = stop_io(bed);
             vm.finish()?;
             return Err(e);
         }
     };
-    check(
-        steps::required(&kill, "killed_during_io", "the kill")? == "yes",
-        "vdpa-blk was killed while the VM's I/O went on",
-        || format!("{:?}", kill.results),
-    )?;
-    let back = restarted(bed, &init, &a.id, pid_before)?;
-    let pid_restarted = back["vdpa"]["pid"].as_u64().ok_or_else(|| Error::Check {
-        check: "the agent names the vdpa-blk that took over".into(),
-        reason: back.to_string(),
-    })?;
     let vm = vm.finish()?;
     for r in &vm.results {
         if let Some(o) = r.as_object() {
@@ -423,8 +438,162 @@ fn steps_of(
         || format!("{:?}", report.nested),
     )?;
 
+    // The nested guest's fio, next to the same job on the compute node: the raw nvme-rdma
+    // device, then the volume through virtio_vdpa (attached once the VM's attachment is gone).
+    let nested_fio = steps::fio_figures(&vm, "the nested guest's fio")?;
+    report.figures.push((
+        format!("nested VM /dev/vda ({}, vhost-vdpa)", a.disk),
+        nested_fio,
+    ));
+    let raw = fio_on(
+        bed,
+        &a.backing,
+        "the nested guest's fio job on the raw nvme-rdma device",
+    )?;
+    report
+        .figures
+        .push((format!("raw nvme-rdma /dev/{}", a.backing), raw));
     report
         .teardown
         .push(detach_leaves_nothing(bed, &init, &a, &vol.nqn)?);
+    let what = format!("attach {name} in virtio-vdpa mode");
+    let (_, v) = init.attach_one_path(bed, &vol, &traddr, Mode::VirtioVdpa, 1, &what)?;
+    let virtio = fio_on(
+        bed,
+        &v.disk,
+        "the nested guest's fio job through virtio_vdpa",
+    )?;
+    report
+        .figures
+        .push((format!("virtio_vdpa /dev/{}", v.disk), virtio));
+    report
+        .teardown
+        .push(detach_leaves_nothing(bed, &init, &v, &vol.nqn)?);
     Ok(report)
+}
+
+/// The nested guest's fio job ([`FIO_JOB`]) on `/dev/{dev}` of the compute node.
+fn fio_on(bed: &mut Bed, dev: &str, what: &str) -> Result<FioFigures> {
+    let file = profile_dir().join(FIO_JOB);
+    let target = format!("/dev/{dev}");
+    let step = run_profile(
+        bed,
+        what,
+        &ProfileRun {
+            role: Role::Compute,
+            tool: "fio",
+            file: &file,
+            target: &target,
+            runtime_s: FIO_RUNTIME_S,
+            size: FIO_SIZE,
+            queues: 1,
+            out: format!("/tmp/vm-fio-{dev}.json"),
+            pids: &[],
+            testbed: "",
+        },
+    )?;
+    steps::fio_figures(&step, what)
+}
+
+/// Under the nested guest's I/O rounds: vdpa-blk killed with -9 (the agent starts one that
+/// takes over), a whole round after that, the only path cut for [`CUT`] (the rounds stall, then
+/// go on), a whole round after the restore; then the host tells the rounds to stop. Gives the
+/// pid of the vdpa-blk that took over.
+fn faults_under_io(
+    bed: &mut Bed,
+    init: &Initiator,
+    a: &Attached,
+    console: &str,
+    pid_before: u64,
+    report: &mut Report,
+) -> Result<u64> {
+    let kill = bed.step_env(
+        Role::Compute,
+        "fault",
+        &format!("kill -9 vdpa-blk (pid {pid_before}) under the VM's I/O"),
+        &with_lib(include_str!("sh/vm_kill_daemon.sh")),
+        &[
+            ("PID", pid_before.to_string()),
+            ("CONSOLE", console.to_string()),
+            ("WAIT_S", FIRST_LOOK_S.to_string()),
+        ],
+        secs(FIRST_LOOK_S + 60),
+    )?;
+    check(
+        steps::required(&kill, "killed_during_io", "the kill")? == "yes",
+        "vdpa-blk was killed while the VM's I/O went on",
+        || format!("{:?}", kill.results),
+    )?;
+    let back = restarted(bed, init, &a.id, pid_before)?;
+    let pid = back["vdpa"]["pid"].as_u64().ok_or_else(|| Error::Check {
+        check: "the agent names the vdpa-blk that took over".into(),
+        reason: back.to_string(),
+    })?;
+    let at_restart = rounds(bed, console, None)?.len();
+    // The round in flight at the restart may have begun before the kill: wait for the next.
+    rounds(bed, console, Some(at_restart + 1))?;
+    let cut = bed.cut_link(Role::Compute, 0, CUT)?;
+    let at_cut = rounds(bed, console, None)?.len();
+    cut.join()?;
+    let at_restore = rounds(bed, console, None)?.len();
+    let seconds = rounds(bed, console, Some(at_restore + 1))?;
+    stop_io(bed)?;
+    let longest = seconds.get(at_cut..).and_then(|s| s.iter().max().copied());
+    report.rounds = Rounds {
+        at_restart,
+        at_cut,
+        at_restore,
+        seconds,
+    };
+    check(
+        longest.is_some_and(|l| l >= CUT.as_secs() / 2),
+        "the VM's I/O stalled while its only path was cut, then went on",
+        || format!("link down {}s; rounds {:?}", CUT.as_secs(), report.rounds),
+    )?;
+    Ok(pid)
+}
+
+/// The durations (seconds) of the nested guest's completed I/O rounds, once more than `after`
+/// have completed (`None`: now).
+fn rounds(bed: &mut Bed, console: &str, after: Option<usize>) -> Result<Vec<u64>> {
+    let what = match after {
+        Some(n) => format!("the VM's I/O completes more than {n} rounds"),
+        None => "the VM's I/O rounds so far".to_string(),
+    };
+    let step = bed.step_env(
+        Role::Compute,
+        "fault",
+        &what,
+        &with_lib(include_str!("sh/vm_rounds.sh")),
+        &[
+            ("CONSOLE", console.to_string()),
+            ("AFTER", after.map_or("-1".to_string(), |n| n.to_string())),
+            ("WAIT_S", FIRST_LOOK_S.to_string()),
+        ],
+        secs(FIRST_LOOK_S + 60),
+    )?;
+    let listed = steps::required(&step, "round_seconds", &what)?;
+    listed
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u64>().map_err(|e| Error::Check {
+                check: format!("{what}: each round's seconds"),
+                reason: format!("{listed:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// Tells the nested guest's I/O rounds to stop (`sh/vm_stop_io.sh`).
+fn stop_io(bed: &mut Bed) -> Result<()> {
+    bed.step_env(
+        Role::Compute,
+        "vm",
+        "tell the VM's I/O rounds to stop",
+        include_str!("sh/vm_stop_io.sh"),
+        &[("CTL", CTL.to_string())],
+        secs(30),
+    )
+    .map(|_| ())
 }

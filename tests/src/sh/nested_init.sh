@@ -2,11 +2,17 @@
 # /init of the nested guest (a VM that QEMU runs inside the compute guest on a vdpa-blk
 # device): writes 4 MiB of random data to its virtio disk and reads it back on the first boot,
 # reboots (the device is reset and driven again), checks the same bytes on the second boot,
-# then powers off. What it found goes to the console as `NESTED key=value` lines, which the
-# step that ran QEMU turns into its RESULT (`failed=` ends the VM on any error). A marker at
-# 8 MiB on the disk says which boot this is and what the first wrote. Between its write and
-# its reboot, the first boot keeps I/O going for IO_S seconds (30).
-IO_S=30
+# runs one fio job on the disk if its command line names one, then powers off. What it found
+# goes to the console as `NESTED key=value` lines, which the step that ran QEMU turns into its
+# RESULT (`failed=` ends the VM on any error). A marker at 8 MiB on the disk says which boot
+# this is and what the first wrote.
+# Between its write and its reboot, the first boot keeps I/O going (the host kills vdpa-blk
+# and cuts the path under it) until the host writes `stop` to the second serial port
+# (ttyS1), printing a `NESTED_ROUND N SECONDS` line per round; it gives up after MAX_IO_S.
+# Command line (all or none): nested.fio=JOB (a fio job file on the compute guest's root,
+# which QEMU exports over 9p with the tag vmhost), nested.fio_runtime=S, nested.fio_size=SIZE
+# (the job's RUNTIME and SIZE; TARGET is /dev/vda).
+MAX_IO_S=900
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -32,6 +38,35 @@ region_md5() {
   [ "$(wc -c < /region)" -eq 4194304 ] || return 1
   md5sum < /region | cut -d' ' -f1
 }
+# The fio job the command line names, on /dev/vda, run from the compute guest's root (over
+# 9p: its fio and libraries) with this guest's own /dev, /proc and /sys; its JSON goes to the
+# console between NESTED_FIO_BEGIN and NESTED_FIO_END.
+fio_job() {
+  job=; runtime=; size=
+  # shellcheck disable=SC2013 # the command line is words
+  for w in $(cat /proc/cmdline); do
+    case "$w" in
+      nested.fio=*) job=${w#*=} ;;
+      nested.fio_runtime=*) runtime=${w#*=} ;;
+      nested.fio_size=*) size=${w#*=} ;;
+    esac
+  done
+  [ -n "$job" ] || return 0
+  { [ -n "$runtime" ] && [ -n "$size" ]; } || fail "nested.fio without nested.fio_runtime and nested.fio_size"
+  for m in netfs 9pnet 9pnet_virtio 9p; do insmod "/lib/modules/$m.ko" || fail "insmod $m"; done
+  mkdir -p /host
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 vmhost /host || fail "9p mount of vmhost"
+  for m in devtmpfs:dev proc:proc sysfs:sys tmpfs:tmp; do
+    mount -t "${m%%:*}" "${m%%:*}" "/host/${m#*:}" || fail "mount of ${m%%:*} in the 9p root"
+  done
+  [ -f "/host$job" ] || fail "no fio job $job on the compute guest's root"
+  say "boot2_fio_start=yes"
+  echo NESTED_FIO_BEGIN
+  TARGET=/dev/vda RUNTIME=$runtime SIZE=$size chroot /host fio "$job" --output-format=json \
+    || { echo; fail "fio $job"; }
+  echo NESTED_FIO_END
+  say "boot2_fio_done=yes"
+}
 case "$marker" in
   "nested boot 1 md5 "*)
     want=${marker#nested boot 1 md5 }
@@ -41,7 +76,7 @@ case "$marker" in
     printf 'nested boot 2 md5 %s\n' "$got" | dd of=/dev/vda bs=512 seek=16384 conv=sync,fsync 2>/dev/null \
       || fail "marker on boot 2"
     say "boot2_verified=yes"
-    off
+    fio_job; off
     ;;
   *)
     dd if=/dev/urandom of=/dev/vda bs=1M count=4 iflag=fullblock oflag=direct conv=fsync 2>/dev/null \
@@ -50,12 +85,17 @@ case "$marker" in
     say "boot1_written_md5=$got"
     printf 'nested boot 1 md5 %s\n' "$got" | dd of=/dev/vda bs=512 seek=16384 conv=sync,fsync 2>/dev/null \
       || fail "marker on boot 1"
-    # Sustained I/O for $IO_S seconds (the host kills vdpa-blk under it): rounds of 1 MiB
-    # written at 16 MiB and read back, each compared.
+    # Sustained I/O until the host says stop: rounds of 1 MiB written at 16 MiB and read
+    # back, each compared.
+    [ -c /dev/ttyS1 ] || fail "no control port ttyS1"
+    stty -F /dev/ttyS1 raw -echo || fail "stty of the control port"
+    cat /dev/ttyS1 > /ctl &
     say "boot1_io_start=yes"
     rounds=0
-    end=$(( $(date +%s) + IO_S ))
-    while [ "$(date +%s)" -lt "$end" ]; do
+    end=$(( $(date +%s) + MAX_IO_S ))
+    until grep -q stop /ctl; do
+      [ "$(date +%s)" -lt "$end" ] || fail "no stop from the host after ${MAX_IO_S}s of I/O"
+      t0=$(date +%s)
       dd if=/dev/urandom of=/chunk bs=1M count=1 iflag=fullblock 2>/dev/null || fail "urandom"
       want=$(md5sum < /chunk | cut -d' ' -f1)
       dd if=/chunk of=/dev/vda bs=1M seek=16 oflag=direct conv=fsync 2>/dev/null \
@@ -63,6 +103,7 @@ case "$marker" in
       got=$(dd if=/dev/vda bs=1M skip=16 count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
       [ "$got" = "$want" ] || fail "I/O round $rounds read $got, wrote $want"
       rounds=$((rounds + 1))
+      echo "NESTED_ROUND $rounds $(( $(date +%s) - t0 ))"
     done
     say "boot1_io_rounds=$rounds"
     say "boot1_rebooting=yes"

@@ -1,16 +1,22 @@
 # Runs a VM on the vhost-vdpa device of an attachment: the nested VMM with exactly the attach
 # answer's QEMU snippet ($SNIPPET, whose ${GUEST_RAM} is this shell's), plus what a VM needs
-# besides its disk (a kernel, the nested initramfs, a serial console into $CONSOLE, printed
-# whole at the end). While the nested guest runs, what the daemon maps (its control socket
-# $SOCK) and the identity of QEMU's guest memory file are printed; then the nested guest's
-# `NESTED key=value` console lines become results. Fails when QEMU fails, the nested guest reports a failure, or it never got to
+# besides its disk: a kernel, the nested initramfs, a serial console into $CONSOLE (printed
+# whole at the end), a second serial port on the FIFOs $CTL.in/$CTL.out (the host tells the
+# nested guest to stop its I/O through it), and this guest's root over 9p (tag vmhost,
+# read-only) for the fio job $FIO_JOB (RUNTIME $FIO_RUNTIME, SIZE $FIO_SIZE) the nested guest
+# runs on its second boot. While the nested guest runs, what the daemon maps (its control
+# socket $SOCK) and the identity of QEMU's guest memory file are printed; then the nested
+# guest's `NESTED key=value` console lines become results, and its fio JSON a {"fio": ...}
+# result. Fails when QEMU fails, the nested guest reports a failure, or it never got to
 # verify on its second boot.
 # In: QEMU, QEMU_MODULE_DIR, DATA_ARGS (-L ...), KERNEL, INITRD, SNIPPET, GUEST_RAM, SOCK,
-# CONSOLE, WAIT_S.
+# CONSOLE, CTL, FIO_JOB, FIO_RUNTIME, FIO_SIZE, WAIT_S.
 : "${QEMU:?}" "${QEMU_MODULE_DIR:?}" "${DATA_ARGS:?}" "${KERNEL:?}" "${INITRD:?}" "${SNIPPET:?}"
-: "${GUEST_RAM:?}" "${SOCK:?}" "${CONSOLE:?}" "${WAIT_S:?}"
+: "${GUEST_RAM:?}" "${SOCK:?}" "${CONSOLE:?}" "${CTL:?}" "${FIO_JOB:?}" "${FIO_RUNTIME:?}"
+: "${FIO_SIZE:?}" "${WAIT_S:?}"
 export QEMU_MODULE_DIR
-rm -f "$CONSOLE"
+rm -f "$CONSOLE" "$CTL.in" "$CTL.out"
+mkfifo "$CTL.in" "$CTL.out"
 echo "snippet: $SNIPPET"
 # The snippet is one command line as a user pastes it: the shell splits it and expands
 # ${GUEST_RAM}.
@@ -18,8 +24,11 @@ eval "set -- $SNIPPET"
 t0=$(date +%s)
 # shellcheck disable=SC2086 # DATA_ARGS is a list of -L options
 "$QEMU" $DATA_ARGS -accel tcg -m "$GUEST_RAM" -smp 1 -nodefaults -display none "$@" \
-  -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 panic=-1 loglevel=4" \
-  -serial "file:$CONSOLE" > /run/vm-qemu.log 2>&1 &
+  -kernel "$KERNEL" -initrd "$INITRD" \
+  -append "console=ttyS0 panic=-1 loglevel=4 nested.fio=$FIO_JOB nested.fio_runtime=$FIO_RUNTIME nested.fio_size=$FIO_SIZE" \
+  -serial "file:$CONSOLE" -serial "pipe:$CTL" \
+  -virtfs local,path=/,mount_tag=vmhost,security_model=none,readonly=on \
+  > /run/vm-qemu.log 2>&1 &
 QPID=$!
 # Polled every 2 s: a process started ten times a second slows the emulated VM down.
 i=0
@@ -47,6 +56,9 @@ echo "--- the nested guest's console ---"; tr -d '\r' < "$CONSOLE" | sed 's/^/ne
 grep -a '^NESTED ' "$CONSOLE" | tr -d '\r' | while read -r _ kvs; do
   for kv in $kvs; do result "nested_${kv%%=*}" "${kv#*=}"; done
 done
+# fio's JSON (fio may print warnings before it).
+tr -d '\r' < "$CONSOLE" | sed -n '/^NESTED_FIO_BEGIN$/,/^NESTED_FIO_END$/p' | sed '1d;$d' > /run/vm-fio.json
+if [ -s /run/vm-fio.json ]; then fio_result /run/vm-fio.json; fi
 [ "$rc" = 0 ] || { echo "QEMU exited $rc"; exit 1; }
 ! grep -qa '^NESTED failed=' "$CONSOLE" || exit 1
 grep -qa '^NESTED boot2_verified=yes' "$CONSOLE" || { echo "the nested guest never verified on its second boot"; exit 1; }
