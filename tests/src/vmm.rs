@@ -11,8 +11,9 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::backports::Apt;
 use crate::cmd;
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::initramfs;
 use crate::kernel::Kernel;
 use crate::progress::Progress;
+use serde_json::Value;
 
 /// The packages of the nested VMM (the emulator, its shared files, its firmware).
 pub const PACKAGES: &[&str] = &[
@@ -31,6 +33,10 @@ pub const PACKAGES: &[&str] = &[
 
 /// The device the VM is given (what the attach API's fastest snippet names).
 pub const DEVICE: &str = "vhost-vdpa-device-pci";
+
+/// The block driver of the attach answer's migratable QEMU snippet (libblkio's), which
+/// libvirt's `<disk type='vhostvdpa'>` also turns into.
+pub const MIGRATABLE_DRIVER: &str = "virtio-blk-vhost-vdpa";
 
 /// The nested guest's /init.
 pub const NESTED_INIT: &str = include_str!("sh/nested_init.sh");
@@ -49,6 +55,9 @@ pub struct Vmm {
     pub module_dir: PathBuf,
     /// Its firmware and option ROM folders (`-L`, in order).
     pub data_dirs: Vec<PathBuf>,
+    /// Whether its `blockdev-add` takes [`MIGRATABLE_DRIVER`] (QEMU built with libblkio), as
+    /// its QMP schema says.
+    pub has_migratable_driver: bool,
 }
 
 impl Vmm {
@@ -59,6 +68,21 @@ impl Vmm {
             ("QEMU_MODULE_DIR", self.module_dir.display().to_string()),
             ("DATA_ARGS", self.data_args()),
         ]
+    }
+
+    /// Whether the attach answer's migratable snippet (and libvirt's `<disk type='vhostvdpa'>`,
+    /// which turns into the same block driver) can run on this QEMU, and why not.
+    pub fn migratable_note(&self) -> String {
+        if self.has_migratable_driver {
+            format!("{}: has the {MIGRATABLE_DRIVER} block driver", self.version)
+        } else {
+            format!(
+                "{}: no {MIGRATABLE_DRIVER} block driver in its QMP schema (built without \
+                 libblkio): the migratable QEMU snippet and libvirt's <disk type='vhostvdpa'> \
+                 cannot run on it",
+                self.version
+            )
+        }
     }
 
     /// The `-L` arguments.
@@ -84,7 +108,85 @@ fn layout(dir: &Path, version: String) -> Vmm {
         qemu: root.join("usr/bin/qemu-system-x86_64"),
         module_dir: root.join("usr/lib/x86_64-linux-gnu/qemu"),
         data_dirs: vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")],
+        has_migratable_driver: false,
     }
+}
+
+/// The block drivers QEMU's QMP answers list (the `BlockdevDriver` enum of its
+/// `query-qmp-schema`, found as the enum that holds `file` and `nvme`: the schema's type names
+/// are masked), from its output lines.
+pub fn blockdev_drivers(qmp_output: &str) -> Option<Vec<String>> {
+    let is_drivers = |e: &Value| {
+        let has = |v: &str| {
+            e["values"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == v))
+        };
+        e["meta-type"] == "enum" && has("file") && has("nvme")
+    };
+    qmp_output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["return"].as_array().cloned())
+        .flatten()
+        .find(is_drivers)
+        .and_then(|e| {
+            e["values"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+}
+
+/// Asks `vmm` (with no machine, over QMP on its stdio) for its block drivers.
+fn probe_blockdev_drivers(vmm: &Vmm) -> Result<Vec<String>> {
+    let mut c = vmm.command();
+    c.args(vmm.data_args().split_whitespace())
+        .args([
+            "-machine",
+            "none",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-qmp",
+            "stdio",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let line = format!("{} -qmp stdio (query-qmp-schema)", vmm.qemu.display());
+    let failed = |e: String| Error::Command {
+        command: line.clone(),
+        status: "failed".into(),
+        stderr: e,
+    };
+    let mut child = c.spawn().map_err(|e| failed(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(
+                b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-qmp-schema\"}\n{\"execute\":\"quit\"}\n",
+            )
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    blockdev_drivers(&text).ok_or_else(|| {
+        failed(format!(
+            "no block driver list in its answer ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })
+}
+
+/// Whether `vmm`'s `blockdev-add` takes [`MIGRATABLE_DRIVER`].
+fn has_migratable_driver(vmm: &Vmm) -> Result<bool> {
+    Ok(probe_blockdev_drivers(vmm)?
+        .iter()
+        .any(|d| d == MIGRATABLE_DRIVER))
 }
 
 /// The first line of `qemu -version`, if it is QEMU's.
@@ -116,9 +218,10 @@ fn check(vmm: &Vmm) -> Result<String> {
 pub fn ensure_vmm(dir: &Path, progress: &Progress) -> Result<Vmm> {
     let ready = dir.join("READY");
     if let Ok(version) = fs::read_to_string(&ready) {
-        let vmm = layout(dir, version.trim().to_string());
+        let mut vmm = layout(dir, version.trim().to_string());
         if vmm.qemu.is_file() {
             check(&vmm)?;
+            vmm.has_migratable_driver = has_migratable_driver(&vmm)?;
             return Ok(vmm);
         }
     }
@@ -137,6 +240,7 @@ pub fn ensure_vmm(dir: &Path, progress: &Progress) -> Result<Vmm> {
     }
     let mut vmm = layout(dir, String::new());
     vmm.version = check(&vmm)?;
+    vmm.has_migratable_driver = has_migratable_driver(&vmm)?;
     fs::write(&ready, &vmm.version).map_err(|e| Error::io("write", &ready, e))?;
     progress.note(&format!("nested VMM: {}", vmm.version));
     Ok(vmm)
@@ -168,6 +272,28 @@ pub fn nested_initramfs(kernel: &Kernel, cache: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_block_drivers_are_the_enum_with_file_and_nvme_in_the_schema_answer() {
+        let out = concat!(
+            r#"{"QMP": {"version": {}, "capabilities": []}}"#,
+            "\n",
+            r#"{"return": {}}"#,
+            "\n",
+            r#"{"return": [{"name": "12", "meta-type": "enum", "values": ["on", "off"]},"#,
+            r#"{"name": "320", "meta-type": "enum", "values": ["file", "nvme", "virtio-blk-vhost-vdpa"]}]}"#,
+            "\n",
+        );
+        let drivers = blockdev_drivers(out).unwrap();
+        assert!(drivers.iter().any(|d| d == MIGRATABLE_DRIVER));
+        let without = out.replace(", \"virtio-blk-vhost-vdpa\"", "");
+        assert_eq!(
+            blockdev_drivers(&without).unwrap(),
+            vec!["file".to_string(), "nvme".to_string()]
+        );
+        assert_eq!(blockdev_drivers(r#"{"return": []}"#), None);
+        assert_eq!(blockdev_drivers("qemu-system-x86_64: bad option"), None);
+    }
 
     #[test]
     fn the_version_line_is_qemus_first_line() {

@@ -897,6 +897,7 @@ fn main() -> ExitCode {
                 vm.vmm.qemu.display(),
                 vm.initramfs.display()
             );
+                println!("{}", vm.vmm.migratable_note());
                 Ok(())
             })()
         }

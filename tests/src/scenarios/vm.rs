@@ -70,6 +70,8 @@ pub struct Report {
     pub snippet: String,
     /// The nested VMM's version line.
     pub vmm: String,
+    /// Whether the migratable snippet can run on that VMM, and why not ([`crate::vmm`]).
+    pub migratable: String,
     /// Why vdpa-blk refused the VMM with private memory, as the agent's `show` gave it.
     pub private_memory_refusal: String,
     /// What the nested guest printed, by key (`boot1_written_md5`, `boot2_read_md5`, ...).
@@ -132,6 +134,7 @@ pub fn run(prepared: &Prepared, params: &BedParams, bins: &Binaries) -> Result<R
         bed.progress()
             .phase("done", &format!("vm scenario passed: {r:?}"));
         bed.progress().note(&r.figures_table());
+        bed.progress().note(&r.migratable);
     }
     bed.shutdown();
     report
@@ -208,6 +211,7 @@ fn steps_of(
 ) -> Result<Report> {
     let mut report = Report {
         vmm: nested.vmm.version.clone(),
+        migratable: nested.vmm.migratable_note(),
         ..Report::default()
     };
     let hostnqn = steps::prepare_stack(bed)?;
