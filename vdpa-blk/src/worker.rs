@@ -288,6 +288,29 @@ struct Worker {
     /// The kick / stop eventfd reads are in the ring (their buffers must outlive them).
     kick_armed: bool,
     stop_armed: bool,
+    /// The ring was made disabled, single-issuer and with deferred task work (see
+    /// [`new_ring`]): the worker thread enables it before its first submit.
+    single_issuer: bool,
+}
+
+/// The queue's io_uring. Single issuer with deferred task work where the kernel has them
+/// (6.1+): completions (the io-wq workers' included) are run as task work only when this
+/// thread enters the kernel to wait for them, in a batch, instead of interrupting it one at a
+/// time; `TASKRUN_FLAG` tells the polling loop when such work is pending. The ring is made
+/// disabled because it is made on the spawning thread and the kernel binds a single-issuer
+/// ring to the thread that enables it. Older kernels (EINVAL) get a plain ring.
+fn new_ring(entries: u32) -> io::Result<(IoUring, bool)> {
+    match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .setup_r_disabled()
+        .build(entries)
+    {
+        Ok(ring) => Ok((ring, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((IoUring::new(entries)?, false)),
+        Err(e) => Err(e),
+    }
 }
 
 /// What the completions of one reap said besides finished I/O.
@@ -353,7 +376,7 @@ impl Worker {
         let entries = (u32::from(p.queue.size) * 2 + 8)
             .next_power_of_two()
             .max(64);
-        let ring = IoUring::new(entries).map_err(|source| WorkerError::Io {
+        let (ring, single_issuer) = new_ring(entries).map_err(|source| WorkerError::Io {
             queue: index,
             op: "io_uring_setup",
             source,
@@ -370,6 +393,7 @@ impl Worker {
                 irq: Arc::downgrade(&p.irq),
                 stats: p.stats,
                 id: p.id,
+                fixed_backing: false,
                 slots: (0..p.queue.size)
                     .map(|_| Slot::new(usize::from(p.parse.max_chain)))
                     .collect(),
@@ -397,7 +421,37 @@ impl Worker {
             resubmit,
             kick_armed: false,
             stop_armed: false,
+            single_issuer,
         })
+    }
+
+    /// On the worker thread, before anything is submitted: a single-issuer ring is enabled
+    /// (which makes this thread its only submitter) and the backing is registered as fixed
+    /// file 0, so no SQE takes and drops a reference on it. Either failing is not fatal: the
+    /// ring then works as a plain one, the backing by its descriptor.
+    fn prepare_ring(&mut self) -> Result<(), WorkerError> {
+        let index = self.exec.index;
+        if self.single_issuer {
+            self.exec
+                .ring
+                .submitter()
+                .register_enable_rings()
+                .map_err(|source| WorkerError::Io {
+                    queue: index,
+                    op: "io_uring_register(ENABLE_RINGS)",
+                    source,
+                })?;
+        }
+        match self
+            .exec
+            .ring
+            .submitter()
+            .register_files(&[self.exec.backing.fd()])
+        {
+            Ok(()) => self.exec.fixed_backing = true,
+            Err(e) => tracing::debug!(queue = index, "backing not registered with the ring: {e}"),
+        }
+        Ok(())
     }
 
     fn io_err(&self, op: &'static str, source: io::Error) -> WorkerError {
@@ -526,6 +580,7 @@ impl Worker {
     }
 
     fn run(&mut self) -> Result<u16, WorkerError> {
+        self.prepare_ring()?;
         self.arm_kick()?;
         self.arm_stop()?;
         self.resubmit_in_flight();
@@ -543,6 +598,9 @@ impl Worker {
             if !self.exec.parked.is_empty() {
                 self.exec.retry_parked(&mut self.drain.q);
             }
+            // The completions just reaped are told before new chains are parsed: the driver
+            // handles them while this thread works on the next batch.
+            self.notify_if_needed();
             if ev.kicked && !ev.stopping {
                 busy |= self.process_available(true) > 0;
                 ev.kicked = false;
@@ -631,7 +689,13 @@ impl Worker {
         drop(mem);
         let mut deadline = Instant::now() + self.poll;
         loop {
-            if !self.exec.ring.submission().is_empty() {
+            // Deferred task work (completions) runs only in an enter: one when the kernel flags
+            // some pending, not one per spin.
+            let pending = {
+                let sq = self.exec.ring.submission();
+                !sq.is_empty() || sq.taskrun()
+            };
+            if pending {
                 match self.exec.ring.submit() {
                     Ok(_) => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {

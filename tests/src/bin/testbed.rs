@@ -64,6 +64,10 @@ struct NativeBenchArgs {
     /// Targets, comma separated: raw, vdpa-blk, vdpa-blk-poll, qsd (default all).
     #[arg(long, value_delimiter = ',')]
     target: Option<Vec<String>>,
+    /// Jobs, comma separated, by job file name without `.fio` (default all five), e.g.
+    /// randread-4k-qd32.
+    #[arg(long, value_delimiter = ',')]
+    job: Option<Vec<String>>,
     /// The vdpa-blk binary (default: next to this one).
     #[arg(long)]
     vdpa_blk: Option<PathBuf>,
@@ -449,6 +453,9 @@ fn native_bench(a: &NativeBenchArgs) -> anyhow::Result<()> {
             .map(|x| Target::parse(x))
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(j) = &a.job {
+        p.jobs = nb::select_jobs(&p.jobs, j).map_err(anyhow::Error::msg)?;
     }
     if let Some(v) = &a.vdpa_blk {
         p.vdpa_blk = v.clone();

@@ -185,6 +185,31 @@ pub fn job_files(repo: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
+/// The jobs of `all` named in `names` (file names without `.fio`), in the order asked; an
+/// unknown or repeated name is refused with the names there are.
+pub fn select_jobs(all: &[PathBuf], names: &[String]) -> Result<Vec<PathBuf>, String> {
+    let stem = |p: &PathBuf| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<PathBuf> = Vec::with_capacity(names.len());
+    for n in names {
+        let Some(p) = all.iter().find(|p| stem(p) == *n) else {
+            let known: Vec<String> = all.iter().map(stem).collect();
+            return Err(format!("no job {n:?}; the jobs are {}", known.join(", ")));
+        };
+        if out.contains(p) {
+            return Err(format!("job {n:?} is named twice"));
+        }
+        out.push(p.clone());
+    }
+    if out.is_empty() {
+        return Err("no job named".into());
+    }
+    Ok(out)
+}
+
 impl NativeParams {
     /// The full run: both backings, every target, 3 rounds of 5 s, 1 GiB files.
     pub fn full(repo: &Path, out: PathBuf) -> NativeParams {
@@ -597,6 +622,22 @@ mod tests {
 
     /// The job files say what the issue asks for: 4k randread QD1 and QD32, 4k randwrite
     /// QD32, 128k seqread QD8, 4 queues x QD32 randread, each honouring DIRECT.
+    #[test]
+    fn jobs_are_selected_by_name_in_the_order_asked_and_unknown_or_repeated_names_refused() {
+        let all = job_files(&repo());
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = select_jobs(&all, &names(&["seqread-128k-qd8", "randread-4k-qd1"])).unwrap();
+        assert_eq!(got, vec![all[3].clone(), all[0].clone()]);
+        let e = select_jobs(&all, &names(&["randread-4k-qd64"])).unwrap_err();
+        assert!(
+            e.contains("no job \"randread-4k-qd64\"") && e.contains("randread-4k-qd32"),
+            "{e}"
+        );
+        let e = select_jobs(&all, &names(&["randread-4k-qd1", "randread-4k-qd1"])).unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        assert!(select_jobs(&all, &[]).is_err());
+    }
+
     #[test]
     fn the_job_files_are_the_five_jobs_and_take_direct_from_the_environment() {
         use fio_profile::Rw;

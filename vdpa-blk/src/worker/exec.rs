@@ -138,6 +138,8 @@ pub(crate) struct Exec {
     pub(super) irq: Weak<dyn Interrupt>,
     pub(super) stats: Arc<QueueStats>,
     pub(super) id: [u8; VIRTIO_BLK_ID_BYTES],
+    /// The backing is the ring's fixed file 0 (readv/writev name it by index).
+    pub(super) fixed_backing: bool,
     /// One per head index.
     pub(super) slots: Vec<Slot>,
     /// Requests in flight (busy slots).
@@ -281,6 +283,14 @@ impl Exec {
     ) -> bool {
         out.clear();
         for &(addr, len) in &req.data {
+            // The common case: the buffer lies in one mapping (one lookup, no iterator).
+            if let Some(s) = mem.host_slice(addr.0, len, access) {
+                out.push(libc::iovec {
+                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: s.len(),
+                });
+                continue;
+            }
             let Ok(slices) = mem.get_slices(addr, len as usize, access) else {
                 return false;
             };
@@ -338,20 +348,23 @@ impl Exec {
                 // until the slot's last completion.
                 for chunk in slot.iovecs.0.chunks(MAX_IOVECS) {
                     let bytes: u64 = chunk.iter().map(|i| i.iov_len as u64).sum();
-                    let (kind, sqe) = if read {
-                        (
-                            OpKind::Read { expected: bytes },
-                            opcode::Readv::new(fd, chunk.as_ptr(), chunk.len() as u32)
+                    macro_rules! rw {
+                        ($op:ident, $fd:expr) => {
+                            opcode::$op::new($fd, chunk.as_ptr(), chunk.len() as u32)
                                 .offset(offset)
-                                .build(),
-                        )
+                                .build()
+                        };
+                    }
+                    let sqe = match (read, self.fixed_backing) {
+                        (true, true) => rw!(Readv, types::Fixed(0)),
+                        (true, false) => rw!(Readv, fd),
+                        (false, true) => rw!(Writev, types::Fixed(0)),
+                        (false, false) => rw!(Writev, fd),
+                    };
+                    let kind = if read {
+                        OpKind::Read { expected: bytes }
                     } else {
-                        (
-                            OpKind::Write { expected: bytes },
-                            opcode::Writev::new(fd, chunk.as_ptr(), chunk.len() as u32)
-                                .offset(offset)
-                                .build(),
-                        )
+                        OpKind::Write { expected: bytes }
                     };
                     slot.ops.push(kind);
                     sqes.push(sqe);

@@ -1133,3 +1133,37 @@ fn a_resumed_worker_skips_what_completed_unlogged_and_resubmits_the_rest_once() 
     assert!(r.irq.0.load(Ordering::SeqCst) >= 1, "the driver was told");
     assert_eq!(r.stats.resubmitted.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn the_ring_is_bound_to_the_worker_thread_and_names_the_backing_as_fixed_file_0() {
+    let r = Rig::new();
+    let mem = r.table.snapshot();
+    let vq = MockSplitQueue::new(&*mem, 16);
+    let (p, _kick) = r.params(&vq, false, false, Duration::ZERO);
+    let stop = EventFd::new().expect("stop");
+    let mut w = Worker::new(p, stop, Arc::new(AtomicU16::new(0))).expect("worker");
+    assert!(
+        !w.exec.fixed_backing,
+        "nothing is registered before the worker thread runs"
+    );
+    let w = std::thread::spawn(move || {
+        w.prepare_ring().expect("prepare ring");
+        w
+    })
+    .join()
+    .expect("worker thread");
+    assert!(w.exec.fixed_backing, "the backing was not registered");
+    if w.single_issuer {
+        // Only the thread that enabled the ring may submit to it now.
+        let mut w = w;
+        let nop = opcode::Nop::new().build();
+        // SAFETY: a NOP refers to no memory.
+        unsafe { w.exec.ring.submission().push(&nop) }.expect("push a NOP");
+        let err = w
+            .exec
+            .ring
+            .submit()
+            .expect_err("a second issuer was accepted");
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    }
+}
