@@ -1,5 +1,6 @@
 //! Running host commands with their failure turned into an [`Error::Command`].
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 use crate::error::{Error, Result};
@@ -20,6 +21,22 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         });
     }
     Ok(out)
+}
+
+/// Makes the child of `cmd` get SIGKILL when the thread that starts it dies, however it dies
+/// (a kill -9 included, which no handler sees): no QEMU or daemon outlives the test bed.
+/// Start it from a thread that lives as long as the child should.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A command line as a user would type it, for error messages.
@@ -58,6 +75,20 @@ mod tests {
         assert!(text.contains("sh -c"), "{text}");
         assert!(text.contains("boom"), "{text}");
         assert!(text.contains('3'), "{text}");
+    }
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::thread::spawn(|| {
+            die_with_parent(Command::new("sleep").arg("30"))
+                .spawn()
+                .expect("start sleep")
+        })
+        .join()
+        .expect("starter thread");
+        let status = child.wait().expect("wait for sleep");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     }
 
     #[test]

@@ -85,7 +85,9 @@ impl Daemon {
         cpu: usize,
     ) -> anyhow::Result<Daemon> {
         let socket = dir.join(format!("{}-{}.sock", target.id(), backing.kind.id()));
-        let mut child = command(target, backing, &socket, vdpa_blk, qsd, cpu)?
+        let mut cmd = command(target, backing, &socket, vdpa_blk, qsd, cpu)?;
+        // A killed benchmark leaves no daemon behind.
+        let mut child = crate::cmd::die_with_parent(&mut cmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -519,7 +519,7 @@ pub fn run(p: &NativeParams, command: &str) -> anyhow::Result<NativeReport> {
                     ));
                     let l0 = children_cpu_seconds()?;
                     let d0 = daemon.as_mut().map(|d| d.cpu_seconds()).transpose()?;
-                    let status = Command::new(&p.testbed)
+                    let status = crate::cmd::die_with_parent(&mut Command::new(&p.testbed))
                         .args(["blkio-load", "--driver", target.driver(), "--path"])
                         .arg(&path)
                         .arg("--profile")
