@@ -26,6 +26,7 @@ use crate::driver::{self, BoundNode, DriverError, SysRoot, VdpaDriver};
 use crate::inflight::{self, InflightError, InflightLog, LogIdentity};
 use crate::iotlb::{IotlbError, IotlbSource, IotlbTable, IotlbUpdate};
 use crate::netlink::{NetlinkError, VdpaNetlink};
+use crate::ready::{poll_us, ReadyCommon};
 use crate::uapi::vduse::{
     ControlMessage, DevConfigBuf, NameError, VduseControl, VduseDevFd, VduseDevRequest,
     VduseDevResponse, VduseError, VduseVqInfo, VDUSE_API_VERSION,
@@ -876,13 +877,12 @@ pub struct DeviceConfig {
     pub root: SysRoot,
 }
 
-/// What the ready line reports.
+/// What the ready line reports for a VDUSE device.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReadyInfo {
-    /// Always "ready".
-    pub event: &'static str,
-    /// VDUSE device name.
-    pub name: String,
+    /// What every transport reports.
+    #[serde(flatten)]
+    pub common: ReadyCommon,
     /// vdpa device name (same as `name`).
     pub vdpa: String,
     /// Bound driver.
@@ -891,27 +891,8 @@ pub struct ReadyInfo {
     pub path: PathBuf,
     /// `/dev/vduse/NAME`.
     pub vduse: PathBuf,
-    /// Backing path.
-    pub backing: PathBuf,
-    /// Capacity in 512-byte sectors.
-    pub capacity_sectors: u64,
-    /// Queues.
-    pub queues: u16,
-    /// Queue size.
-    pub queue_size: u16,
-    /// Read-only export.
-    pub read_only: bool,
-    /// "zero-copy" (vhost-vdpa: the IOTLB maps the VMM's shared memory) or "bounce"
-    /// (virtio-vdpa: the kernel's VDUSE bounce buffer copies once).
-    pub copy_mode: &'static str,
     /// Bounce buffer size requested, if any.
     pub bounce_size: Option<u64>,
-    /// Busy-poll window of the queue workers, microseconds (0: no polling).
-    pub poll_us: u64,
-    /// Offered feature bits.
-    pub features: u64,
-    /// Daemon pid.
-    pub pid: u32,
     /// "fresh" (the device was created) or "reconnected" (taken over from a daemon that died
     /// or left for an upgrade).
     pub start: &'static str,
@@ -1045,25 +1026,28 @@ impl Device {
 
     fn ready_info(cfg: &DeviceConfig, model: &DeviceModel) -> ReadyInfo {
         ReadyInfo {
-            event: "ready",
-            name: cfg.name.clone(),
+            common: ReadyCommon {
+                event: "ready",
+                name: cfg.name.clone(),
+                transport: "vduse",
+                backing: cfg.backing.clone(),
+                capacity_sectors: model.config.capacity,
+                queues: cfg.queues,
+                queue_size: cfg.queue_size,
+                read_only: model.read_only,
+                copy_mode: match cfg.driver {
+                    VdpaDriver::VhostVdpa => "zero-copy",
+                    VdpaDriver::VirtioVdpa => "bounce",
+                },
+                poll_us: poll_us(cfg.poll),
+                features: model.features,
+                pid: std::process::id(),
+            },
             vdpa: cfg.name.clone(),
             driver: cfg.driver,
             path: PathBuf::new(),
             vduse: cfg.root.join("dev/vduse").join(&cfg.name),
-            backing: cfg.backing.clone(),
-            capacity_sectors: model.config.capacity,
-            queues: cfg.queues,
-            queue_size: cfg.queue_size,
-            read_only: model.read_only,
-            copy_mode: match cfg.driver {
-                VdpaDriver::VhostVdpa => "zero-copy",
-                VdpaDriver::VirtioVdpa => "bounce",
-            },
             bounce_size: cfg.bounce_size,
-            poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
-            features: model.features,
-            pid: std::process::id(),
             start: "fresh",
             resubmitted: 0,
             reconnects: 0,
@@ -1175,7 +1159,7 @@ impl Device {
         ready.start = "reconnected";
         ready.resubmitted = resubmitted as u64;
         ready.path = node.path;
-        ready.capacity_sectors = log.capacity();
+        ready.common.capacity_sectors = log.capacity();
         tracing::info!(
             resubmitted,
             reconnects = ready.reconnects,

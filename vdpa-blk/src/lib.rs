@@ -20,6 +20,7 @@ pub mod driver;
 pub mod inflight;
 pub mod iotlb;
 pub mod netlink;
+pub mod ready;
 pub mod sigbus;
 pub mod uapi;
 pub mod unix_socket;

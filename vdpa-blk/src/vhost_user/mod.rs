@@ -25,6 +25,7 @@ use crate::blk::exec::id_bytes;
 use crate::device::{model_for, DeviceError, ModelOptions};
 use crate::driver::SysRoot;
 use crate::iotlb::IotlbTable;
+use crate::ready::{poll_us, ReadyCommon};
 use crate::unix_socket::{bind_listener, SocketError};
 use crate::worker::{QueueStats, QueueStatsSnapshot};
 use backend::{DeviceParts, VhostUserBlk};
@@ -82,32 +83,12 @@ pub struct VhostUserConfig {
 /// What the ready line reports for a vhost-user device.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VhostUserReady {
-    /// Always "ready".
-    pub event: &'static str,
-    /// Device name.
-    pub name: String,
-    /// Always "vhost-user".
-    pub transport: &'static str,
+    /// What every transport reports (`copy_mode` is always "zero-copy": requests point into
+    /// the front end's shared memory regions).
+    #[serde(flatten)]
+    pub common: ReadyCommon,
     /// The socket front ends connect to.
     pub socket: PathBuf,
-    /// Backing path.
-    pub backing: PathBuf,
-    /// Capacity in 512-byte sectors.
-    pub capacity_sectors: u64,
-    /// Queues offered.
-    pub queues: u16,
-    /// Queue size offered.
-    pub queue_size: u16,
-    /// Read-only export.
-    pub read_only: bool,
-    /// Always "zero-copy": requests point into the front end's shared memory regions.
-    pub copy_mode: &'static str,
-    /// Busy-poll window, microseconds.
-    pub poll_us: u64,
-    /// Offered virtio feature bits.
-    pub features: u64,
-    /// Daemon pid.
-    pub pid: u32,
 }
 
 /// The connection being served, so that a shutdown can end it.
@@ -229,19 +210,21 @@ impl VhostUserServer {
             poll: cfg.poll,
         });
         let ready = VhostUserReady {
-            event: "ready",
-            name: cfg.name.clone(),
-            transport: "vhost-user",
+            common: ReadyCommon {
+                event: "ready",
+                name: cfg.name.clone(),
+                transport: "vhost-user",
+                backing: cfg.backing.clone(),
+                capacity_sectors: model.config.capacity,
+                queues: cfg.queues,
+                queue_size: cfg.queue_size,
+                read_only: model.read_only,
+                copy_mode: "zero-copy",
+                poll_us: poll_us(cfg.poll),
+                features: blk.offered_features(),
+                pid: std::process::id(),
+            },
             socket: cfg.socket.clone(),
-            backing: cfg.backing.clone(),
-            capacity_sectors: model.config.capacity,
-            queues: cfg.queues,
-            queue_size: cfg.queue_size,
-            read_only: model.read_only,
-            copy_mode: "zero-copy",
-            poll_us: u64::try_from(cfg.poll.as_micros()).unwrap_or(u64::MAX),
-            features: blk.offered_features(),
-            pid: std::process::id(),
         };
         let current = Arc::new(Current::default());
         let remove_socket = |e| {
