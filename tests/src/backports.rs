@@ -1,6 +1,7 @@
-//! The bed's private apt state for bookworm-backports, derived from this machine's own apt
-//! sources: the guest kernel and the nested VMM (QEMU 10.0) come from there, downloaded and
-//! extracted, never installed on the host.
+//! The bed's private apt states, derived from this machine's own apt sources: the guest kernel
+//! and the nested VMM (QEMU 10.0) come from bookworm-backports, the migratable VMM (QEMU with
+//! libblkio) and its libraries from trixie; all downloaded and extracted, never installed on
+//! the host.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,34 @@ const APT_SOURCES: &[&str] = &[
     "/etc/apt/sources.list",
 ];
 
-/// Builds a deb822 source for bookworm-backports from the text of an apt sources file: the
-/// first entry whose suites include plain `bookworm` lends its URIs and keyring. Works for the
-/// deb822 format and for one-line `deb URI bookworm main` entries.
+/// The suites the bed fetches from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    BookwormBackports,
+    Trixie,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::BookwormBackports => "bookworm-backports",
+            Suite::Trixie => "trixie",
+        }
+    }
+}
+
+/// Builds a deb822 source for bookworm-backports from the text of an apt sources file: see
+/// [`source_for`].
 pub fn backports_source(text: &str) -> Result<String, String> {
+    source_for(text, Suite::BookwormBackports)
+}
+
+/// Builds a deb822 source for `suite` from the text of an apt sources file: the first entry
+/// whose suites include plain `bookworm` lends its URIs and keyring (Debian's archive keyring
+/// signs every release). Works for the deb822 format and for one-line `deb URI bookworm main`
+/// entries.
+pub fn source_for(text: &str, suite: Suite) -> Result<String, String> {
+    let suite = suite.name();
     // deb822 stanzas.
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
@@ -33,8 +58,7 @@ pub fn backports_source(text: &str) -> Result<String, String> {
         if !suites.split_whitespace().any(|s| s == "bookworm") {
             continue;
         }
-        let mut out =
-            format!("Types: deb\nURIs: {uris}\nSuites: bookworm-backports\nComponents: main\n");
+        let mut out = format!("Types: deb\nURIs: {uris}\nSuites: {suite}\nComponents: main\n");
         if let Some(key) = field("Signed-By") {
             out.push_str(&format!("Signed-By: {key}\n"));
         }
@@ -58,9 +82,8 @@ pub fn backports_source(text: &str) -> Result<String, String> {
             .find_map(|o| o.strip_prefix("signed-by="));
         if let [uri, suite, ..] = rest.as_slice() {
             if *suite == "bookworm" {
-                let mut out = format!(
-                    "Types: deb\nURIs: {uri}\nSuites: bookworm-backports\nComponents: main\n"
-                );
+                let mut out =
+                    format!("Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\n");
                 if let Some(key) = opts {
                     out.push_str(&format!("Signed-By: {key}\n"));
                 }
@@ -71,7 +94,7 @@ pub fn backports_source(text: &str) -> Result<String, String> {
     Err("no entry for the `bookworm` suite".into())
 }
 
-/// A private apt state (lists, cache, one source: bookworm-backports) under a directory.
+/// A private apt state (lists, cache, one source: a [`Suite`]) under a directory.
 #[derive(Debug, Clone)]
 pub struct Apt {
     dir: PathBuf,
@@ -79,10 +102,16 @@ pub struct Apt {
 }
 
 impl Apt {
-    /// Creates the state under `dir` from this machine's apt sources and runs `apt-get update`
-    /// on it.
+    /// Creates the bookworm-backports state under `dir` from this machine's apt sources and
+    /// runs `apt-get update` on it.
     pub fn open(dir: &Path) -> Result<Apt> {
-        for sub in ["lists/partial", "cache/archives/partial", "etc"] {
+        Apt::open_suite(dir, Suite::BookwormBackports)
+    }
+
+    /// Creates the state of `suite` under `dir` from this machine's apt sources and runs
+    /// `apt-get update` on it.
+    pub fn open_suite(dir: &Path, suite: Suite) -> Result<Apt> {
+        for sub in ["lists/partial", "cache/archives/partial", "etc", "state"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
         }
@@ -93,11 +122,11 @@ impl Apt {
                 what: "an apt sources file (/etc/apt/sources.list.d/debian.sources)".into(),
                 fix: "configure Debian's apt sources".into(),
             })?;
-        let source = backports_source(&src_text).map_err(|reason| Error::AptSources {
+        let source = source_for(&src_text, suite).map_err(|reason| Error::AptSources {
             path: src_path,
             reason,
         })?;
-        let source_file = dir.join("etc/backports.sources");
+        let source_file = dir.join(format!("etc/{}.sources", suite.name()));
         fs::write(&source_file, source).map_err(|e| Error::io("write", &source_file, e))?;
         let apt = Apt {
             dir: dir.to_path_buf(),
@@ -127,6 +156,73 @@ impl Apt {
             .arg("-o")
             .arg("APT::Sandbox::User=root");
         c
+    }
+
+    /// Downloads `packages` and everything they depend on (not their recommendations), as
+    /// apt resolves them for an empty system, and gives the .deb files: what runs with its
+    /// own libraries under its own dynamic loader, whatever the host has.
+    pub fn download_closure(&self, packages: &[&str]) -> Result<Vec<PathBuf>> {
+        let state = self.dir.join("state");
+        let status = state.join("status");
+        fs::write(&status, "").map_err(|e| Error::io("write", &status, e))?;
+        let archives = self.dir.join("cache/archives");
+        // Exactly this closure: nothing left from an earlier, interrupted download.
+        if let Ok(entries) = fs::read_dir(&archives) {
+            for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if p.extension().is_some_and(|x| x == "deb") {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        let prefs = self.dir.join("etc/preferences.d");
+        fs::create_dir_all(&prefs).map_err(|e| Error::io("create", &prefs, e))?;
+        cmd::run(
+            self.command("apt-get")
+                .arg("-o")
+                .arg(format!("Dir::State={}", state.display()))
+                .arg("-o")
+                .arg(format!("Dir::State::status={}", status.display()))
+                .arg("-o")
+                .arg(format!(
+                    "Dir::Etc::preferences={}",
+                    self.dir.join("etc/preferences").display()
+                ))
+                .arg("-o")
+                .arg(format!("Dir::Etc::preferencesparts={}", prefs.display()))
+                .args([
+                    "-o",
+                    "Debug::NoLocking=1",
+                    "-q",
+                    "-y",
+                    "--no-install-recommends",
+                    "--download-only",
+                    "install",
+                ])
+                .args(packages),
+        )?;
+        let mut debs: Vec<PathBuf> = fs::read_dir(&archives)
+            .map_err(|e| Error::io("list", &archives, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        debs.sort();
+        for package in packages {
+            let prefix = format!("{package}_");
+            if !debs.iter().any(|d| {
+                d.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix))
+            }) {
+                return Err(Error::Missing {
+                    what: format!(
+                        "{package} among the downloaded packages in {}",
+                        archives.display()
+                    ),
+                    fix: "run the set-up again".into(),
+                });
+            }
+        }
+        Ok(debs)
     }
 
     /// Downloads `package`'s .deb (the newest in the source) into the state's directory and
@@ -176,6 +272,17 @@ mod tests {
         let out = backports_source(text).expect("one-line entry");
         assert!(out.contains("URIs: http://m.example/debian\n"), "{out}");
         assert!(out.contains("Signed-By: /k.gpg"), "{out}");
+    }
+
+    #[test]
+    fn a_trixie_source_reuses_the_bookworm_entry_too() {
+        let out = source_for(DEB822, Suite::Trixie).expect("bookworm entry exists");
+        assert!(
+            out.contains("URIs: http://mirror.example/debian\n"),
+            "{out}"
+        );
+        assert!(out.contains("Suites: trixie\n"), "{out}");
+        assert!(!out.contains("backports"), "{out}");
     }
 
     #[test]

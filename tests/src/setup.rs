@@ -64,7 +64,10 @@ pub fn prepare(cache: &Path, progress: &Progress) -> Result<Prepared> {
 /// initramfs (its kernel is the bed's).
 #[derive(Debug, Clone)]
 pub struct NestedVm {
+    /// bookworm-backports' QEMU: the fastest snippet.
     pub vmm: crate::vmm::Vmm,
+    /// trixie's QEMU with libblkio: the migratable snippet.
+    pub migratable_vmm: crate::vmm::Vmm,
     pub initramfs: PathBuf,
 }
 
@@ -72,6 +75,12 @@ pub struct NestedVm {
 /// done).
 pub fn prepare_nested_vm(prepared: &Prepared, progress: &Progress) -> Result<NestedVm> {
     let vmm = crate::vmm::ensure_vmm(&prepared.cache.join("vmm"), progress)?;
+    let migratable_vmm =
+        crate::vmm::ensure_migratable_vmm(&prepared.cache.join("vmm-migratable"), progress)?;
     let initramfs = crate::vmm::nested_initramfs(&prepared.kernel, &prepared.cache)?;
-    Ok(NestedVm { vmm, initramfs })
+    Ok(NestedVm {
+        vmm,
+        migratable_vmm,
+        initramfs,
+    })
 }

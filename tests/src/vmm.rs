@@ -7,15 +7,25 @@
 //! folder (`QEMU_MODULE_DIR`; it refuses another build's modules) and its own firmware (`-L`).
 //! The nested guest is the bed's kernel with a minimal initramfs (busybox, `virtio_blk` and
 //! `sh/nested_init.sh` as /init).
+//!
+//! That QEMU is built without libblkio, so the attach answer's migratable snippet (the
+//! `virtio-blk-vhost-vdpa` block driver) cannot run on it. The migratable VMM is trixie's QEMU
+//! with `qemu-block-extra`'s `block-blkio` module and libblkio: the packages and everything they
+//! depend on are extracted into their own root and run under trixie's dynamic loader
+//! (`sh/loader_qemu.sh`, installed as its `qemu-system-x86_64`), since trixie's C library is
+//! newer than the host's. It serves only the migratable snippet: its `vhost-vdpa-device-pci`
+//! sets a vring size of 1024 where the device offers 256 (see the README), so the fastest
+//! snippet keeps the backports QEMU.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::backports::Apt;
+use crate::backports::{Apt, Suite};
 use crate::cmd;
 use crate::error::{Error, Result};
 use crate::initramfs;
@@ -30,6 +40,17 @@ pub const PACKAGES: &[&str] = &[
     "qemu-system-data",
     "seabios",
 ];
+
+/// The packages of the migratable VMM, taken with everything they depend on.
+pub const MIGRATABLE_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-block-extra",
+    "libblkio1",
+    "seabios",
+];
+
+/// The migratable VMM's `qemu-system-x86_64`: a loader wrapper around the extracted binary.
+pub const LOADER_QEMU: &str = include_str!("sh/loader_qemu.sh");
 
 /// The device the VM is given (what the attach API's fastest snippet names).
 pub const DEVICE: &str = "vhost-vdpa-device-pci";
@@ -246,6 +267,58 @@ pub fn ensure_vmm(dir: &Path, progress: &Progress) -> Result<Vmm> {
     Ok(vmm)
 }
 
+/// Fetches and extracts the migratable VMM into `dir` (once; a second call checks and reuses
+/// it): it must have [`MIGRATABLE_DRIVER`].
+pub fn ensure_migratable_vmm(dir: &Path, progress: &Progress) -> Result<Vmm> {
+    let ready = dir.join("READY");
+    if let Ok(version) = fs::read_to_string(&ready) {
+        let vmm = migratable_layout(dir, version.trim().to_string());
+        if vmm.qemu.is_file() {
+            return checked_migratable(vmm);
+        }
+    }
+    progress.phase(
+        "setup",
+        "fetching trixie's QEMU with libblkio and its libraries (the migratable VMM)",
+    );
+    let apt = Apt::open_suite(&dir.join("apt"), Suite::Trixie)?;
+    let debs = apt.download_closure(MIGRATABLE_PACKAGES)?;
+    let root = dir.join("root");
+    let _ = fs::remove_dir_all(&root);
+    progress.note(&format!("extracting {} packages", debs.len()));
+    for deb in &debs {
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))?;
+        let _ = fs::remove_file(deb);
+    }
+    let vmm = migratable_layout(dir, String::new());
+    fs::write(&vmm.qemu, LOADER_QEMU).map_err(|e| Error::io("write", &vmm.qemu, e))?;
+    fs::set_permissions(&vmm.qemu, fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io("chmod", &vmm.qemu, e))?;
+    let vmm = checked_migratable(vmm)?;
+    fs::write(&ready, &vmm.version).map_err(|e| Error::io("write", &ready, e))?;
+    progress.note(&format!("migratable VMM: {}", vmm.version));
+    Ok(vmm)
+}
+
+fn migratable_layout(dir: &Path, version: String) -> Vmm {
+    let mut vmm = layout(dir, version);
+    vmm.qemu = dir.join("qemu-system-x86_64");
+    vmm
+}
+
+/// Its version, and the block driver it is there for.
+fn checked_migratable(mut vmm: Vmm) -> Result<Vmm> {
+    vmm.version = check(&vmm)?;
+    vmm.has_migratable_driver = has_migratable_driver(&vmm)?;
+    if !vmm.has_migratable_driver {
+        return Err(Error::Missing {
+            what: format!("the {MIGRATABLE_DRIVER} block driver in {}", vmm.version),
+            fix: format!("delete {} and run the set-up again", vmm.qemu.display()),
+        });
+    }
+    Ok(vmm)
+}
+
 /// The nested guest's initramfs for `kernel`, built into `cache` once per content.
 pub fn nested_initramfs(kernel: &Kernel, cache: &Path) -> Result<PathBuf> {
     let mut h = DefaultHasher::new();
@@ -303,6 +376,17 @@ mod tests {
         );
         assert_eq!(version_line("qemu-system-x86_64: unknown option"), None);
         assert_eq!(version_line(""), None);
+    }
+
+    #[test]
+    fn the_migratable_vmm_runs_through_its_loader_wrapper() {
+        let v = migratable_layout(Path::new("/c/mig"), String::new());
+        assert_eq!(v.qemu, Path::new("/c/mig/qemu-system-x86_64"));
+        assert_eq!(
+            v.module_dir,
+            Path::new("/c/mig/root/usr/lib/x86_64-linux-gnu/qemu")
+        );
+        assert!(LOADER_QEMU.contains("$root/usr/bin/qemu-system-x86_64"));
     }
 
     #[test]

@@ -905,6 +905,11 @@ fn main() -> ExitCode {
                 vm.initramfs.display()
             );
                 println!("{}", vm.vmm.migratable_note());
+                println!(
+                    "migratable VMM {} ({})",
+                    vm.migratable_vmm.version,
+                    vm.migratable_vmm.qemu.display()
+                );
                 Ok(())
             })()
         }

@@ -19,6 +19,11 @@
 //!   afterwards the bytes are on the storage node's VF namespace, the agent's statistics show
 //!   one restart and requests served by the vdpa-blk that took over (the same pid from the
 //!   restart to the end: the reboot did not restart it), and a detach leaves nothing;
+//! - the migratable VMM (trixie's QEMU with libblkio, [`crate::vmm`]) then runs the attach
+//!   answer's migratable snippet (QEMU's own virtio-blk-pci over libblkio's
+//!   `virtio-blk-vhost-vdpa` driver) on the same device for one boot that writes and reads back;
+//!   the same vdpa-blk maps that QEMU's memfd and serves it, and its bytes are on the VF
+//!   namespace;
 //! - the nested guest's fio figures are set next to the same job's on the raw nvme-rdma device
 //!   and through virtio_vdpa (the volume attached again in that mode, then detached): under
 //!   emulation only the ratios mean something.
@@ -33,7 +38,7 @@ use super::nvmf_initiator::{
 };
 use super::nvmf_target::Target;
 use super::steps::{self, check, secs, with_lib};
-use crate::bed::{Bed, BedParams, Role, Topology};
+use crate::bed::{Bed, BedParams, Role, StepResult, Topology};
 use crate::error::{Error, Result};
 use crate::fio::{self, FioFigures};
 use crate::setup::{NestedVm, Prepared};
@@ -72,6 +77,8 @@ pub struct Report {
     pub vmm: String,
     /// Whether the migratable snippet can run on that VMM, and why not ([`crate::vmm`]).
     pub migratable: String,
+    /// The migratable snippet's VM, on the migratable VMM.
+    pub migratable_vm: MigratableVm,
     /// Why vdpa-blk refused the VMM with private memory, as the agent's `show` gave it.
     pub private_memory_refusal: String,
     /// What the nested guest printed, by key (`boot1_written_md5`, `boot2_read_md5`, ...).
@@ -370,23 +377,7 @@ fn steps_of(
         check: "the VM's run time is a number of seconds".into(),
         reason: run_time.to_string(),
     })?;
-    // Zero copy: the daemon mapped QEMU's own guest memory file, writable.
-    let memfd = steps::result_with(&vm, "vm_memfd_ino", "QEMU's guest memory file")?;
-    let file = steps::count(&memfd, "vm_memfd_dev")
-        .zip(steps::count(&memfd, "vm_memfd_ino"))
-        .ok_or_else(|| Error::Check {
-            check: "QEMU's guest memory file has a device and an inode number".into(),
-            reason: memfd.to_string(),
-        })?;
-    let maps = steps::result_with(&vm, "mappings", "the daemon's mappings")?;
-    let ours = |m: &Value| steps::count(m, "dev").zip(steps::count(m, "ino")) == Some(file);
-    check(
-        maps["mappings"]
-            .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
-        "zero copy: vdpa-blk maps the VM's own guest memory file",
-        || format!("QEMU's memfd {memfd}, vdpa-blk maps {maps}"),
-    )?;
+    maps_vm_memory(&vm, "the VM")?;
     let written = nested_value(&report, "boot1_written_md5")?;
     let read = nested_value(&report, "boot2_read_md5")?;
     check(
@@ -442,6 +433,9 @@ fn steps_of(
         || format!("{:?}", report.nested),
     )?;
 
+    // The migratable snippet on the migratable VMM, same attachment, same vdpa-blk.
+    report.migratable_vm = migratable_vm(bed, prepared, nested, &init, &a, &view, &storage_dev)?;
+
     // The nested guest's fio, next to the same job on the compute node: the raw nvme-rdma
     // device, then the volume through virtio_vdpa (attached once the VM's attachment is gone).
     let nested_fio = steps::fio_figures(&vm, "the nested guest's fio")?;
@@ -474,6 +468,137 @@ fn steps_of(
         .teardown
         .push(detach_leaves_nothing(bed, &init, &v, &vol.nqn)?);
     Ok(report)
+}
+
+/// What the VM on the migratable snippet showed.
+#[derive(Debug, Clone, Default)]
+pub struct MigratableVm {
+    /// The migratable VMM's version line.
+    pub vmm: String,
+    pub snippet: String,
+    /// The md5 of the region the nested guest wrote and read back, and the VF namespace's.
+    pub written_md5: String,
+    pub storage_md5: String,
+    /// Requests vdpa-blk served for it.
+    pub requests: u64,
+    /// The VM's run time, seconds.
+    pub seconds: u64,
+}
+
+/// The attach answer's migratable snippet (QEMU's own virtio-blk front end over libblkio's
+/// `virtio-blk-vhost-vdpa` driver) run by the migratable VMM ([`crate::vmm`]) on the same
+/// attachment: one boot writes the region and reads it back; vdpa-blk (the same process)
+/// maps the VM's memfd and serves its requests, and the bytes are on the VF namespace.
+fn migratable_vm(
+    bed: &mut Bed,
+    prepared: &Prepared,
+    nested: &NestedVm,
+    init: &Initiator,
+    a: &Attached,
+    view: &Value,
+    storage_dev: &str,
+) -> Result<MigratableVm> {
+    let vmm = &nested.migratable_vmm;
+    let snippet = view["snippets"]["qemu_migratable"]["command_line"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Check {
+            check: "the answer has the migratable QEMU snippet".into(),
+            reason: view["snippets"].to_string(),
+        })?;
+    check(
+        snippet.contains(&format!(
+            "driver={},path=/dev/{}",
+            crate::vmm::MIGRATABLE_DRIVER,
+            a.disk
+        )) && snippet.contains("share=on"),
+        "the migratable snippet names libblkio's driver on the device and shared guest memory",
+        || snippet.clone(),
+    )?;
+    let before = served(init, bed, a, "show before the migratable VM")?;
+    let sock = format!("{}/vdpa/{}.sock", state_dir(), a.id);
+    let mut env = vmm.script_env();
+    env.extend([
+        ("KERNEL", prepared.kernel.vmlinuz.display().to_string()),
+        ("INITRD", nested.initramfs.display().to_string()),
+        ("SNIPPET", snippet.clone()),
+        ("GUEST_RAM", GUEST_RAM.to_string()),
+        ("SOCK", sock),
+        ("CONSOLE", "/run/nested-migratable-console.log".to_string()),
+        ("CTL", CTL.to_string()),
+        ("WAIT_S", FIRST_LOOK_S.to_string()),
+        ("ONE_BOOT", "1".to_string()),
+    ]);
+    let vm = bed.step_env(
+        Role::Compute,
+        "vm",
+        &format!(
+            "{} runs the migratable snippet's VM: write, read back",
+            vmm.version
+        ),
+        &with_lib(include_str!("sh/vm_run.sh")),
+        &env,
+        secs(FIRST_LOOK_S + 300),
+    )?;
+    let nested_result = |key: &str| {
+        steps::required(
+            &vm,
+            &format!("nested_{key}"),
+            "the migratable VM's nested guest",
+        )
+    };
+    let written = nested_result("boot1_written_md5")?;
+    maps_vm_memory(&vm, "the migratable VM")?;
+    let storage_md5 = steps::checksums(
+        bed,
+        Role::Storage,
+        "the migratable VM's region on the VF namespace",
+        storage_dev,
+        &[("region", 0, REGION_MIB)],
+    )?
+    .pop()
+    .unwrap_or_default();
+    check(
+        storage_md5 == written,
+        "the migratable VM's bytes are on the storage node's VF namespace",
+        || format!("VF namespace {storage_md5}, VM wrote {written}"),
+    )?;
+    let after = served(init, bed, a, "show after the migratable VM")?;
+    check(
+        after.pid == before.pid && after.requests > before.requests,
+        "the same vdpa-blk served the migratable VM's requests",
+        || format!("before {before:?}, after {after:?}"),
+    )?;
+    let run_time = steps::result_with(&vm, "vm_seconds", "the migratable VM's run time")?;
+    Ok(MigratableVm {
+        vmm: vmm.version.clone(),
+        snippet,
+        written_md5: written,
+        storage_md5,
+        requests: after.requests - before.requests,
+        seconds: steps::count(&run_time, "vm_seconds").unwrap_or_default(),
+    })
+}
+
+/// Zero copy: the daemon maps the VM's own guest memory file, writable (`sh/vm_run.sh` reads
+/// both while the VM runs).
+fn maps_vm_memory(vm: &StepResult, which: &str) -> Result<()> {
+    let memfd = steps::result_with(vm, "vm_memfd_ino", "QEMU's guest memory file")?;
+    let file = steps::count(&memfd, "vm_memfd_dev")
+        .zip(steps::count(&memfd, "vm_memfd_ino"))
+        .ok_or_else(|| Error::Check {
+            check: format!("{which}: QEMU's guest memory file has a device and an inode number"),
+            reason: memfd.to_string(),
+        })?;
+    let maps = steps::result_with(vm, "mappings", "the daemon's mappings")?;
+    let ours = |m: &Value| steps::count(m, "dev").zip(steps::count(m, "ino")) == Some(file);
+    check(
+        maps["mappings"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| ours(m) && m["writable"] == true)),
+        &format!("zero copy: vdpa-blk maps {which}'s own guest memory file"),
+        || format!("QEMU's memfd {memfd}, vdpa-blk maps {maps}"),
+    )
 }
 
 /// The nested guest's fio job ([`FIO_JOB`]) on `/dev/{dev}` of the compute node.
