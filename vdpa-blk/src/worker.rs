@@ -427,8 +427,9 @@ impl Worker {
 
     /// On the worker thread, before anything is submitted: a single-issuer ring is enabled
     /// (which makes this thread its only submitter) and the backing is registered as fixed
-    /// file 0, so no SQE takes and drops a reference on it. Either failing is not fatal: the
-    /// ring then works as a plain one, the backing by its descriptor.
+    /// file 0, so no SQE takes and drops a reference on it. Enabling a disabled ring must
+    /// work (nothing can be submitted otherwise); a registration that fails only leaves
+    /// readv/writev naming the backing by its descriptor.
     fn prepare_ring(&mut self) -> Result<(), WorkerError> {
         let index = self.exec.index;
         if self.single_issuer {

@@ -576,7 +576,10 @@ fn migratable_vm(
         written_md5: written,
         storage_md5,
         requests: after.requests - before.requests,
-        seconds: steps::count(&run_time, "vm_seconds").unwrap_or_default(),
+        seconds: steps::count(&run_time, "vm_seconds").ok_or_else(|| Error::Check {
+            check: "the migratable VM's run time is a number of seconds".into(),
+            reason: run_time.to_string(),
+        })?,
     })
 }
 
