@@ -79,6 +79,8 @@ pub struct Vmm {
     /// Whether its `blockdev-add` takes [`MIGRATABLE_DRIVER`] (QEMU built with libblkio), as
     /// its QMP schema says.
     pub has_migratable_driver: bool,
+    /// Whether `qemu` is a shell script (the migratable VMM's loader, `sh/loader_qemu.sh`).
+    pub is_script: bool,
 }
 
 impl Vmm {
@@ -115,8 +117,18 @@ impl Vmm {
             .join(" ")
     }
 
+    /// The host runs a script VMM through /bin/sh rather than exec'ing it: this process has
+    /// just written it, and exec'ing a file fails with ETXTBSY while a child another thread
+    /// forks still holds the writer's descriptor (1 exec in 200 failed so here with two threads
+    /// spawning; the scenarios run in parallel).
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.qemu);
+        let mut c = if self.is_script {
+            let mut c = Command::new("/bin/sh");
+            c.arg(&self.qemu);
+            c
+        } else {
+            Command::new(&self.qemu)
+        };
         c.env("QEMU_MODULE_DIR", &self.module_dir);
         c
     }
@@ -130,6 +142,7 @@ fn layout(dir: &Path, version: String) -> Vmm {
         module_dir: root.join("usr/lib/x86_64-linux-gnu/qemu"),
         data_dirs: vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")],
         has_migratable_driver: false,
+        is_script: false,
     }
 }
 
@@ -303,6 +316,7 @@ pub fn ensure_migratable_vmm(dir: &Path, progress: &Progress) -> Result<Vmm> {
 fn migratable_layout(dir: &Path, version: String) -> Vmm {
     let mut vmm = layout(dir, version);
     vmm.qemu = dir.join("qemu-system-x86_64");
+    vmm.is_script = true;
     vmm
 }
 
@@ -366,6 +380,23 @@ mod tests {
         );
         assert_eq!(blockdev_drivers(r#"{"return": []}"#), None);
         assert_eq!(blockdev_drivers("qemu-system-x86_64: bad option"), None);
+    }
+
+    #[test]
+    fn the_loader_script_is_read_by_sh_and_an_extracted_qemu_is_exec_d() {
+        let dir = Path::new("/cache/vmm-migratable");
+        let script = migratable_layout(dir, String::new()).command();
+        assert_eq!(script.get_program(), "/bin/sh");
+        assert_eq!(
+            script.get_args().collect::<Vec<_>>(),
+            vec![dir.join("qemu-system-x86_64").as_os_str()]
+        );
+        let plain = layout(Path::new("/cache/vmm"), String::new()).command();
+        assert_eq!(
+            plain.get_program(),
+            Path::new("/cache/vmm/root/usr/bin/qemu-system-x86_64").as_os_str()
+        );
+        assert_eq!(plain.get_args().count(), 0);
     }
 
     #[test]
